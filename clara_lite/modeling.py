@@ -1,0 +1,351 @@
+"""ClaraModel: one causal LM, three LoRA adapters, documents compressed into memory vectors.
+
+Read top to bottom: construction, adapter switching, the three passes (compress documents,
+embed queries, decode from memory vectors), then the upstream-named inference API.
+
+Shapes: B questions, K documents per question, N candidate documents, M = n_mem memory
+tokens per document, H hidden size, T sequence length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import inputs
+from .config import ADAPTERS, ClaraConfig
+from .inputs import SpecialTokens
+
+log = logging.getLogger(__name__)
+
+
+def lora_config(config: ClaraConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
+
+
+def differentiable_topk(scores: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through top-k: forward is a hard one-hot selection, backward the softmax's gradient.
+
+    scores (B, N) -> W (B, k, N) with W[b, j] one-hot on the j-th best document, and indices (B, k).
+    Slot j's soft distribution excludes the documents already taken by slots < j.
+    """
+    logits = scores / max(temperature, 1e-6)
+    idx = logits.topk(k, dim=-1).indices  # (B, k)
+    hard = torch.zeros(*idx.shape, scores.size(-1), device=scores.device, dtype=scores.dtype)
+    hard.scatter_(2, idx.unsqueeze(-1), 1.0)
+    taken = torch.zeros_like(scores)
+    soft = []
+    for j in range(k):
+        soft.append(F.softmax(logits + (1.0 - taken + 1e-8).log(), dim=-1).float())
+        taken = torch.clamp(taken + hard[:, j], max=1.0)
+    soft = torch.stack(soft, dim=1)
+    return hard + (soft - soft.detach()), idx
+
+
+class ClaraModel(nn.Module):
+    """A base LM wrapped by PEFT with ``encoder``, ``decoder`` and ``query_reasoner`` adapters.
+
+    >>> model = ClaraModel.from_base("tiny-random", doc_max_length=64, compr_rate=16)
+    >>> model.generate_from_text(["Who?"], [["Ada wrote it."]], max_new_tokens=4)
+    """
+
+    def __init__(self, lm, tokenizer, config: ClaraConfig, tokens: SpecialTokens):
+        super().__init__()
+        self.lm = lm  # peft.PeftModel around the causal LM
+        self.tokenizer = tokenizer
+        self.config = config
+        self.tokens = tokens
+        self.generation_top_k = config.generation_top_k
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_base(cls, name_or_path: str, *, dtype=None, device_map=None, attn_implementation=None,
+                  adapters=("encoder", "decoder"), seed: int | None = None, **config_kwargs) -> ClaraModel:
+        """A fresh model on a registry name, Hub id or folder; ``config_kwargs`` fill :class:`ClaraConfig`."""
+        from .models import load_base_model
+
+        config = ClaraConfig(base_model=name_or_path, **config_kwargs)
+        base, tokenizer = load_base_model(
+            name_or_path, dtype=dtype, device_map=device_map, quantization=config.quantization,
+            attn_implementation=attn_implementation,
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls.wrap(base, tokenizer, config, adapters=adapters)
+
+    @classmethod
+    def wrap(cls, base, tokenizer, config: ClaraConfig, adapters=("encoder", "decoder")) -> ClaraModel:
+        """Add CLaRa's tokens to ``tokenizer``/``base`` and put fresh LoRA adapters on it."""
+        from peft import get_peft_model
+
+        tokens = inputs.add_special_tokens(tokenizer, config)
+        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(len(tokenizer))
+        if config.quantization:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
+        base.generation_config.temperature = None
+        base.generation_config.top_p = None
+        base.generation_config.top_k = None
+        lm = get_peft_model(base, lora_config(config), adapter_name=adapters[0])
+        for name in adapters[1:]:
+            lm.add_adapter(name, lora_config(config))
+        model = cls(lm, tokenizer, config, tokens)
+        model.freeze_all_adapters()
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> ClaraModel:
+        """Load our format, an upstream CLaRa checkpoint (adapters.pth) or an exported zip."""
+        from .saving import load_model
+
+        return load_model(path, **kwargs)
+
+    def save_pretrained(self, directory) -> None:
+        """Adapters, added-token rows, config and tokenizer (not the base model)."""
+        from .saving import save_model
+
+        save_model(self, directory)
+
+    # ------------------------------------------------------------------ adapters
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.lm.peft_config)
+
+    def add_query_reasoner(self, init_from: str | None = "encoder") -> None:
+        """Stage3's retriever, started from the compressor's weights (as upstream does)."""
+        if "query_reasoner" in self.adapter_names:
+            return
+        self.lm.add_adapter("query_reasoner", lora_config(self.config))
+        if init_from in self.adapter_names:
+            self.copy_adapter(init_from, "query_reasoner")
+        self.freeze_all_adapters()
+
+    def copy_adapter(self, src: str, dst: str) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        with torch.no_grad():
+            for module in self.lm.modules():
+                if isinstance(module, BaseTunerLayer):
+                    for attr in module.adapter_layer_names:
+                        layers = getattr(module, attr)
+                        if src in layers and dst in layers:
+                            for p_dst, p_src in zip(layers[dst].parameters(), layers[src].parameters(), strict=True):
+                                p_dst.copy_(p_src)
+
+    def freeze_all_adapters(self) -> None:
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+
+    def set_trainable(self, names) -> None:
+        """Exactly the LoRA weights of ``names`` train; everything else is frozen."""
+        self.freeze_all_adapters()
+        for pname, p in self.lm.named_parameters():
+            if "lora_" in pname and any(f".{n}." in pname for n in names):
+                p.requires_grad_(True)
+
+    @contextlib.contextmanager
+    def adapter(self, name: str):
+        """Route every LoRA layer through adapter ``name`` (no requires_grad side effects, unlike
+        PEFT's set_adapter, so one forward can use several adapters and train them all)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if name not in self.adapter_names:
+            raise ValueError(f"adapter {name!r} missing; this model has {self.adapter_names}")
+        layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+        previous = [m._active_adapter for m in layers]
+        for m in layers:
+            m._active_adapter = [name]
+        try:
+            yield
+        finally:
+            for m, prev in zip(layers, previous, strict=True):
+                m._active_adapter = prev
+
+    # ------------------------------------------------------------------ passes
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    @property
+    def causal_lm(self):
+        return self.lm.get_base_model()
+
+    def _last_hidden(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None):
+        """Last-layer states only: no LM head, no per-layer hidden states (most of the memory)."""
+        body = self.causal_lm.base_model  # e.g. LlamaModel inside LlamaForCausalLM
+        out = body(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                   position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def _memory_states(self, adapter: str, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = enc["input_ids"].to(self.device)
+        mask = enc["attention_mask"].to(self.device)
+        pos = enc.get("position_ids")
+        pos = pos.to(self.device) if pos is not None else None
+        with self.adapter(adapter):
+            hidden = self._last_hidden(ids, mask, pos)  # (B, T, H)
+        return hidden, mask
+
+    def compress(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder inputs -> (memory vectors (B, M, H), MSE between mean memory and mean document state)."""
+        hidden, mask = self._memory_states("encoder", enc)
+        m = self.config.n_mem
+        mem = hidden[:, -m:]  # memory tokens are appended last
+        doc_mask = mask.clone()
+        doc_mask[:, -m:] = 0
+        doc_mask = doc_mask.to(hidden.dtype).unsqueeze(-1)
+        doc_mean = (hidden * doc_mask).sum(1) / doc_mask.sum(1)
+        mse = F.mse_loss(doc_mean, mem.mean(1))
+        return mem, mse
+
+    def embed_queries(self, enc: dict) -> torch.Tensor:
+        """Query-reasoner states at the memory positions, flattened: (B, M*H)."""
+        hidden, _ = self._memory_states("query_reasoner", enc)
+        return hidden[:, -self.config.n_mem:].reshape(hidden.size(0), -1)
+
+    def decoder_embeds(self, dec_input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings with each memory-token position replaced by a compressed vector.
+
+        dec_input_ids (B, T); memory (B*K, M, H), documents of question b at rows b*K..b*K+K-1.
+        """
+        ids = dec_input_ids.to(self.device)
+        embeds = self.lm.get_input_embeddings()(ids)
+        slots = torch.isin(ids, torch.tensor(self.tokens.mem_ids, device=ids.device))
+        n_slots = int(slots.sum())
+        if n_slots != memory.shape[0] * memory.shape[1]:
+            raise ValueError(
+                f"decoder prompt has {n_slots} memory slots but {memory.shape[0]} documents x "
+                f"{memory.shape[1]} vectors were given (is a <MEM> token written in a question?)"
+            )
+        return embeds.masked_scatter(slots.unsqueeze(-1), memory.to(embeds.dtype))
+
+    def decoder_loss(self, embeds, attention_mask, labels) -> torch.Tensor:
+        """Next-token cross-entropy on answer tokens; the LM head runs on those positions only."""
+        mask = attention_mask.to(self.device)
+        with self.adapter("decoder"):
+            hidden = self._last_hidden(attention_mask=mask, position_ids=inputs.mask_positions(mask),
+                                       inputs_embeds=embeds)
+        targets = labels.to(self.device)[:, 1:]
+        keep = targets != inputs.IGNORE_INDEX
+        logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer_tokens, V)
+        return F.cross_entropy(logits.float(), targets[keep])
+
+    def scores(self, query_reps: torch.Tensor, doc_memory: torch.Tensor, n_docs: int) -> torch.Tensor:
+        """Cosine similarity of each query with its N candidates: (B, N)."""
+        docs = doc_memory.reshape(query_reps.size(0), n_docs, -1)  # (B, N, M*H)
+        q = F.normalize(query_reps.float(), dim=-1).unsqueeze(1)
+        return (q @ F.normalize(docs.float(), dim=-1).transpose(1, 2)).squeeze(1)
+
+    def select(self, scores: torch.Tensor, doc_memory: torch.Tensor, k: int):
+        """Differentiable top-k over candidates -> (selected memory (B*k, M, H), indices (B, k))."""
+        b, n = scores.shape
+        w, idx = differentiable_topk(scores, k, self.config.retrieval_temperature)
+        docs = doc_memory.reshape(b, n, -1)
+        selected = torch.einsum("bkn,bnd->bkd", w.to(docs.dtype), docs)
+        return selected.reshape(b * k, self.config.n_mem, -1), idx
+
+    # ------------------------------------------------------------------ generation
+
+    def _encode(self, texts: list[str]) -> dict:
+        return inputs.encode_texts(self.tokenizer, self.tokens, self.config, texts)
+
+    def _answer_prompts(self, questions: list[str], n_docs: int) -> dict:
+        texts = [inputs.answer_prompt(self.tokenizer, self.tokens, q, n_docs)[1] for q in questions]
+        return inputs.tokenize_prompts(self.tokenizer, texts, None, self.config.max_decoder_length)
+
+    @torch.no_grad()
+    def _generate(self, embeds, attention_mask, max_new_tokens: int) -> list[str]:
+        with self.adapter("decoder"):
+            out = self.lm.generate(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask.to(self.device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        self.last_output_ids = out
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @staticmethod
+    def _check_docs(questions, documents) -> int:
+        if len(documents) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(documents)} document lists")
+        k = len(documents[0])
+        if k == 0 or any(len(d) != k for d in documents):
+            raise ValueError("every question needs the same, non-zero number of documents")
+        return k
+
+    @torch.no_grad()
+    def compress_documents(self, documents: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(memory vectors (N, M, H), MSE) for a flat list of documents."""
+        self.eval()
+        return self.compress(self._encode(list(documents)))
+
+    @torch.no_grad()
+    def generate_from_text(self, questions: list[str], documents: list[list[str]], max_new_tokens: int = 128):
+        """Answer each question from its documents (all of them, compressed)."""
+        k = self._check_docs(questions, documents)
+        memory, _ = self.compress_documents([d for docs in documents for d in docs])
+        return self.generate_from_compressed_documents_and_questions(questions, memory, max_new_tokens, k)
+
+    @torch.no_grad()
+    def generate_from_compressed_documents_and_questions(self, questions, compressed_documents,
+                                                         max_new_tokens: int = 128, k: int | None = None):
+        """Answer from already compressed documents (B*K, M, H), K per question."""
+        self.eval()
+        k = k or compressed_documents.size(0) // len(questions)
+        if compressed_documents.size(0) != k * len(questions):
+            raise ValueError(f"{compressed_documents.size(0)} compressed documents do not split into "
+                             f"{len(questions)} questions x {k}")
+        dec = self._answer_prompts(list(questions), k)
+        embeds = self.decoder_embeds(dec["input_ids"], compressed_documents.to(self.device))
+        return self._generate(embeds, dec["attention_mask"], max_new_tokens)
+
+    @torch.no_grad()
+    def generate_from_paraphrase(self, questions: list[str], documents: list[list[str]], max_new_tokens: int = 128):
+        """Restate the documents from their memory vectors (a check of what compression kept)."""
+        self.eval()
+        k = self._check_docs(questions, documents)
+        memory, _ = self.compress_documents([d for docs in documents for d in docs])
+        texts = [inputs.paraphrase_prompt(self.tokenizer, self.tokens, None, k)[1] for _ in questions]
+        dec = inputs.tokenize_prompts(self.tokenizer, texts, None, self.config.max_decoder_length)
+        return self._generate(self.decoder_embeds(dec["input_ids"], memory), dec["attention_mask"], max_new_tokens)
+
+    @torch.no_grad()
+    def retrieve(self, questions: list[str], documents: list[list[str]], k: int | None = None):
+        """Query reasoner scores each question's candidates -> (scores (B, N), memory, top-k indices)."""
+        self.eval()
+        n = self._check_docs(questions, documents)
+        k = min(k or self.generation_top_k, n)
+        query = self.embed_queries(self._encode(list(questions)))
+        memory, _ = self.compress_documents([d for docs in documents for d in docs])
+        scores = self.scores(query, memory, n)
+        return scores, memory, k
+
+    @torch.no_grad()
+    def generate_from_questions(self, questions: list[str], documents: list[list[str]],
+                                max_new_tokens: int = 128, top_k: int | None = None):
+        """Retrieve top-k of each question's candidates, then answer: -> (answers, topk_indices (B, k))."""
+        scores, memory, k = self.retrieve(questions, documents, top_k)
+        selected, idx = self.select(scores, memory, k)
+        dec = self._answer_prompts(list(questions), k)
+        embeds = self.decoder_embeds(dec["input_ids"], selected)
+        return self._generate(embeds, dec["attention_mask"], max_new_tokens), idx

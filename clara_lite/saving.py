@@ -1,0 +1,151 @@
+"""Our checkpoint format: adapters, added-token rows, config, tokenizer; never the base model.
+
+    <dir>/clara_config.json
+    <dir>/adapters/<name>/adapter_model.safetensors + adapter_config.json   (plain PEFT folders)
+    <dir>/added_tokens.safetensors   (embedding rows of CLaRa's added tokens, float32)
+    <dir>/tokenizer/                 (tokenizer with the added tokens)
+
+Loads on any device/dtype: adapters and rows are stored in float32 and cast on load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_FILE, ClaraConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTERS_DIR = "adapters"
+ADDED_TOKENS_FILE = "added_tokens.safetensors"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# what upstream users pass to from_pretrained and we accept without effect
+_IGNORED = {"trust_remote_code", "low_cpu_mem_usage", "revision", "cache_dir", "local_files_only"}
+
+
+def save_model(model, directory) -> Path:
+    """Write ``model`` in our format to ``directory`` (created if needed)."""
+    from peft import get_peft_model_state_dict
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save(out)
+    for name in model.adapter_names:
+        sub = out / ADAPTERS_DIR / name
+        sub.mkdir(parents=True, exist_ok=True)
+        model.lm.peft_config[name].save_pretrained(sub)
+        state = get_peft_model_state_dict(model.lm, adapter_name=name, save_embedding_layers=False)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, sub / ADAPTER_WEIGHTS)
+    save_file(added_rows(model), out / ADDED_TOKENS_FILE)
+    model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    return out
+
+
+def added_rows(model) -> dict[str, torch.Tensor]:
+    ids = torch.tensor(model.tokens.added_ids, dtype=torch.long)
+    lm = model.causal_lm
+    rows = {"ids": ids, "input_embeddings": lm.get_input_embeddings().weight[ids.to(model.device)].detach()}
+    out_emb = lm.get_output_embeddings()
+    if out_emb is not None and out_emb.weight.data_ptr() != lm.get_input_embeddings().weight.data_ptr():
+        rows["output_embeddings"] = out_emb.weight[ids.to(model.device)].detach()
+    return {k: v.float().cpu().contiguous() if v.is_floating_point() else v.cpu() for k, v in rows.items()}
+
+
+def _load_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """Split upstream-style kwargs into load options and config overrides."""
+    kwargs = dict(kwargs)
+    for key in _IGNORED & set(kwargs):
+        kwargs.pop(key)
+    opts = {
+        "dtype": kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None),
+        "device_map": kwargs.pop("device_map", None),
+        "attn_implementation": kwargs.pop("attn_implementation", None),
+        "base_path": kwargs.pop("base_path", None),
+    }
+    kwargs.pop("torch_dtype", None)
+    if isinstance(opts["dtype"], str) and opts["dtype"] != "auto":
+        opts["dtype"] = getattr(torch, opts["dtype"])
+    if opts["dtype"] == "auto":
+        opts["dtype"] = None
+    return opts, kwargs
+
+
+def load_model(path, **kwargs):
+    """Dispatch on what ``path`` holds: our format, an upstream checkpoint, or a zip."""
+    path = Path(path)
+    opts, overrides = _load_kwargs(kwargs)
+    if path.is_file() and path.suffix == ".zip":
+        from .export import open_zip  # issue: export/import
+
+        return open_zip(path, **kwargs)
+    if (path / "adapters.pth").is_file():
+        from .upstream import load_upstream
+
+        return load_upstream(path, opts, overrides)
+    if (path / CONFIG_FILE).is_file():
+        return _load_ours(path, opts, overrides)
+    raise FileNotFoundError(
+        f"{path} is not a clara_lite model (no {CONFIG_FILE}) nor an upstream CLaRa checkpoint (no adapters.pth)"
+    )
+
+
+def _load_ours(path: Path, opts: dict, overrides: dict):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from . import inputs
+    from .modeling import ClaraModel
+    from .models import load_base_model
+
+    data = ClaraConfig.load(path).to_dict()
+    base_name = opts["base_path"] or overrides.pop("decoder_model_name", None) or overrides.pop("base_model", None)
+    if base_name:
+        data["base_model"] = str(base_name)
+    unknown = set(overrides) - set(data)
+    if unknown:
+        raise ValueError(f"Unknown option(s) for from_pretrained: {sorted(unknown)}")
+    data.update(overrides)
+    config = ClaraConfig.from_dict(data)
+
+    base, _ = load_base_model(config.base_model, dtype=opts["dtype"], device_map=opts["device_map"],
+                              quantization=config.quantization, attn_implementation=opts["attn_implementation"])
+    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
+    tokens = inputs.add_special_tokens(tokenizer, config)  # already present: only looks ids up
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    rows = load_file(path / ADDED_TOKENS_FILE)
+    _set_rows(base, rows)
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    for attr in ("temperature", "top_p", "top_k"):
+        setattr(base.generation_config, attr, None)
+
+    names = sorted(os.listdir(path / ADAPTERS_DIR), key=_adapter_order)
+    lm = PeftModel.from_pretrained(base, path / ADAPTERS_DIR / names[0], adapter_name=names[0], is_trainable=True)
+    for name in names[1:]:
+        lm.load_adapter(path / ADAPTERS_DIR / name, adapter_name=name, is_trainable=True)
+    model = ClaraModel(lm, tokenizer, config, tokens)
+    model.freeze_all_adapters()
+    model.eval()
+    return model
+
+
+def _adapter_order(name: str) -> int:
+    order = ("encoder", "decoder", "query_reasoner")
+    return order.index(name) if name in order else len(order)
+
+
+def _set_rows(base, rows: dict) -> None:
+    ids = rows["ids"].long()
+    with torch.no_grad():
+        emb = base.get_input_embeddings().weight
+        emb[ids.to(emb.device)] = rows["input_embeddings"].to(emb.device, emb.dtype)
+        if "output_embeddings" in rows:
+            out = base.get_output_embeddings().weight
+            out[ids.to(out.device)] = rows["output_embeddings"].to(out.device, out.dtype)
