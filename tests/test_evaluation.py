@@ -1,0 +1,109 @@
+"""Answer metrics and recall@k on hand-computed cases."""
+
+import math
+
+import pytest
+
+from clara_lite.evaluation import (
+    cover_exact_match,
+    evaluate,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    recall_at_k,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The Cat", "cat"),
+        ("  a  quick,  brown   fox!! ", "quick brown fox"),
+        ("An apple; the end.", "apple end"),
+        ("theater", "theater"),  # articles only as whole words
+        ("U.S.A.", "usa"),
+        ("True", "yes"),
+        ("False", "no"),
+        ("true", "true"),  # upstream maps only the exact Python spellings
+        ("", ""),
+    ],
+)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def test_exact_match_with_articles_punctuation_and_lists():
+    assert exact_match("The Eiffel Tower.", "eiffel tower") == 1.0
+    assert exact_match("Eiffel Tower", "Tower Eiffel") == 0.0
+    assert exact_match("Paris", ["London", "paris!"]) == 1.0
+    assert exact_match("Paris", ("London", "Rome")) == 0.0
+    assert exact_match("yes", "True") == 1.0
+
+
+def test_cover_exact_match():
+    assert cover_exact_match("It was Paris, France.", "Paris") == 1.0
+    assert cover_exact_match("France", "Paris France") == 0.0
+    assert cover_exact_match("in Paris France", ["London", "the Paris"]) == 1.0
+
+
+def test_f1_score_numbers():
+    assert f1_score("the cat sat", "cat sat down") == pytest.approx(0.8)
+    assert f1_score("cat", "cat sat down") == pytest.approx(0.5)  # p=1, r=1/3
+    assert f1_score("dog", "cat") == 0.0
+    assert f1_score("Cat sat.", "the cat sat") == 1.0
+    # repeated tokens count once per match: p=1/3, r=1 -> 0.5
+    assert f1_score("cat cat cat", "cat") == pytest.approx(0.5)
+    # max over acceptable answers
+    assert f1_score("cat sat", ["dog", "cat sat down"]) == pytest.approx(0.8)
+
+
+def test_f1_yes_no_gets_no_partial_credit():
+    assert f1_score("no way", "no") == 0.0
+    assert f1_score("no", "no way") == 0.0
+    assert f1_score("yes", "yes") == 1.0
+    assert f1_score("False", "no") == 1.0
+    assert f1_score("noanswer", "some answer") == 0.0
+
+
+def test_empty_gold_list_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        exact_match("x", [])
+
+
+def test_recall_at_k():
+    pos = [[0, 2], [1], []]
+    pred = [[2, 1, 0], [0, 1, 2], [0, 1, 2]]
+    # sample 1: @1 {2} -> 1/2, @2 {2,1} -> 1/2, @3 -> 1; sample 2: @1 -> 0, @2 -> 1; sample 3 skipped
+    assert recall_at_k(pos, pred, 1) == pytest.approx(0.25)
+    assert recall_at_k(pos, pred, 2) == pytest.approx(0.75)
+    assert recall_at_k(pos, pred, 3) == pytest.approx(1.0)
+    assert recall_at_k([[0]], [[0]], 1) == 1.0
+    assert recall_at_k([[0, 0]], [[1, 0]], 2) == 1.0  # duplicates in gold count once
+
+
+def test_recall_at_k_edges():
+    assert recall_at_k([[], []], [[0], [1]], 1) == 0.0
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k([[0]], [[0]], 0)
+    with pytest.raises(ValueError, match="prediction lists"):
+        recall_at_k([[0]], [], 1)
+
+
+def test_evaluate():
+    result = evaluate(
+        ["the cat sat", "Paris", "It was Rome", "yes"],
+        ["cat sat down", ["paris", "Paris, France"], "Rome", "True"],
+    )
+    assert result["count"] == 4
+    assert result["em"] == pytest.approx((0 + 1 + 0 + 1) / 4)
+    assert result["cover_em"] == pytest.approx((0 + 1 + 1 + 1) / 4)
+    # "It was Rome" vs "Rome": p=1/3, r=1 -> 0.5
+    assert result["f1"] == pytest.approx((0.8 + 1 + 0.5 + 1) / 4)
+
+
+def test_evaluate_empty_and_mismatched():
+    result = evaluate([], [])
+    assert result == {"em": 0.0, "cover_em": 0.0, "f1": 0.0, "count": 0}
+    assert not any(math.isnan(v) for v in result.values())
+    with pytest.raises(ValueError, match="golds"):
+        evaluate(["a"], [])
