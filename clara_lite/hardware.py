@@ -1,0 +1,349 @@
+"""Hardware profile: what this machine is, and how training should use it.
+
+Why two steps: ``probe_device`` reads raw facts (kind, compute capability, memory); the pure ``plan``
+turns them into decisions (dtype, attention, 4-bit, batch plan), each with a reason. Tests simulate a
+T4 or an A100 through ``plan``; decisions come from capability and memory, never from device names.
+
+>>> profile = detect_hardware(model_params_b=0.135)
+>>> text = describe(profile)  # what ``clara-lite doctor`` prints
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import math
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GB = 1e9  # decimal GB: params_b * bytes_per_param is then directly in GB
+MEMORY_BUDGET = 0.85  # share of free GPU memory a plan may use; the rest is CUDA context and fragmentation
+OVERHEAD_FACTOR = 1.3  # activations, LoRA weights, their optimizer state, on top of frozen weights
+OVERHEAD_GB = 1.5  # CUDA context, kernels workspace, tokenizer batches
+NF4_BYTES_PER_PARAM = 0.6  # 4 bits plus quant constants and the 16-bit embeddings / lm_head
+TARGET_ROWS = 16  # effective batch (micro batch x accumulation) the plan aims for
+MAX_MICRO_BATCH = 8  # beyond this a large vocabulary's logits dominate memory
+AMPERE = (8, 0)  # bf16 tensor cores and flash-attention 2 start here
+
+# Notes shown next to well-known devices; names only annotate, they never decide.
+_NOTES = {
+    "T4": "Turing sm 7.5, ~15 GB: Colab free tier; fp16 only, no flash-attention 2",
+    "V100": "Volta sm 7.0, 16/32 GB: fp16 only, no flash-attention 2",
+    "L4": "Ada sm 8.9, 24 GB: bf16 and flash-attention 2",
+    "A100": "Ampere sm 8.0, 40/80 GB: bf16 and flash-attention 2",
+    "H100": "Hopper sm 9.0, 80 GB: bf16 and flash-attention 2",
+}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Raw facts about the training device; memory in GB, ``None`` where not measurable."""
+
+    kind: str  # 'cpu' | 'mps' | 'cuda'
+    name: str
+    capability: tuple[int, int] | None = None  # CUDA compute capability, e.g. (7, 5) for a T4
+    total_mem_gb: float | None = None
+    free_mem_gb: float | None = None
+    count: int = 0  # number of CUDA GPUs visible
+    index: int = 0  # which CUDA GPU this profile is for
+
+    def __post_init__(self):
+        if self.kind not in ("cpu", "mps", "cuda"):
+            raise ValueError(f"device kind must be 'cpu', 'mps' or 'cuda', got {self.kind!r}")
+        if self.kind == "cuda" and (self.capability is None or self.total_mem_gb is None):
+            raise ValueError("a CUDA device needs its compute capability and total memory")
+
+    @property
+    def torch_device(self) -> str:
+        """The string to pass to ``.to(...)``: ``cuda:0``, ``mps`` or ``cpu``."""
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Decisions for one device and model size; ``reasons`` holds (decision, why) pairs."""
+
+    device: DeviceInfo
+    model_params_b: float | None
+    flash_attn_available: bool
+    dtype: torch.dtype
+    mixed_precision: str  # 'fp16' (needs a GradScaler) | 'bf16' | 'no'
+    attn_implementation: str  # 'flash_attention_2' | 'sdpa' | 'eager'
+    load_in_4bit: bool
+    micro_batch_size: int
+    grad_accum_steps: int
+    gradient_checkpointing: bool
+    est_train_mem_gb: float | None  # estimate for the chosen weights format, None if unknown
+    reasons: tuple[tuple[str, str], ...]
+
+    def reason(self, decision: str) -> str:
+        """Why ``decision`` (e.g. ``'dtype'``, ``'attn_implementation'``) came out as it did."""
+        return dict(self.reasons)[decision]
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum_steps
+
+    def to_dict(self) -> dict:
+        """JSON-ready view: dtype as ``'float32'``, capability as a list, reasons as a dict."""
+        d = asdict(self)
+        d["device"]["capability"] = list(self.device.capability) if self.device.capability else None
+        return d | {"dtype": dtype_name(self.dtype), "reasons": dict(self.reasons)}
+
+    def summary(self) -> str:
+        return describe(self)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``'bfloat16'``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def estimate_train_mem_gb(params_b: float, bytes_per_param: float) -> float:
+    """Rough LoRA-training memory: frozen weights x 1.3 for activations and adapters, + 1.5 GB.
+
+    >>> round(estimate_train_mem_gb(7.0, 2), 1)  # 7B in fp16
+    19.7
+    """
+    return round(params_b * bytes_per_param * OVERHEAD_FACTOR + OVERHEAD_GB, 2)
+
+
+def _sm(cap: tuple[int, int]) -> str:
+    return f"sm {cap[0]}.{cap[1]}"
+
+
+def _choose_dtype(device: DeviceInfo) -> tuple[torch.dtype, str, str]:
+    """(dtype, mixed-precision mode, why)."""
+    if device.kind == "cpu":
+        return torch.float32, "no", "CPU half-precision matmuls are slow or missing"
+    if device.kind == "mps":
+        # fp16 would halve memory, but MPS fp16 training needs loss scaling and several ops fall
+        # back to the CPU; the small models that suit a Mac fit unified memory in fp32.
+        return torch.float32, "no", "fp16 training on MPS needs loss scaling and hits CPU fallbacks"
+    cap = device.capability
+    # Decide by capability, never torch.cuda.is_bf16_supported(): it says True on a T4 via emulation.
+    if cap >= AMPERE:
+        return torch.bfloat16, "bf16", f"{_sm(cap)} has bf16 tensor cores"
+    return torch.float16, "fp16", f"{_sm(cap)} is below sm 8.0, so bf16 would be emulated (slow)"
+
+
+_MIXED = {
+    "no": "full fp32 training, no autocast",
+    "bf16": "bf16 autocast, no loss scaling needed",
+    "fp16": "fp16 autocast with a GradScaler against underflow",
+}
+
+
+def _choose_attention(device: DeviceInfo, dtype: torch.dtype, flash: bool, sdpa: bool) -> tuple[str, str]:
+    cap, half = device.capability, dtype in (torch.float16, torch.bfloat16)
+    if flash and device.kind == "cuda" and cap >= AMPERE and half:
+        return "flash_attention_2", f"flash_attention_2: flash_attn installed and {_sm(cap)} >= sm 8.0"
+    if device.kind != "cuda":
+        why = f"{device.kind.upper()} has no flash-attention kernels"
+    elif cap < AMPERE:
+        why = f"{device.name} ({_sm(cap)}) is below sm 8.0 that flash-attention 2 needs"
+    elif not flash:
+        why = "flash_attn is not installed (pip install flash-attn for flash_attention_2)"
+    else:
+        why = f"flash-attention 2 needs fp16/bf16, dtype is {dtype_name(dtype)}"
+    if sdpa:
+        return "sdpa", f"sdpa: {why}"
+    return "eager", f"eager: {why}, and this torch has no scaled_dot_product_attention"
+
+
+def _choose_4bit(
+    device: DeviceInfo, params: float | None, dtype: torch.dtype
+) -> tuple[bool, float | None, str]:
+    """(load in 4-bit?, estimated training GB for the chosen format, why)."""
+    if params is None:
+        return False, None, "no: model size unknown, cannot estimate memory"
+    est = estimate_train_mem_gb(params, dtype.itemsize)
+    if device.kind != "cuda":
+        return False, est, f"no: bitsandbytes 4-bit is slow on {device.kind.upper()} (allowed if asked for)"
+    free, budget = _budget(device)
+    need = f"{params:g}B in {dtype_name(dtype)} needs ~{est:.1f} GB"
+    if est <= budget:
+        return False, est, f"no: {need}, fits 85% of {free:.1f} GB free"
+    est4 = estimate_train_mem_gb(params, NF4_BYTES_PER_PARAM)
+    why = f"yes (nf4): {need} > 85% of {free:.1f} GB free; 4-bit needs ~{est4:.1f} GB"
+    return True, est4, why + (" and may still not fit" if est4 > budget else "")
+
+
+def _choose_checkpointing(device: DeviceInfo, params: float | None, load_in_4bit: bool) -> tuple[bool, str]:
+    # Checkpointing trades ~30% step time for most activation memory: worth it when memory is tight.
+    if load_in_4bit:
+        return True, "on: 4-bit means memory is tight"
+    if params is None:
+        return False, "off: model size unknown; turn it on if memory runs out"
+    if device.kind == "cuda" and device.total_mem_gb < 24 and params > 1:
+        return True, f"on: a {params:g}B model on a GPU under 24 GB"
+    return False, "off: memory is not the bottleneck, keep steps fast"
+
+
+def _choose_batch(
+    device: DeviceInfo, params: float | None, est: float | None, ckpt: bool
+) -> tuple[int, int, str]:
+    """(micro batch, accumulation steps, why): the largest power-of-two micro batch that fits, <= 8."""
+    if device.kind != "cuda":
+        micro, why = 4, f"{device.kind.upper()} memory is not measured; 4 rows keep a step short"
+    elif params is None or est is None:
+        micro, why = 4, "model size unknown; a cautious default"
+    else:
+        # ~512-token rows: activations ~0.4 GB per billion params per row, a quarter with checkpointing.
+        row_gb = 0.4 * max(params, 1.0) * (0.25 if ckpt else 1.0)
+        headroom = max(_budget(device)[1] - est, 0.0)
+        micro = min(MAX_MICRO_BATCH, 2 ** int(math.log2(max(1, int(headroom / row_gb)))))
+        why = f"~{headroom:.1f} GB headroom at ~{row_gb:.2f} GB per row"
+    accum = math.ceil(TARGET_ROWS / micro)
+    return micro, accum, f"{micro} x {accum} = {micro * accum} rows per step: {why}"
+
+
+def _budget(device: DeviceInfo) -> tuple[float, float]:
+    """(free GB, GB a plan may use) on a CUDA device."""
+    free = device.free_mem_gb if device.free_mem_gb is not None else device.total_mem_gb
+    return free, free * MEMORY_BUDGET
+
+
+def plan(
+    device: DeviceInfo,
+    model_params_b: float | None,
+    flash_attn_available: bool,
+    *,
+    sdpa_available: bool = True,
+) -> HardwareProfile:
+    """Turn device facts into training decisions; pure, so tests can simulate any GPU.
+
+    >>> t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15.8, 15.1, count=1)
+    >>> plan(t4, 7.24, flash_attn_available=False).load_in_4bit
+    True
+    """
+    dtype, mixed, dtype_why = _choose_dtype(device)
+    attn, attn_why = _choose_attention(device, dtype, flash_attn_available, sdpa_available)
+    load_in_4bit, est, quant_why = _choose_4bit(device, model_params_b, dtype)
+    ckpt, ckpt_why = _choose_checkpointing(device, model_params_b, load_in_4bit)
+    micro, accum, batch_why = _choose_batch(device, model_params_b, est, ckpt)
+    profile = HardwareProfile(
+        device=device,
+        model_params_b=model_params_b,
+        flash_attn_available=flash_attn_available,
+        dtype=dtype,
+        mixed_precision=mixed,
+        attn_implementation=attn,
+        load_in_4bit=load_in_4bit,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
+        gradient_checkpointing=ckpt,
+        est_train_mem_gb=est,
+        reasons=(
+            ("dtype", f"{dtype_name(dtype)}: {dtype_why}"),
+            ("mixed_precision", f"{mixed}: {_MIXED[mixed]}"),
+            ("attn_implementation", attn_why),
+            ("load_in_4bit", quant_why),
+            ("batch", batch_why),
+            ("gradient_checkpointing", ckpt_why),
+        ),
+    )
+    log.debug("hardware plan: %s", profile.to_dict())
+    return profile
+
+
+def flash_attn_importable() -> bool:
+    """True if ``flash_attn`` is installed *and* imports (a wheel built for another CUDA fails)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as err:  # ImportError, OSError from missing .so, RuntimeError from CUDA
+        log.warning("flash_attn is installed but does not import: %s", err)
+        return False
+    return True
+
+
+def probe_device(device: str | torch.device | None = None) -> DeviceInfo:
+    """Read raw facts about ``device`` (default: first CUDA GPU, else MPS, else CPU)."""
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    if device is None:
+        device = "cuda" if cuda_count else "mps" if mps else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return DeviceInfo("cpu", platform.processor() or platform.machine() or "cpu", count=cuda_count)
+    if dev.type == "mps":
+        if not mps:
+            raise ValueError("device 'mps' requested but MPS is not available")
+        return DeviceInfo("mps", "Apple MPS", count=cuda_count)
+    if dev.type != "cuda":
+        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'mps' or 'cuda[:N]'")
+    index = dev.index or 0
+    if index >= cuda_count:
+        raise ValueError(f"device {device!r} requested but {cuda_count} CUDA device(s) are visible")
+    props = torch.cuda.get_device_properties(index)
+    free, total = torch.cuda.mem_get_info(index)
+    cap, total_gb, free_gb = (props.major, props.minor), round(total / GB, 2), round(free / GB, 2)
+    return DeviceInfo("cuda", props.name, cap, total_gb, free_gb, count=cuda_count, index=index)
+
+
+def detect_hardware(
+    model_params_b: float | None = None, *, device: str | torch.device | None = None
+) -> HardwareProfile:
+    """Probe this machine and plan training for a model of ``model_params_b`` billion parameters.
+
+    >>> detect_hardware(0.135, device="cpu").attn_implementation
+    'sdpa'
+    """
+    info = probe_device(device)
+    flash = info.kind == "cuda" and flash_attn_importable()
+    sdpa = hasattr(torch.nn.functional, "scaled_dot_product_attention")
+    return plan(info, model_params_b, flash, sdpa_available=sdpa)
+
+
+_OPTIONAL = ("bitsandbytes", "flash-attn")  # listed only when installed
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of python and the training stack; optional packages only when installed."""
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "peft", "accelerate", *_OPTIONAL):
+        try:
+            versions[dist.replace("-", "_")] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            if dist not in _OPTIONAL:
+                versions[dist] = "not installed"
+    if torch.version.cuda:
+        versions["cuda (torch build)"] = torch.version.cuda
+    return versions
+
+
+def describe(profile: HardwareProfile, versions: bool = True) -> str:
+    """One screen of text: device, memory, each decision with its reason, library versions."""
+    d = profile.device
+    name = d.name + (f" ({_sm(d.capability)})" if d.capability else "")
+    words = d.name.upper().replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> A100; "L40S" is no L4
+    note = next((n for key, n in _NOTES.items() if key in words), "")
+    mem = "not measured"
+    if d.total_mem_gb is not None:
+        mem = f"{d.free_mem_gb if d.free_mem_gb is not None else '?'} GB free of {d.total_mem_gb} GB"
+    size = "size unknown" if profile.model_params_b is None else f"{profile.model_params_b:g}B params"
+    if profile.est_train_mem_gb is not None:
+        size += f", ~{profile.est_train_mem_gb:.1f} GB estimated for training"
+    r = dict(profile.reasons)
+    lines = [
+        f"device        {d.torch_device}: {name}; {d.count} CUDA GPU(s) visible",
+        *([f"              {note}"] if note else []),
+        f"memory        {mem}",
+        f"model         {size}",
+        f"dtype         {r['dtype']}",
+        f"mixed prec.   {r['mixed_precision']}",
+        f"attention     {r['attn_implementation']}",
+        f"4-bit         {r['load_in_4bit']}",
+        f"batch         {r['batch']}",
+        f"grad. ckpt    {r['gradient_checkpointing']}",
+    ]
+    if versions:
+        lines.append("versions      " + ", ".join(f"{k} {v}" for k, v in library_versions().items()))
+    return "\n".join(lines)
