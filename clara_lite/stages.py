@@ -1,0 +1,194 @@
+"""The three training stages as small objects: which adapters train, how a batch is built, the loss.
+
+A stage is looked up by name only at the edges (CLI, notebook form, foreign configs):
+
+>>> stage = get_stage("stage1")
+>>> stage.trainable
+('encoder', 'decoder')
+
+Collation takes a tokenizer and a config, never the model, so it can run in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from . import inputs
+from .config import ClaraConfig
+from .data import QAExample, Stage1Example
+from .inputs import SpecialTokens
+
+
+def _uniform_docs(examples) -> int:
+    n = len(examples[0].docs)
+    if any(len(e.docs) != n for e in examples):
+        raise ValueError("all rows of a batch need the same number of docs (validate the data file)")
+    return n
+
+
+def _rng_for(text: str) -> random.Random:
+    """A per-row RNG keyed by the row's content: the same row gets the same paraphrase
+    instruction in every epoch and after every resume."""
+    return random.Random(zlib.crc32(text.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Turns a list of examples into tensors for ``stage``."""
+
+    stage: Stage
+    tokenizer: object
+    tokens: SpecialTokens
+    config: ClaraConfig
+
+    def __call__(self, examples) -> dict:
+        return self.stage.collate(self.tokenizer, self.tokens, self.config, examples)
+
+
+class Stage:
+    """Base protocol. Subclasses set ``name``, ``trainable``, ``upstream_name`` and implement
+    ``collate`` and ``loss``."""
+
+    name: str = ""
+    upstream_name: str = ""
+    trainable: tuple[str, ...] = ()
+    example_type: type = QAExample
+
+    def prepare(self, model) -> None:
+        """Make exactly this stage's adapters trainable."""
+        model.set_trainable(self.trainable)
+
+    def collator(self, model) -> Collator:
+        return Collator(self, model.tokenizer, model.tokens, model.config)
+
+    def collate(self, tokenizer, tokens, config, examples) -> dict:
+        raise NotImplementedError
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: trains {', '.join(self.trainable)}>"
+
+
+class _CompressAndAnswer(Stage):
+    """Shared by stage1 and stage2: encoder compresses, decoder answers, both train (+ MSE)."""
+
+    trainable = ("encoder", "decoder")
+
+    def loss(self, model, batch):
+        memory, mse = model.compress(batch["enc"])  # (B*K, M, H)
+        embeds = model.decoder_embeds(batch["dec"]["input_ids"], memory)
+        lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
+        total = lm + model.config.mse_weight * mse
+        return total, {"lm_loss": lm.item(), "mse_loss": mse.item()}
+
+
+class Stage1(_CompressAndAnswer):
+    """Compression pretraining: QA and paraphrase targets from compressed docs, + MSE."""
+
+    name, upstream_name = "stage1", "stage1"
+    example_type = Stage1Example
+
+    def collate(self, tokenizer, tokens, config, examples):
+        n_docs = _uniform_docs(examples)
+        pairs = []
+        for ex in examples:
+            if ex.data_type == "paraphrase":
+                pairs.append(inputs.paraphrase_prompt(tokenizer, tokens, ex.answers[0], n_docs,
+                                                      rng=_rng_for(ex.docs[0])))
+            else:
+                pairs.append(inputs.qa_prompt(tokenizer, tokens, ex.questions, ex.answers, n_docs))
+        return {
+            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
+            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
+                                           config.max_decoder_length),
+        }
+
+
+class Stage2(_CompressAndAnswer):
+    """Compression instruction tuning: question + its k compressed documents -> answer."""
+
+    name, upstream_name = "stage2", "stage1_2"
+
+    def collate(self, tokenizer, tokens, config, examples):
+        n_docs = _uniform_docs(examples)
+        pairs = [inputs.answer_prompt(tokenizer, tokens, ex.question, n_docs, ex.answers[0]) for ex in examples]
+        return {
+            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
+            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
+                                           config.max_decoder_length),
+        }
+
+
+class Stage3(Stage):
+    """End-to-end: the query reasoner scores N candidates, a straight-through top-k picks k of
+    them for the decoder, and the decoder's LM loss trains retrieval and generation together.
+    Documents are compressed without gradients (the encoder is fixed), as upstream does."""
+
+    name, upstream_name = "stage3", "stage2"
+    trainable = ("query_reasoner", "decoder")
+
+    def prepare(self, model) -> None:
+        model.add_query_reasoner(init_from="encoder")
+        super().prepare(model)
+
+    def collate(self, tokenizer, tokens, config, examples):
+        n = _uniform_docs(examples)
+        k = min(config.generation_top_k, n)
+        pairs = [inputs.answer_prompt(tokenizer, tokens, ex.question, k, ex.answers[0]) for ex in examples]
+        width = max(1, max(len(ex.pos_index) for ex in examples))
+        pos = torch.full((len(examples), width), -1, dtype=torch.long)
+        for i, ex in enumerate(examples):
+            pos[i, : len(ex.pos_index)] = torch.tensor(ex.pos_index, dtype=torch.long)
+        return {
+            "query": inputs.encode_texts(tokenizer, tokens, config, [ex.question for ex in examples]),
+            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
+            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
+                                           config.max_decoder_length),
+            "pos_index": pos,  # (B, P), -1 = none
+            "n_docs": n,
+            "k": k,
+        }
+
+    def loss(self, model, batch):
+        query = model.embed_queries(batch["query"])  # (B, M*H), trains the query reasoner
+        with torch.no_grad():
+            memory, _ = model.compress(batch["enc"])  # (B*N, M, H)
+        scores = model.scores(query, memory, batch["n_docs"])  # (B, N)
+        selected, idx = model.select(scores, memory, batch["k"])
+        embeds = model.decoder_embeds(batch["dec"]["input_ids"], selected)
+        lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
+        metrics = {"lm_loss": lm.item()}
+        total = lm
+        pos = batch["pos_index"].to(scores.device)
+        positive = torch.zeros_like(scores, dtype=torch.bool)
+        valid = pos >= 0
+        positive[torch.arange(pos.size(0), device=pos.device).unsqueeze(1).expand_as(pos)[valid], pos[valid]] = True
+        has_pos = positive.any(-1)
+        if has_pos.any():
+            metrics["recall_at_1"] = positive.gather(1, idx[:, :1]).float()[has_pos].mean().item()
+            if model.config.contrastive_weight > 0:
+                logits = scores / model.config.retrieval_temperature
+                nce = torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), -1)
+                nce = nce[has_pos].mean()
+                total = total + model.config.contrastive_weight * nce
+                metrics["retrieval_loss"] = nce.item()
+        return total, metrics
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (Stage1(), Stage2(), Stage3())}
+ORDER = ("stage1", "stage2", "stage3")
+
+
+def get_stage(name: str) -> Stage:
+    """The stage object for ``name``; upstream names (``stage1_2``, ``stage2``) are not accepted
+    here because ``stage2`` means different things in the two projects."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"Unknown stage {name!r}: choose one of {', '.join(ORDER)}") from None

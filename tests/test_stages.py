@@ -1,0 +1,95 @@
+"""Each stage trains exactly its adapters; batches have the shapes the model expects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clara_lite.data import QAExample, Stage1Example
+from clara_lite.stages import get_stage
+from helpers import tiny_model
+
+DOCS = ["Ada Lovelace wrote the first program in 1843.", "The Nile is the longest river in Africa."]
+STAGE1 = [
+    Stage1Example("qa", ("Who wrote the first program?", "When?"), ("Ada Lovelace", "1843"), (DOCS[0],)),
+    Stage1Example("paraphrase", (), ("The longest African river is the Nile.",), (DOCS[1],)),
+]
+QA = [
+    QAExample("Who wrote the first program?", tuple(DOCS), ("Ada Lovelace",), (0,)),
+    QAExample("Which river is longest in Africa?", tuple(reversed(DOCS)), ("The Nile",), (0,)),
+]
+
+
+def _grads_by_adapter(model):
+    seen = {}
+    for name, p in model.lm.named_parameters():
+        if "lora_" not in name:
+            assert p.grad is None, f"base weight {name} got a gradient"
+            continue
+        adapter = next(a for a in ("encoder", "decoder", "query_reasoner") if f".{a}." in name)
+        has = p.grad is not None and p.grad.abs().sum().item() > 0
+        seen[adapter] = seen.get(adapter, False) or has
+    return seen
+
+
+@pytest.mark.parametrize(
+    "stage_name,rows,expected",
+    [
+        ("stage1", STAGE1, {"encoder": True, "decoder": True}),
+        ("stage2", QA, {"encoder": True, "decoder": True}),
+        ("stage3", QA, {"encoder": False, "decoder": True, "query_reasoner": True}),
+    ],
+)
+def test_exactly_the_intended_adapters_get_gradients(stage_name, rows, expected):
+    model = tiny_model(contrastive_weight=0.0)
+    stage = get_stage(stage_name)
+    stage.prepare(model)
+    model.train()
+    # LoRA B starts at zero, so A would get no gradient: give B a value first
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = stage.collator(model)(rows)
+    loss, metrics = stage.loss(model, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert _grads_by_adapter(model) == expected
+    assert metrics["lm_loss"] > 0
+
+
+def test_stage1_batch_shapes_and_labels():
+    model = tiny_model()
+    batch = get_stage("stage1").collator(model)(STAGE1)
+    enc, dec = batch["enc"], batch["dec"]
+    n_mem = model.config.n_mem
+    assert enc["input_ids"].shape[0] == 2 and (enc["input_ids"][:, -n_mem:] == torch.tensor(model.tokens.mem_ids)).all()
+    # compact layout: padded to the longest document, not to doc_max_length + 3
+    assert enc["input_ids"].shape[1] < model.config.doc_max_length + 3 + n_mem
+    labels = dec["labels"]
+    assert labels.shape == dec["input_ids"].shape
+    # prompt and padding are ignored; the answer tokens are scored
+    for i in range(2):
+        scored = labels[i][labels[i] != -100]
+        assert 0 < scored.numel() < dec["attention_mask"][i].sum()
+    text = model.tokenizer.decode(labels[0][labels[0] != -100])
+    assert "Question: Who wrote the first program?\nAnswer: Ada Lovelace" in text
+
+
+def test_stage3_starts_query_reasoner_from_encoder():
+    model = tiny_model()
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if ".encoder." in name and "lora_B" in name:
+                p.normal_(0, 0.1)
+    get_stage("stage3").prepare(model)
+    enc_params = {n.replace(".encoder.", ".X."): p for n, p in model.lm.named_parameters() if ".encoder." in n}
+    qr_params = {n.replace(".query_reasoner.", ".X."): p for n, p in model.lm.named_parameters()
+                 if ".query_reasoner." in n}
+    assert enc_params.keys() == qr_params.keys() and len(enc_params) > 0
+    assert all(torch.equal(enc_params[k], qr_params[k]) for k in enc_params)
+
+
+def test_unknown_stage_is_a_clear_error():
+    with pytest.raises(ValueError, match="stage1, stage2, stage3"):
+        get_stage("stage1_2")
