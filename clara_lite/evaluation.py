@@ -150,3 +150,32 @@ def evaluate(predictions: Sequence[str], golds: Sequence[Gold]) -> dict[str, flo
     result: dict[str, float] = {name: total / n if n else 0.0 for name, total in scores.items()}
     result["count"] = n
     return result
+
+
+def evaluate_model(model, examples, *, retrieve: bool, batch_size: int = 8, max_new_tokens: int = 32,
+                   top_k: int | None = None) -> dict:
+    """Answer stage2/3 rows with ``model`` and score them.
+
+    ``retrieve=False`` answers from all of each row's docs (``generate_from_text``);
+    ``retrieve=True`` lets the query reasoner pick top-k first (``generate_from_questions``) and
+    adds Recall@1 and Recall@k on rows that carry ``pos_index``.
+    """
+    predictions, picked = [], []
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start : start + batch_size]
+        questions = [r.question for r in rows]
+        docs = [list(r.docs) for r in rows]
+        if retrieve:
+            answers, idx = model.generate_from_questions(questions, docs, max_new_tokens, top_k=top_k)
+            picked.extend(idx.tolist())
+        else:
+            answers = model.generate_from_text(questions, docs, max_new_tokens)
+        predictions.extend(answers)
+    result = evaluate(predictions, [list(r.answers) for r in examples])
+    if retrieve and any(r.pos_index for r in examples):
+        pos = [list(r.pos_index) for r in examples]
+        k = len(picked[0]) if picked else 1
+        result["recall_at_1"] = recall_at_k(pos, picked, 1)
+        result[f"recall_at_{k}"] = recall_at_k(pos, picked, k)
+    result["predictions"] = predictions
+    return result

@@ -1,0 +1,103 @@
+"""``clara-lite``: the terminal face of the package. Each subcommand is a thin call into it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("clara_lite")
+
+
+def _doctor(args) -> int:
+    from .hardware import describe, detect_hardware
+    from .models import resolve
+
+    print(describe(detect_hardware(model_params_b=resolve(args.base).params_b)))
+    return 0
+
+
+def _validate(args) -> int:
+    from .data import validate_file
+
+    report = validate_file(args.file, args.stage, top_k=args.top_k)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _eval(args) -> int:
+    from .data import read_jsonl
+    from .evaluation import evaluate_model
+    from .modeling import ClaraModel
+
+    model = ClaraModel.from_pretrained(args.model, **({"base_path": args.base_path} if args.base_path else {}))
+    rows = read_jsonl(args.data, args.stage)[: args.limit or None]
+    result = evaluate_model(model, rows, retrieve=args.stage == "stage3" and "query_reasoner" in model.adapter_names,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    predictions = result.pop("predictions")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            for row, pred in zip(rows, predictions, strict=True):
+                f.write(json.dumps({"question": row.question, "prediction": pred, "answers": list(row.answers)}) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.run_dir, base=args.base)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clara-lite", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("doctor", help="show the hardware profile, its reasons and library versions")
+    d.add_argument("--base", default="smollm2-135m", help="base model the plan is for")
+    d.set_defaults(func=_doctor)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    v = data.add_parser("validate", help="report every bad line of a training JSONL")
+    v.add_argument("file")
+    v.add_argument("--stage", required=True, choices=["stage1", "stage2", "stage3"])
+    v.add_argument("--top-k", type=int, default=None)
+    v.set_defaults(func=_validate)
+
+    e = sub.add_parser("eval", help="EM / F1 (and Recall@k for stage3) of a model on a stage2/3 JSONL")
+    e.add_argument("--model", required=True, help="model folder, upstream checkpoint or zip")
+    e.add_argument("--data", required=True)
+    e.add_argument("--stage", default="stage3", choices=["stage2", "stage3"])
+    e.add_argument("--base-path", default=None, help="local copy of the base model (offline machines)")
+    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--top-k", type=int, default=None)
+    e.add_argument("--out", default=None, help="write predictions as JSONL")
+    e.set_defaults(func=_eval)
+
+    m = sub.add_parser("demo", help="the whole pipeline on the embedded model, on CPU, in minutes")
+    m.add_argument("--run-dir", default="runs/demo")
+    m.add_argument("--base", default="smollm2-135m")
+    m.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "peft", "bitsandbytes", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
