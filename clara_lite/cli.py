@@ -44,6 +44,38 @@ def _eval(args) -> int:
     return 0
 
 
+_MODEL_OPTS = {"base": "base_model", "compr_rate": "compr_rate", "doc_max_length": "doc_max_length",
+               "top_k": "generation_top_k", "lora_r": "lora_r", "quantization": "quantization",
+               "mse_weight": "mse_weight", "contrastive_weight": "contrastive_weight",
+               "encoder_layout": "encoder_layout"}
+_TRAIN_OPTS = {"max_steps": "max_steps", "epochs": "epochs", "batch_size": "micro_batch_size",
+               "grad_accum": "grad_accum_steps", "save_steps": "save_steps", "save_minutes": "save_minutes",
+               "keep": "keep", "lr": "lr", "seed": "seed", "mixed_precision": "mixed_precision",
+               "log_steps": "log_steps", "report_to": "report_to", "gradient_checkpointing": "gradient_checkpointing"}
+
+
+def _explicit(args, mapping: dict) -> dict:
+    """Only the options the user gave: the rest come from run.json or the hardware profile."""
+    return {dest: getattr(args, src) for src, dest in mapping.items() if getattr(args, src) is not None}
+
+
+def _train(args) -> int:
+    from .run import train
+    from .training import TrainingInterrupted
+
+    try:
+        results = train(args.run_dir, args.stage, data=args.data, data_dir=args.data_dir,
+                        model_options=_explicit(args, _MODEL_OPTS), train_options=_explicit(args, _TRAIN_OPTS),
+                        init_from=args.init_from, base_path=args.base_path)
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        return 130
+    for stage, result in results.items():
+        print(f"{stage}: {result if isinstance(result, str) else 'final after ' + str(result['steps']) + ' steps'}"
+              f" -> {args.run_dir}/{stage}/final")
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -78,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-k", type=int, default=None)
     e.add_argument("--out", default=None, help="write predictions as JSONL")
     e.set_defaults(func=_eval)
+
+    t = sub.add_parser("train", help="train a stage (or all) in a run folder; reruns resume")
+    t.add_argument("--stage", required=True, choices=["stage1", "stage2", "stage3", "all"])
+    t.add_argument("--run-dir", required=True, help="run folder (on Drive in Colab)")
+    t.add_argument("--data", default=None, help="JSONL for this stage (remembered in run.json)")
+    t.add_argument("--data-dir", default=None, help="folder with stage1.jsonl, stage2.jsonl, stage3.jsonl")
+    t.add_argument("--base", default=None, help="base model: registry name, Hub id or folder")
+    t.add_argument("--base-path", default=None, help="local copy of the base model (offline machines)")
+    t.add_argument("--init-from", default=None, help="start the stage from this saved model (dir or zip)")
+    for flag, typ in (("--max-steps", int), ("--epochs", float), ("--batch-size", int), ("--grad-accum", int),
+                      ("--save-steps", int), ("--save-minutes", float), ("--keep", int), ("--lr", float),
+                      ("--seed", int), ("--log-steps", int), ("--compr-rate", int), ("--doc-max-length", int),
+                      ("--top-k", int), ("--lora-r", int), ("--mse-weight", float), ("--contrastive-weight", float)):
+        t.add_argument(flag, type=typ, default=None)
+    t.add_argument("--quantization", choices=["4bit", "8bit"], default=None)
+    t.add_argument("--encoder-layout", choices=["compact", "upstream"], default=None)
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    t.add_argument("--report-to", nargs="*", default=None, help="e.g. tensorboard wandb")
+    t.set_defaults(func=_train)
 
     m = sub.add_parser("demo", help="the whole pipeline on the embedded model, on CPU, in minutes")
     m.add_argument("--run-dir", default="runs/demo")

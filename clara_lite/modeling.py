@@ -160,23 +160,60 @@ class ClaraModel(nn.Module):
             if "lora_" in pname and any(f".{n}." in pname for n in names):
                 p.requires_grad_(True)
 
+    def _tuner_layers(self) -> list:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        # adding an adapter adds no new tuner layers, but a fresh wrap does: key the cache on lm
+        cached = getattr(self, "_tuner_cache", None)
+        if cached is None or cached[0] is not self.lm:
+            cached = (self.lm, [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)])
+            self._tuner_cache = cached
+        return cached[1]
+
     @contextlib.contextmanager
     def adapter(self, name: str):
         """Route every LoRA layer through adapter ``name`` (no requires_grad side effects, unlike
         PEFT's set_adapter, so one forward can use several adapters and train them all)."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         if name not in self.adapter_names:
             raise ValueError(f"adapter {name!r} missing; this model has {self.adapter_names}")
-        layers = [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+        layers = self._tuner_layers()
         previous = [m._active_adapter for m in layers]
+        outer = getattr(self, "_current_adapter", None)
         for m in layers:
             m._active_adapter = [name]
+        self._current_adapter = name
         try:
             yield
         finally:
             for m, prev in zip(layers, previous, strict=True):
                 m._active_adapter = prev
+            self._current_adapter = outer
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Per-layer activation checkpointing that recomputes each layer under the adapter it ran
+        with: a plain setup would recompute under whatever adapter is active during backward."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for module in self.lm.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if func is not None and not getattr(func, "_clara_adapter_aware", False):
+                module._gradient_checkpointing_func = self._adapter_aware(func)
+
+    def _adapter_aware(self, checkpoint_fn):
+        def run(fn, *args, **kwargs):
+            name = self._current_adapter  # the adapter this layer runs with now
+
+            def call(*a, **kw):
+                with self.adapter(name):
+                    return fn(*a, **kw)
+
+            return checkpoint_fn(call, *args, **kwargs)
+
+        run._clara_adapter_aware = True
+        return run
+
+    def forward(self, batch: dict, stage) -> tuple[torch.Tensor, dict]:
+        """Training step entry point (so DDP sees a forward): ``stage.loss`` on ``batch``."""
+        return stage.loss(self, batch)
 
     # ------------------------------------------------------------------ passes
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -93,3 +95,24 @@ def test_stage3_starts_query_reasoner_from_encoder():
 def test_unknown_stage_is_a_clear_error():
     with pytest.raises(ValueError, match="stage1, stage2, stage3"):
         get_stage("stage1_2")
+
+
+def test_gradient_checkpointing_recomputes_under_the_right_adapter():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(seed=1)
+        with torch.no_grad():
+            for name, p in model.lm.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+        stage = get_stage("stage1")
+        stage.prepare(model)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        loss, _ = model(stage.collator(model)(STAGE1), stage)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.lm.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name

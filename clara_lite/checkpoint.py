@@ -1,0 +1,272 @@
+"""Checkpoints that can be trusted on a Google Drive mount.
+
+Drive caches writes on the VM and syncs later; renames there have lost data and hard links fail.
+So nothing is renamed: files are written in place, flushed and fsync'd, and a checkpoint is
+complete only when its ``manifest.json`` (written last, listing sha256 and size of every file)
+matches what is on disk. A folder without a valid manifest is never chosen for resuming.
+
+    step-000040/
+        model/                  our model format (adapters, added-token rows, config, tokenizer)
+        optimizer.safetensors   optimizer state tensors       optimizer.json   param groups
+        rng.safetensors         torch (and CUDA) RNG states   state.json       progress, scheduler,
+        manifest.json           written last                                   scaler, python RNG
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MODEL_DIR = "model"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "state.json"
+CHECKPOINT_FORMAT = 1
+STEP_PREFIX = "step-"
+
+
+@dataclass
+class Progress:
+    """Where training is: enough, with the RNG states, to continue exactly."""
+
+    stage: str
+    step: int  # optimizer steps done
+    micro_batches: int  # micro-batches consumed (data position = this, in the seeded order)
+    total_steps: int
+    elapsed_s: float = 0.0
+
+
+def step_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / f"{STEP_PREFIX}{step:06d}"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, extra: dict | None = None) -> dict:
+    """fsync every file under ``folder``, then write the manifest (itself fsync'd) last."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = {"sha256": _sha256(path), "size": path.stat().st_size}
+    manifest = {"format": CHECKPOINT_FORMAT, "files": files, **(extra or {})}
+    target = folder / MANIFEST
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(folder)
+    return manifest
+
+
+def verify(folder: Path) -> str | None:
+    """None when ``folder`` is a complete checkpoint, else why not (for the warning)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest (the save was interrupted)"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"unreadable manifest ({err})"
+    if manifest.get("format") != CHECKPOINT_FORMAT or not isinstance(manifest.get("files"), dict):
+        return f"unknown manifest format {manifest.get('format')!r}"
+    for rel, meta in manifest["files"].items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != meta["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {meta['size']}"
+        if _sha256(path) != meta["sha256"]:
+            return f"{rel} does not match its sha256"
+    return None
+
+
+def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
+    """Valid checkpoints, oldest first; invalid ones are skipped with a warning."""
+    found = []
+    if not checkpoints.is_dir():
+        return found
+    for folder in sorted(checkpoints.glob(f"{STEP_PREFIX}*")):
+        try:
+            step = int(folder.name[len(STEP_PREFIX):])
+        except ValueError:
+            continue
+        problem = verify(folder)
+        if problem:
+            log.warning("Skipping checkpoint %s: %s", folder, problem)
+            continue
+        found.append((step, folder))
+    return found
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = complete_checkpoints(checkpoints)
+    return found[-1][1] if found else None
+
+
+# --------------------------------------------------------------------------- state <-> files
+
+
+def _optimizer_files(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, other = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "other": other}
+
+
+def _load_optimizer(optimizer, folder: Path) -> None:
+    meta = json.loads((folder / OPTIMIZER_META).read_text())
+    state: dict[int, dict] = {}
+    for name, value in load_file(folder / OPTIMIZER_TENSORS).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, extra in meta["other"].items():
+        state.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py = random.getstate()
+    return tensors, {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], *map(float, np_state[2:])]}
+
+
+def _restore_rng(folder: Path, meta: dict) -> None:
+    tensors = load_file(folder / RNG_FILE)
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress) -> Path:
+    """Write a complete checkpoint into ``folder`` (any previous content there is discarded)."""
+    from .saving import save_model
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    save_model(model, folder / MODEL_DIR)
+    tensors, meta = _optimizer_files(optimizer)
+    save_file(tensors, folder / OPTIMIZER_TENSORS)
+    (folder / OPTIMIZER_META).write_text(json.dumps(meta))
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, folder / RNG_FILE)
+    state = {
+        "progress": asdict(progress),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_meta,
+    }
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    write_manifest(folder, {"step": progress.step, "stage": progress.stage})
+    return folder
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progress:
+    """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file as load
+
+    from .saving import ADAPTER_WEIGHTS, ADAPTERS_DIR
+
+    for name in model.adapter_names:
+        weights = load(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
+        set_peft_model_state_dict(model.lm, weights, adapter_name=name)
+    state = json.loads((folder / STATE_FILE).read_text())
+    _load_optimizer(optimizer, folder)
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    _restore_rng(folder, state["rng"])
+    return Progress(**state["progress"])
+
+
+# --------------------------------------------------------------------------- faults and pruning
+
+
+def with_retries(action: Callable[[], Path], *, attempts: int = 4, delay_s: float = 2.0,
+                 cleanup: Callable[[], None] | None = None) -> Path | None:
+    """Run ``action``; on OSError (ENOSPC, a Drive hiccup) clean up and retry with back-off.
+
+    Returns None when every attempt failed: the caller keeps training on its last good checkpoint.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except OSError as err:
+            hint = " (disk full: free space on Drive)" if err.errno == errno.ENOSPC else ""
+            log.warning("Checkpoint write failed (attempt %d/%d): %s%s", attempt, attempts, err, hint)
+            if cleanup is not None:
+                try:
+                    cleanup()
+                except OSError:
+                    pass
+            if attempt < attempts:
+                time.sleep(delay_s * 2 ** (attempt - 1))
+    log.error("Giving up on this checkpoint after %d attempts; training goes on and the previous "
+              "checkpoint is kept", attempts)
+    return None
+
+
+def prune(checkpoints: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, and incomplete folders older than
+    the newest complete one. Only ever called after a newer checkpoint is complete."""
+    complete = complete_checkpoints(checkpoints)
+    if not complete:
+        return
+    keep_paths = {p for _, p in complete[-max(keep, 1):]}
+    newest = complete[-1][0]
+    for folder in checkpoints.glob(f"{STEP_PREFIX}*"):
+        try:
+            step = int(folder.name[len(STEP_PREFIX):])
+        except ValueError:
+            continue
+        if folder not in keep_paths and step < newest:
+            shutil.rmtree(folder, ignore_errors=True)
