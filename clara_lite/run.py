@@ -106,6 +106,16 @@ class Run:
         entry["train"] = merged
         return TrainConfig(**merged)
 
+    def check(self, stages, model_options: dict, train_options: dict) -> None:
+        """Fail early (before skipping finished stages) when options contradict run.json."""
+        if "model" in self.data:
+            _check_same("model setting", self.data["model"], model_options, self.root)
+        for stage in stages:
+            saved = self.data["stages"].get(stage, {}).get("train")
+            if saved:
+                _check_same(f"{stage} training setting", {k: saved[k] for k in RESULT_KEYS if k in saved},
+                            {k: v for k, v in train_options.items() if k in RESULT_KEYS}, self.root)
+
     def data_file(self, stage: str, data: str | None, data_dir: str | None) -> Path:
         entry = self.data["stages"].setdefault(stage, {})
         saved = entry.get("data")
@@ -172,6 +182,9 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
     """
     run = Run(run_dir)
     stages = list(ORDER) if stage == "all" else [get_stage(stage).name]
+    # with "all", options are meant for the stages still to train: finished ones are not judged
+    judged = [s for s in stages if stage != "all" or not run.is_final(s)]
+    run.check(judged, model_options or {}, train_options or {})
     results = {}
     for name in stages:
         if run.is_final(name):

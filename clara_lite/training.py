@@ -82,8 +82,12 @@ def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
 
 def make_accelerator(cfg: TrainConfig, project_dir: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    # One process may train several stages (a notebook): forget the previous stage's precision
+    # settings; the process-group state (PartialState) is kept.
+    AcceleratorState._reset_state()
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,

@@ -1,0 +1,219 @@
+"""The runner: exact resume after SIGKILL, trusted checkpoints, stage chaining, faults, AMP paths."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clara_lite.data import read_jsonl
+from clara_lite.run import RunError, train
+from clara_lite.stages import get_stage
+from clara_lite.training import TrainConfig, train_stage
+from helpers import tiny_model
+from synthetic_data import write_run_data
+
+MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
+CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
+TRAIN = {"max_steps": 6, "micro_batch_size": 2, "grad_accum_steps": 2, "save_steps": 2, "lr": 1e-3, "log_steps": 1}
+CLI_TRAIN = ["--max-steps", "6", "--batch-size", "2", "--grad-accum", "2", "--save-steps", "2", "--lr", "1e-3",
+             "--log-steps", "1"]
+
+
+def _adapters(final: Path) -> dict:
+    out = {}
+    for f in sorted((final / "adapters").glob("*/adapter_model.safetensors")):
+        out.update({f"{f.parent.name}/{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and a
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _cli(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage1", "--run-dir", str(run_dir),
+           "--data", str(data), *CLI_MODEL, *CLI_TRAIN, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {path} appeared:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_run_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """An uninterrupted stage1 run: the adapters every resumed run must reproduce."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+          train_options=dict(TRAIN))
+    return run_dir
+
+
+def test_uninterrupted_run_writes_the_run_folder(reference):
+    stage = reference / "stage1"
+    assert (reference / "run.json").is_file() and (stage / "final" / "manifest.json").is_file()
+    assert (stage / "loss.png").stat().st_size > 1000
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (stage / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir, reference):
+    run_dir = tmp_path / "run"
+    proc = _cli(run_dir, data_dir / "stage1.jsonl")
+    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "stage1" / "final").exists()
+    again = _cli(run_dir, data_dir / "stage1.jsonl")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "Resuming stage1" in out and "step 4/6" in out
+    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+    steps = [line for line in (run_dir / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 6  # each step logged once across the two processes
+
+
+def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_dir, reference, caplog):
+    run_dir = tmp_path / "run"
+    proc = _cli(run_dir, data_dir / "stage1.jsonl")
+    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    cks = sorted((run_dir / "stage1" / "checkpoints").iterdir())
+    assert len(cks) >= 2 and not (run_dir / "stage1" / "final").exists()
+    assert "stopped by SIGTERM" in out
+    newest = cks[-1]
+    weights = newest / "model" / "adapters" / "encoder" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a Drive hiccup
+    with caplog.at_level(logging.WARNING):
+        train(run_dir, "stage1", model_options={}, train_options={})
+    assert any("Skipping checkpoint" in r.message and newest.name in r.message for r in caplog.records)
+    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+
+
+def test_missing_manifest_is_skipped(tmp_path, data_dir, reference):
+    run_dir = tmp_path / "run"
+    proc = _cli(run_dir, data_dir / "stage1.jsonl")
+    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json").unlink()
+    train(run_dir, "stage1", model_options={}, train_options={})
+    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+
+
+def test_write_failure_does_not_stop_training(tmp_path, data_dir, monkeypatch):
+    real_fsync = os.fsync
+    failing = {"on": False, "calls": 0}
+
+    def fsync(fd):
+        if failing["on"]:
+            failing["calls"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    model = tiny_model(**{k: v for k, v in MODEL.items() if k != "base_model"})
+    stage = get_stage("stage1")
+    rows = read_jsonl(data_dir / "stage1.jsonl", "stage1")
+    cfg = TrainConfig(max_steps=4, micro_batch_size=2, save_steps=1, lr=1e-3, retry_attempts=2, retry_delay_s=0.01,
+                      keep=5, log_steps=1)
+    checkpoints = tmp_path / "stage1" / "checkpoints"
+    from clara_lite import checkpoint as ckpt
+
+    real_save = ckpt.save_checkpoint
+
+    def save(folder, *args, **kwargs):  # make exactly the step-2 save hit a full disk
+        failing["on"] = folder.name == "step-000002"
+        try:
+            return real_save(folder, *args, **kwargs)
+        finally:
+            failing["on"] = False
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    summary = train_stage(model, stage, rows, tmp_path / "stage1", cfg)
+    assert summary["steps"] == 4 and failing["calls"] >= 2
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["step-000001", "step-000003"]
+    assert ckpt.verify(checkpoints / "step-000001") is None
+    assert ckpt.verify(tmp_path / "stage1" / "final") is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_paths_run_on_cpu(tmp_path, data_dir, precision):
+    model = tiny_model(**{k: v for k, v in MODEL.items() if k != "base_model"})
+    rows = read_jsonl(data_dir / "stage1.jsonl", "stage1")
+    cfg = TrainConfig(max_steps=3, micro_batch_size=2, lr=1e-3, mixed_precision=precision, log_steps=1,
+                      save_minutes=None)
+    train_stage(model, get_stage("stage1"), rows, tmp_path, cfg)
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    assert all(p.dtype == torch.float32 for p in lora)  # trainable weights stay fp32 under AMP
+    if precision == "fp16":
+        state = json.loads((tmp_path / "final" / "summary.json").read_text())
+        assert state["steps"] == 3
+
+
+def test_stage_order_and_conflicts_are_clear_errors(tmp_path, data_dir, reference):
+    with pytest.raises(RunError, match=r"stage2 starts from stage1/final.*not started.*--stage stage1"):
+        train(tmp_path / "fresh", "stage2", data=str(data_dir / "stage2.jsonl"), model_options=dict(MODEL),
+              train_options=dict(TRAIN))
+    with pytest.raises(RunError, match=r"lr: run.json has 0.001, this command asks 0.5"):
+        train(reference, "stage1", model_options={}, train_options={"lr": 0.5})
+    with pytest.raises(RunError, match=r"compr_rate: run.json has 4"):
+        train(reference, "stage1", model_options={"compr_rate": 8}, train_options={})
+    assert train(reference, "stage1", model_options={}, train_options={}) == {"stage1": "already final"}
+
+
+def test_stage_all_resumes_stage2_then_runs_stage3(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    opts = dict(max_steps=4, micro_batch_size=2, save_steps=2, lr=1e-3, log_steps=1)
+    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+          train_options={**opts, "max_steps": 2})
+    cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage2", "--run-dir", str(run_dir),
+           "--data", str(data_dir / "stage2.jsonl"), "--max-steps", "4", "--batch-size", "2", "--save-steps", "2",
+           "--lr", "1e-3", "--log-steps", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(run_dir / "stage2" / "checkpoints" / "step-000002" / "manifest.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    results = train(run_dir, "all", data_dir=str(data_dir), model_options={},
+                    train_options={"max_steps": 4, "micro_batch_size": 2, "lr": 1e-3})
+    assert results["stage1"] == "already final"
+    assert results["stage2"]["steps"] == 4 and results["stage3"]["steps"] == 4
+    metrics = (run_dir / "stage2" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 4
+    final3 = run_dir / "stage3" / "final"
+    assert (final3 / "adapters" / "query_reasoner" / "adapter_model.safetensors").is_file()
+    import json
+
+    assert json.loads((final3 / "clara_config.json").read_text())["trained_stages"] == ["stage1", "stage2", "stage3"]
