@@ -29,9 +29,13 @@ DATA = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"
 
 # Upstream CLaRa on the same 4 rows (from the issue): its collation, its step time and peak RSS.
 UPSTREAM = {
-    "enc_real": 607, "enc_padded": 4 * 267,
-    "dec_real": 1445, "dec_padded": 4 * 496,
-    "s_per_step": 33.5, "peak_rss_gb": 12.6, "compress_s": 0.9,
+    "enc_real": 607,
+    "enc_padded": 4 * 267,
+    "dec_real": 1445,
+    "dec_padded": 4 * 496,
+    "s_per_step": 33.5,
+    "peak_rss_gb": 12.6,
+    "compress_s": 0.9,
 }
 TARGET_SPEEDUP = 1.5  # tokens/s at least 1.5x upstream's
 TARGET_MEMORY = 0.7  # peak RSS at most 0.7x upstream's
@@ -57,8 +61,12 @@ def warm_cache(model_name: str) -> None:
 def token_counts(batch: dict) -> dict[str, int]:
     enc, dec = batch["enc"]["attention_mask"], batch["dec"]["attention_mask"]
     return {
-        "enc_real": int(enc.sum()), "enc_padded": enc.numel(), "enc_shape": tuple(enc.shape),
-        "dec_real": int(dec.sum()), "dec_padded": dec.numel(), "dec_shape": tuple(dec.shape),
+        "enc_real": int(enc.sum()),
+        "enc_padded": enc.numel(),
+        "enc_shape": tuple(enc.shape),
+        "dec_real": int(dec.sum()),
+        "dec_padded": dec.numel(),
+        "dec_shape": tuple(dec.shape),
         "answer_tokens": int((batch["dec"]["labels"] != -100).sum()),
     }
 
@@ -108,8 +116,12 @@ def profile_step(model, stage, batch, optimizer, rows: int) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    p.add_argument("--layout", choices=("compact", "upstream"), default="compact",
-                   help="encoder padding: to the longest doc (ours) or to doc_max_length+3 (upstream)")
+    p.add_argument(
+        "--layout",
+        choices=("compact", "upstream"),
+        default="compact",
+        help="encoder padding: to the longest doc (ours) or to doc_max_length+3 (upstream)",
+    )
     p.add_argument("--rows", type=int, default=4, help="batch: the first ROWS rows of the data file")
     p.add_argument("--data", type=Path, default=DATA, help="stage1 JSONL file (upstream format)")
     p.add_argument("--model", default="smollm2-135m", help="base model (registry name or folder)")
@@ -131,8 +143,16 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     warm_cache(args.model)
     rows = read_jsonl(args.data, "stage1")[: args.rows]
-    model = ClaraModel.from_base(args.model, dtype=torch.float32, seed=args.seed, doc_max_length=256,
-                                 compr_rate=32, lora_r=16, generation_top_k=1, encoder_layout=args.layout)
+    model = ClaraModel.from_base(
+        args.model,
+        dtype=torch.float32,
+        seed=args.seed,
+        doc_max_length=256,
+        compr_rate=32,
+        lora_r=16,
+        generation_top_k=1,
+        encoder_layout=args.layout,
+    )
     rss_loaded = current_rss_gb()
     stage = get_stage("stage1")
     stage.prepare(model)
@@ -152,24 +172,38 @@ def main(argv=None) -> None:
     up_real = up["enc_real"] + up["dec_real"]
     up_tps = up_real / up["s_per_step"]
     tps = real / s_step
-    print(f"stage1 step: {args.model}, fp32, layout={args.layout}, {args.rows} rows of {args.data.name}, "
-          f"{torch.get_num_threads()} threads, trainable LoRA params {sum(p.numel() for p in params):,}")
-    print(f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
-          f"({counts['enc_shape'][0]}x{counts['enc_shape'][1]})   "
-          f"upstream: {up['enc_real']} real, padded {up['enc_padded']} (4x267)")
-    print(f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
-          f"({counts['dec_shape'][0]}x{counts['dec_shape'][1]}), {counts['answer_tokens']} scored   "
-          f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)")
-    print(f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}   losses: "
-          f"{', '.join(f'{x:.3f}' for x in losses)}")
+    print(
+        f"stage1 step: {args.model}, fp32, layout={args.layout}, {args.rows} rows of {args.data.name}, "
+        f"{torch.get_num_threads()} threads, trainable LoRA params {sum(p.numel() for p in params):,}"
+    )
+    print(
+        f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
+        f"({counts['enc_shape'][0]}x{counts['enc_shape'][1]})   "
+        f"upstream: {up['enc_real']} real, padded {up['enc_padded']} (4x267)"
+    )
+    print(
+        f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
+        f"({counts['dec_shape'][0]}x{counts['dec_shape'][1]}), {counts['answer_tokens']} scored   "
+        f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)"
+    )
+    print(
+        f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}   losses: "
+        f"{', '.join(f'{x:.3f}' for x in losses)}"
+    )
     print(f"  seconds/step: {s_step:.2f}  (min {min(times):.2f})   upstream {up['s_per_step']:.1f}")
-    print(f"  tokens/s (real enc+dec): {tps:.1f}   upstream {up_tps:.1f}   ratio {tps / up_tps:.2f}x "
-          f"(target >= {TARGET_SPEEDUP}x: {'met' if tps / up_tps >= TARGET_SPEEDUP else 'MISSED'})")
-    print(f"  peak RSS: {peak:.2f} GB (after model load {rss_loaded:.2f} GB)   upstream {up['peak_rss_gb']:.1f} GB"
-          f"   ratio {peak / up['peak_rss_gb']:.2f}x (target <= {TARGET_MEMORY}x: "
-          f"{'met' if peak / up['peak_rss_gb'] <= TARGET_MEMORY else 'MISSED'})")
-    print(f"  compress one document (no grad, {compress_len} encoder tokens): {compress_s:.3f} s "
-          f"(mean of {args.compress_runs})   upstream ~{up['compress_s']} s (267 tokens)")
+    print(
+        f"  tokens/s (real enc+dec): {tps:.1f}   upstream {up_tps:.1f}   ratio {tps / up_tps:.2f}x "
+        f"(target >= {TARGET_SPEEDUP}x: {'met' if tps / up_tps >= TARGET_SPEEDUP else 'MISSED'})"
+    )
+    print(
+        f"  peak RSS: {peak:.2f} GB (after model load {rss_loaded:.2f} GB)   upstream {up['peak_rss_gb']:.1f} GB"
+        f"   ratio {peak / up['peak_rss_gb']:.2f}x (target <= {TARGET_MEMORY}x: "
+        f"{'met' if peak / up['peak_rss_gb'] <= TARGET_MEMORY else 'MISSED'})"
+    )
+    print(
+        f"  compress one document (no grad, {compress_len} encoder tokens): {compress_s:.3f} s "
+        f"(mean of {args.compress_runs})   upstream ~{up['compress_s']} s (267 tokens)"
+    )
     if args.profile:
         profile_step(model, stage, batch, optimizer, rows=25)
 
