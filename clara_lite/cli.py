@@ -83,6 +83,35 @@ def _demo(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_zip
+
+    out = export_zip(args.run_dir, stage=args.stage, out=args.out)
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _ask(args) -> int:
+    from .export import answer, load, read_docs
+    from .hardware import detect_hardware
+
+    kwargs = {"base_path": args.base_path} if args.base_path else {}
+    profile = detect_hardware()
+    if profile.device.kind == "cuda":  # else float32 on CPU
+        kwargs.update(device_map=profile.device.torch_device, dtype=profile.dtype)
+    docs = read_docs(args.docs)
+    model = load(args.model, **kwargs)
+    text, retrieved = answer(model, args.question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    print(f"answer: {text}")
+    if retrieved is None:
+        print(f"(read all {len(docs)} documents)")
+    else:
+        print("retrieved:")
+        for i in retrieved:
+            print(f"  [{i}] {docs[i][:80]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clara-lite", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -135,6 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--run-dir", default="runs/demo")
     m.add_argument("--base", default="smollm2-135m")
     m.set_defaults(func=_demo)
+
+    x = sub.add_parser("export", help="zip a run's final model (adapters, config, tokenizer, model card)")
+    x.add_argument("--run-dir", required=True)
+    x.add_argument("--stage", default=None, choices=["stage1", "stage2", "stage3"],
+                   help="default: the newest final stage")
+    x.add_argument("--out", default=None, help="zip to write (default: exports/<run>-<stage>.zip beside runs/)")
+    x.set_defaults(func=_export)
+
+    a = sub.add_parser("ask", help="answer a question from documents with a saved model (zip or folder)")
+    a.add_argument("--model", required=True, help="exported zip or model folder")
+    a.add_argument("--question", required=True)
+    a.add_argument("--docs", required=True, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
+    a.add_argument("--top-k", type=int, default=None, help="documents retrieved (stage3 models)")
+    a.add_argument("--base-path", default=None, help="local copy of the base model (offline machines)")
+    a.add_argument("--max-new-tokens", type=int, default=64)
+    a.set_defaults(func=_ask)
     return p
 
 

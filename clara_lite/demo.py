@@ -13,7 +13,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MODEL = {"doc_max_length": 64, "compr_rate": 8, "generation_top_k": 2, "lora_r": 16}
-STEPS = {"stage1": 16, "stage2": 16, "stage3": 12}
+STEPS = {"stage1": 12, "stage2": 12, "stage3": 8}  # a pipeline check, not a good model: minutes on 2 CPU cores
 LR = {"stage1": 5e-4, "stage2": 3e-4, "stage3": 1e-4}
 
 
@@ -40,7 +40,7 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
 
     for stage in ("stage1", "stage2", "stage3"):
         train(run_dir, stage, data=str(paths[stage]), model_options={"base_model": base, **MODEL},
-              train_options={"max_steps": steps[stage], "micro_batch_size": 4, "grad_accum_steps": 1,
+              train_options={"max_steps": steps[stage], "micro_batch_size": 2, "grad_accum_steps": 1,
                              "lr": LR[stage], "log_steps": 4, "save_steps": max(steps[stage] // 2, 1),
                              "warmup_ratio": 0.1})
 
