@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import inputs
-from .config import ADAPTERS, ClaraConfig
+from .config import ClaraConfig
 from .inputs import SpecialTokens
 
 log = logging.getLogger(__name__)

@@ -135,8 +135,8 @@ def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> di
     Writes ``stage_dir/final`` and returns its summary. Raises :class:`TrainingInterrupted`
     after a requested stop has been checkpointed.
     """
-    from transformers import get_scheduler
     from tqdm.auto import tqdm
+    from transformers import get_scheduler
 
     if not examples:
         raise ValueError("no training rows")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from clara_lite import ClaraModel
 from clara_lite.stages import get_stage
-from helpers import tiny_model
 
 QUESTIONS = ["Who wrote the first program?", "Which river is longest?"]
 DOCS = [["Ada Lovelace wrote the first program.", "Paris is in France."],

@@ -6,10 +6,10 @@ import zlib
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from clara_lite.data import QAExample, Stage1Example
 from clara_lite.stages import get_stage
-from helpers import tiny_model
 
 DOCS = ["Ada Lovelace wrote the first program in 1843.", "The Nile is the longest river in Africa."]
 STAGE1 = [

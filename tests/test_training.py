@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model
 from safetensors.torch import load_file
+from synthetic_data import write_run_data
 
 from clara_lite.data import read_jsonl
 from clara_lite.run import RunError, train
 from clara_lite.stages import get_stage
 from clara_lite.training import TrainConfig, train_stage
-from helpers import tiny_model
-from synthetic_data import write_run_data
 
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]

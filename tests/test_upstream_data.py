@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+from helpers import tiny_model
+
 from clara_lite.data import read_jsonl
 from clara_lite.stages import get_stage
 from clara_lite.training import TrainConfig, train_stage
-from helpers import tiny_model
 
 
 def test_upstream_file_trains_unchanged(shared_dir, tmp_path):
