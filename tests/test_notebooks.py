@@ -1,0 +1,308 @@
+"""The notebook suite: generated from notebooks/build.py, thin, and runnable headless end to end.
+
+Headless runs override a notebook's inputs the papermill way: a cell tagged
+``injected-parameters`` goes right after the cell tagged ``parameters``. Kernels are this venv's
+``python3`` with cwd a temporary folder, ``CLARA_DRIVE=<tmp>/drive`` and ``OMP_NUM_THREADS=1``
+(on a busy 2-core machine more threads only spin: a tiny step goes from ~5 s to ~50 ms).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from clara_lite import notebook as nb
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ORDER = ["00_setup", "01_data", "02_stage1", "03_stage2", "04_stage3", "05_inference"]
+TINY = {"RUN_NAME": "smoke", "BASE_MODEL": "tiny-random", "COMPR_RATE": 4, "DOC_MAX_LENGTH": 16, "TOP_K": 2,
+        "LORA_R": 4, "STAGE1_STEPS": 4, "STAGE2_STEPS": 4, "STAGE3_STEPS": 4, "SAVE_STEPS": 2, "LOG_STEPS": 1,
+        "MICRO_BATCH_SIZE": 2, "GRAD_ACCUM_STEPS": 1, "LR": 1e-3, "USE_FORM": False}
+OVERRIDES = {"00_setup": TINY, "05_inference": {"MAX_NEW_TOKENS": 4, "EVAL_LIMIT": 4}}
+ALLOWED_IMPORTS = {"clara_lite", "ipywidgets"}  # plus the standard library and IPython.display
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("notebook_build", NOTEBOOKS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _with_parameters(notebook: nbformat.NotebookNode, values: dict) -> nbformat.NotebookNode:
+    """Insert papermill's ``injected-parameters`` cell after the ``parameters`` cell."""
+    index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in values.items()),
+                                     metadata={"tags": ["injected-parameters"]})
+    cell.id = "injected-parameters"
+    notebook.cells.insert(index + 1, cell)
+    return notebook
+
+
+def _client(name: str, cwd: Path, overrides: dict | None = None) -> NotebookClient:
+    notebook = _with_parameters(_read(name), overrides) if overrides else _read(name)
+    return NotebookClient(notebook, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(cwd)}})
+
+
+def _env(drive: Path) -> dict:
+    return {**os.environ, "CLARA_DRIVE": str(drive), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def venv_kernel(monkeypatch):
+    """Kernel 'python3' is this venv's: its kernelspec is searched before the user's."""
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [
+        str(Path(sys.prefix) / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")])))
+
+
+def _text(notebook: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif out.output_type == "error":
+                parts.append(f"{out.ename}: {out.evalue}")
+            elif "text/plain" in out.get("data", {}):
+                parts.append(out.data["text/plain"])
+    return "".join(parts)
+
+
+def _images(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in out.get("data", {}) for c in notebook.cells for out in c.get("outputs", []))
+
+
+def _steps(stage_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------- static checks
+
+
+def test_committed_notebooks_match_their_source():
+    build = _build_module()
+    assert list(build.NOTEBOOKS) == ORDER
+    assert build.stale() == [], "notebooks differ from notebooks/build.py: run python notebooks/build.py"
+    assert build.render("02_stage1") == build.render("02_stage1")  # deterministic
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_is_valid_clean_and_thin(name):
+    notebook = _read(name)
+    nbformat.validate(notebook)
+    assert (notebook.nbformat, notebook.nbformat_minor) >= (4, 5)
+    intro = notebook.cells[0]
+    assert intro.cell_type == "markdown"
+    assert f"https://colab.research.google.com/github/clara-lite/clara_lite/blob/main/notebooks/{name}.ipynb" in intro.source
+    for words in ("**Needs:**", "**Takes:**", "T4", "A100", "smollm2-135m", "qwen2.5-1.5b"):
+        assert words in intro.source
+    assert [c.id for c in notebook.cells] == [f"{name}-{i:02d}" for i in range(len(notebook.cells))]
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None
+        for node in ast.walk(ast.parse(cell.source)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for module in names:
+                top = module.split(".")[0]
+                ok = top in ALLOWED_IMPORTS or module == "IPython.display" or (
+                    top in sys.stdlib_module_names and top != "google")
+                assert ok, f"{name} cell {cell.id} imports {module}: cells call clara_lite, not other libraries"
+        if "parameters" not in cell.metadata.get("tags", []):  # inputs are data, however many
+            assert len(cell.source.splitlines()) <= 15, f"{cell.id} is not thin"
+
+
+def test_settings_round_trip_and_options(tmp_path):
+    settings = nb.Settings(run_name="a", base_model="tiny-random", compr_rate=4, doc_max_length=16,
+                           stage2_steps=0, epochs=2.0, save_steps=3)
+    saved = nb.save_settings(tmp_path, settings)
+    assert saved.quantization == "none"  # 'auto' resolved by the CPU plan
+    assert nb.current_run(tmp_path) == "a"
+    assert nb.saved_settings(tmp_path, "a") == saved
+    assert saved.train_options("stage1") == {"max_steps": 40, "save_minutes": 20.0, "save_steps": 3, "log_steps": 5}
+    assert saved.train_options("stage2")["epochs"] == 2.0 and "max_steps" not in saved.train_options("stage2")
+    assert saved.model_options()["generation_top_k"] == 2
+    with pytest.raises(nb.SettingsError, match="unknown settings"):
+        nb.Settings.from_dict({**saved.to_dict(), "typo": 1})
+    with pytest.raises(nb.SettingsError, match="compr_rate"):
+        nb.save_settings(tmp_path, nb.Settings(run_name="b", compr_rate=32, doc_max_length=16))
+
+
+def test_raw_documents_without_extract_say_so(tmp_path, capsys):
+    settings = nb.save_settings(tmp_path, nb.Settings(run_name="r"))
+    assert nb.prepare_data(tmp_path, settings, "raw") is None
+    assert "clara-lite data extract" in capsys.readouterr().out
+    assert nb.saved_settings(tmp_path, "r").data_dir is None
+
+
+# ----------------------------------------------------------------------- headless runs
+
+
+def test_suite_runs_headless_in_order(tmp_path, venv_kernel):
+    drive = tmp_path / "drive"
+    outputs = {}
+    for name in ORDER:
+        started = time.monotonic()
+        done = _client(name, tmp_path, OVERRIDES.get(name)).execute(env=_env(drive))
+        outputs[name] = done
+        print(f"{name}: {time.monotonic() - started:.1f} s")
+    run = drive / "runs" / "smoke"
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["base_model"] == "tiny-random" and settings["data_dir"] == "data/example"
+    assert (drive / "current_run.txt").read_text().strip() == "smoke"
+    assert "plan " in _text(outputs["00_setup"]) and "4-bit none" in _text(outputs["00_setup"])
+    data = _text(outputs["01_data"])
+    assert "stage1.jsonl (stage1): 40 rows, 0 bad" in data and "sample:" in data and "heldout.jsonl" in data
+    for name, stage in (("02_stage1", "stage1"), ("03_stage2", "stage2"), ("04_stage3", "stage3")):
+        assert _steps(run / stage) == [1, 2, 3, 4]
+        assert f"{stage} final checkpoint: {run / stage / 'final'}" in _text(outputs[name])
+        assert _images(outputs[name]) == 1  # the loss curve
+    inference = _text(outputs["05_inference"])
+    assert "retrieved #1" in inference and "Recall@1" in inference and "held-out (4 questions)" in inference
+    assert (run / "heldout_eval.json").is_file()
+    if importlib.util.find_spec("clara_lite.export"):
+        assert list((drive / "exports").glob("smoke*.zip")), inference
+    else:
+        assert "Export is not available" in inference
+
+
+def test_stage1_notebook_resumes_after_the_kernel_is_killed(tmp_path, venv_kernel):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    settings = nb.save_settings(drive, nb.Settings(
+        run_name="kill", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, stage1_steps=24,
+        save_steps=2, log_steps=1, micro_batch_size=2, grad_accum_steps=1, lr=1e-3))
+    nb.prepare_data(drive, settings, "example")
+    checkpoints = drive / "runs" / "kill" / "stage1" / "checkpoints"
+
+    client, failure = _client("02_stage1", tmp_path), []
+
+    def run():
+        try:
+            client.execute(env=_env(drive))
+        except Exception as err:  # DeadKernelError once the kernel is killed
+            failure.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("step-*/manifest.json")):
+        assert thread.is_alive(), f"02_stage1 ended before a checkpoint: {failure}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    os.kill(client.km.provisioner.pid, signal.SIGKILL)  # a Colab runtime disconnect
+    thread.join(120)
+    assert failure and not (checkpoints.parent / "final").exists()
+    killed_at = len(_steps(checkpoints.parent))
+
+    again = _text(_client("02_stage1", tmp_path).execute(env=_env(drive)))
+    resumed = re.search(r"Resuming stage1 from .*step-(\d+) \(step (\d+)/24\)", again)
+    assert resumed and "resuming from its checkpoint step" in again, again
+    step = int(resumed.group(2))
+    assert 2 <= step <= killed_at
+    logged = [int(s) for s in re.findall(r"stage1 step (\d+)/24", again)]
+    assert logged == list(range(step + 1, 25))  # continues, never restarts at 1
+    assert _steps(checkpoints.parent) == list(range(1, 25))
+    assert f"stage1 final checkpoint: {checkpoints.parent / 'final'}" in again
+
+
+# ----------------------------------------------------------------------- Colab set-up, simulated
+
+
+@pytest.fixture
+def fake_colab(tmp_path, monkeypatch):
+    """A pretend Colab: ``google.colab`` imported, pip recorded instead of run, Drive under tmp."""
+    from clara_lite import colab
+
+    calls, mounted = [], []
+    fake = types.ModuleType("google.colab")
+    fake.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google.colab", fake)
+    monkeypatch.delenv(colab.DRIVE_ENV, raising=False)
+    monkeypatch.setattr(colab, "MOUNT_POINT", str(tmp_path / "content" / "drive"))
+    monkeypatch.setattr(colab, "FLASH_FAILED", tmp_path / "flash-failed")
+    monkeypatch.setattr(colab, "show_logs", lambda: None)
+    monkeypatch.setattr(colab, "_pip", lambda *args, timeout=None: calls.append(args) or subprocess.CompletedProcess(
+        args, 1 if "flash-attn" in args else 0, "", ""))
+    versions = {"torch": "2.13.0", "transformers": "5.23.0"}
+    monkeypatch.setattr(colab, "_installed_version", versions.get)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("")
+    (repo / colab.REQUIREMENTS).write_text("# what Colab lacks\ntorch>=9\ntransformers>=5.0,<6  # there\n"
+                                           "not-installed-xyz>=1\n")
+    return colab, repo, calls, mounted
+
+
+def test_colab_setup_installs_only_what_is_missing(fake_colab, tmp_path, monkeypatch):
+    colab, repo, calls, mounted = fake_colab
+    monkeypatch.setattr(colab, "_gpu_capability", lambda: (7, 5))  # a T4
+    env = colab.setup_environment(repo)
+    assert env.colab and mounted == [colab.MOUNT_POINT]
+    assert env.drive == tmp_path / "content" / "drive" / "MyDrive" / "clara_lite" and env.drive.is_dir()
+    assert calls[0][0] == "-c" and calls[0][2:] == ("not-installed-xyz>=1",)  # torch is never installed
+    assert "torch==2.13.0" in Path(calls[0][1]).read_text()
+    assert calls[1:] == [("--no-deps", colab.EMBEDDED_MODEL), ("--no-deps", "-e", str(repo))]
+    assert any("flash-attn skipped" in note for note in env.notes)
+
+
+def test_colab_flash_attn_failure_is_remembered_and_not_fatal(fake_colab, monkeypatch):
+    colab, repo, calls, _ = fake_colab
+    monkeypatch.setattr(colab, "_gpu_capability", lambda: (8, 0))  # an A100
+    env = colab.setup_environment(repo)
+    assert calls[-1][0] == "--only-binary=:all:" and calls[-1][-1] == "flash-attn"
+    assert any("no prebuilt wheel" in note for note in env.notes) and colab.FLASH_FAILED.exists()
+    calls.clear()
+    colab.setup_environment(repo)
+    assert not any("flash-attn" in call for call in calls)  # not tried again in this runtime
+
+
+def test_outside_colab_nothing_is_installed(tmp_path, monkeypatch):
+    from clara_lite import colab
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setenv(colab.DRIVE_ENV, str(tmp_path / "d"))
+    monkeypatch.setattr(colab, "show_logs", lambda: None)
+    monkeypatch.setattr(colab, "_pip", lambda *a, **k: pytest.fail("pip ran outside Colab"))
+    env = colab.setup_environment("/nonexistent")
+    assert not env.colab and env.drive == tmp_path / "d" and env.installed == []
+
+
+def test_settings_form_saves_what_was_typed_and_an_existing_run_is_not_asked_again(tmp_path, capsys):
+    import ipywidgets
+
+    form = nb.settings_form(tmp_path, nb.Settings(run_name="f", base_model="tiny-random"))
+    fields = {w.description: w for w in form.children if isinstance(w, ipywidgets.ValueWidget)}
+    fields["compression rate"].value, fields["document length"].value = 4, 16
+    fields["stage2 steps (0=epochs)"].value = 0
+    next(w for w in form.children if isinstance(w, ipywidgets.Button)).click()
+    saved = nb.saved_settings(tmp_path, "f")
+    assert (saved.compr_rate, saved.doc_max_length, saved.stage2_steps) == (4, 16, 0)
+    assert "plan " in capsys.readouterr().out
+    fields["compression rate"].value = 8  # the run exists now: its settings stay
+    next(w for w in form.children if isinstance(w, ipywidgets.Button)).click()
+    assert "Not saved: run 'f' already has other settings (compr_rate)" in capsys.readouterr().out
+    assert nb.saved_settings(tmp_path, "f") == saved
+    again = nb.choose_settings(tmp_path, nb.Settings(base_model="qwen2.5-1.5b"), interactive=False)
+    assert again == saved  # '' = the current run; its run.json wins
+    assert "Not applied (run.json wins for an existing run): base_model" in capsys.readouterr().out
