@@ -137,12 +137,12 @@ class Run:
         entry["data"] = {"path": str(path), "sha256": digest}
         return path
 
-    def record_session(self, stage: str) -> None:
-        from .hardware import detect_hardware, library_versions
+    def record_session(self, stage: str, profile) -> None:
+        from .hardware import library_versions
 
         sessions = self.data.setdefault("sessions", [])
         sessions.append({"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         "hardware": detect_hardware().to_dict(), "versions": library_versions()})
+                         "hardware": profile.to_dict(), "versions": library_versions()})
 
     def status(self) -> dict:
         out = {}
@@ -207,6 +207,11 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     entry = run.data["stages"].setdefault(name, {})
     init_from = init_from or entry.get("init_from")
     start_dir = Path(init_from) if init_from else _previous_model_dir(run, name)
+    base_name = model_options.get("base_model") or run.data.get("model", {}).get("base_model") or ClaraConfig().base_model
+    profile = detect_hardware(model_params_b=resolve(base_path or base_name).params_b)
+    if "model" not in run.data and "quantization" not in model_options and profile.load_in_4bit:
+        model_options["quantization"] = "4bit"  # e.g. a 7B base on a 15 GB T4: QLoRA
+        log.info("Loading the base in 4-bit nf4: %s", profile.reason("load_in_4bit"))
     config = run.model_config(model_options)
     path = run.data_file(name, data, data_dir)
     examples = read_jsonl(path, name)
@@ -214,11 +219,10 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     if init_from:
         entry["init_from"] = str(init_from)
 
-    profile = detect_hardware(model_params_b=resolve(base_path or config.base_model).params_b)
     defaults = {"micro_batch_size": profile.micro_batch_size, "grad_accum_steps": profile.grad_accum_steps,
                 "mixed_precision": profile.mixed_precision, "gradient_checkpointing": profile.gradient_checkpointing}
     cfg = run.train_config(name, train_options, defaults)
-    run.record_session(name)
+    run.record_session(name, profile)
     run.save()
 
     load = {"dtype": profile.dtype}
