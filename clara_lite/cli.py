@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--stage", required=True, choices=["stage1", "stage2", "stage3"])
     v.add_argument("--top-k", type=int, default=None)
     v.set_defaults(func=_validate)
+    # extract, chunk, synthesize, negatives, split, convert, build
+    from .pipeline.commands import add_data_commands
+
+    add_data_commands(data)
 
     e = sub.add_parser("eval", help="EM / F1 (and Recall@k for stage3) of a model on a stage2/3 JSONL")
     e.add_argument("--model", required=True, help="model folder, upstream checkpoint or zip")

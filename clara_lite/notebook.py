@@ -101,19 +101,38 @@ def prepare_data(drive: Path, settings: Settings, source: str = "example", folde
             raise FileNotFoundError(f"{target / 'stage1.jsonl'} not found: put stage1.jsonl, stage2.jsonl, "
                                     "stage3.jsonl (and optionally heldout.jsonl) into that Drive folder")
     elif source == "raw":
-        if not extract_available():
-            print("Raw documents need `clara-lite data extract`, which this version of clara_lite does not have "
-                  "yet.\nConvert them to stage1/2/3 JSONL yourself (see `clara-lite data validate --help` for the "
-                  "row shapes) and choose DATA_SOURCE = 'jsonl', or use DATA_SOURCE = 'example'.")
-        else:
-            print("Convert the documents with `!clara-lite data extract --help` in a cell, then choose "
-                  "DATA_SOURCE = 'jsonl' with DATA_FOLDER set to its output folder.")
-        return None
+        target = _build_from_raw(drive, settings, folder)
+        if target is None:
+            return None
     else:
         raise SettingsError(f"DATA_SOURCE must be 'example', 'jsonl' or 'raw', got {source!r}")
     settings = save_settings(drive, replace(settings, data_dir=_relative(drive, target)))
     print(f"Run {settings.run_name!r} trains on {target}")
     return settings
+
+
+def _build_from_raw(drive: Path, settings: Settings, folder: str) -> Path | None:
+    """Documents in ``folder`` -> <drive>/data/<run>-raw/{stage1,stage2,stage3,heldout}.jsonl (reruns resume)."""
+    from .pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
+
+    if not folder:
+        print("Set DATA_FOLDER to a Drive folder of documents (PDF, DOCX, PPTX, HTML, Markdown, TXT). They are "
+              "converted by `clara-lite data build` (extract, chunk, synthesize questions, split; step by step: "
+              "`!clara-lite data extract --help`). Questions come from an OpenAI-compatible endpoint when "
+              "CLARA_LLM_BASE_URL, CLARA_LLM_MODEL and CLARA_LLM_API_KEY are set, else from the base model.")
+        return None
+    if missing_modules():
+        print(f"Raw documents need {', '.join(missing_modules())}: run `!pip install -q {' '.join(DATA_PACKAGES)}`")
+        return None
+    target = Path(drive) / DATA_DIR / f"{settings.run_name}-raw"
+    report = build_for_run(_on_drive(drive, folder), target, base=settings.base_model,
+                           doc_max_length=settings.doc_max_length, top_k=settings.top_k)
+    extract, split = report["extract"], report["split"]
+    print(f"{extract['extractor']}: {extract['documents']} documents, {report['chunks']['text']} passages, "
+          f"{split['questions']} questions ({split['heldout_questions']} held out)")
+    for skipped in extract["skipped"]:
+        print(f"  skipped {skipped['source']}: {skipped['reason']}")
+    return target
 
 
 def _short(value, width: int = 90):

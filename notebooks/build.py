@@ -163,20 +163,26 @@ settings = nb.choose_settings(env.drive, nb.Settings(
         intro("01_data", "clara_lite 1 · Data", """
 Chooses the run's training data and checks it before any training: the shipped example data
 (24 short factual documents with questions), JSONL files you already have on Drive, or raw
-documents (needs `clara-lite data extract`). Shows counts, problems (file:line) and a sample row.
+documents (PDF, DOCX, PPTX, HTML, Markdown, TXT) turned into training files by `clara-lite data build`.
+Shows counts, problems (file:line) and a sample row.
 
 **Needs:** 00_setup run once (the run's settings). For your own data: a folder on Drive with
-`stage1.jsonl`, `stage2.jsonl`, `stage3.jsonl` and optionally `heldout.jsonl` (for 05_inference).
+`stage1.jsonl`, `stage2.jsonl`, `stage3.jsonl` and optionally `heldout.jsonl` (for 05_inference),
+or a folder of documents. Questions about documents come from an OpenAI-compatible endpoint when
+`CLARA_LLM_BASE_URL`, `CLARA_LLM_MODEL` and `CLARA_LLM_API_KEY` are set (OpenAI, DashScope/Qwen,
+DeepSeek, Ollama, vLLM), else from the run's base model.
 
 **Takes:** seconds on a T4 or an A100 alike, whether the run uses smollm2-135m or qwen2.5-1.5b (no
-model is loaded here; validation is plain Python: a few seconds per 100k rows).
+model is loaded here; validation is plain Python: a few seconds per 100k rows). Raw documents take
+two generator calls per passage (about 9 s per passage with smollm2-135m on one CPU thread; an
+endpoint or a GPU is faster); rerunning the cell resumes where it stopped.
 """),
         *BOOT,
         md("## Data source"),
         code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup
-DATA_SOURCE = "example"  # "example", "jsonl" (files on Drive) or "raw" (documents, needs clara-lite data extract)
-DATA_FOLDER = ""  # for "jsonl": a folder relative to the Drive root (default "data")
+DATA_SOURCE = "example"  # "example", "jsonl" (files on Drive) or "raw" (documents on Drive)
+DATA_FOLDER = ""  # relative to the Drive root; "jsonl": the files' folder (default "data"); "raw": the documents
 ''', "parameters"),
         LOAD_SETTINGS,
         code("settings = nb.prepare_data(env.drive, settings, DATA_SOURCE, DATA_FOLDER) or settings"),

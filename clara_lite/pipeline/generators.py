@@ -1,0 +1,212 @@
+"""Text generators for synthesis: any OpenAI-compatible endpoint, or a local Hugging Face model.
+
+A generator is anything with ``name`` and ``chat(messages, max_tokens=...) -> str``.
+
+:class:`OpenAICompatible` speaks plain HTTP (``POST {base}/chat/completions``, stdlib only), so it
+works with OpenAI, DashScope/Qwen (``https://dashscope.aliyuncs.com/compatible-mode/v1``),
+DeepSeek (``https://api.deepseek.com``), Ollama (``http://localhost:11434/v1``) and vLLM
+(``http://host:8000/v1``). Its settings come from the environment (``CLARA_LLM_BASE_URL``,
+``CLARA_LLM_MODEL``, ``CLARA_LLM_API_KEY``; ``CLARA_VLM_MODEL`` names a vision model on the same
+endpoint). The key is never put in a message, log line, repr or file: only in the request header.
+Rate limits (429) and server or network errors are retried with exponential back-off, honouring
+``Retry-After``.
+
+:class:`LocalModel` runs a chat model through transformers with its chat template, greedy (so a
+rerun generates the same text): ``smollm2-135m`` offline here, larger instruct models on Colab.
+
+>>> gen = OpenAICompatible.from_env()                 # doctest: +SKIP
+>>> gen.chat([{"role": "user", "content": "Hi"}], max_tokens=8)
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import mimetypes
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+ENV_BASE_URL = "CLARA_LLM_BASE_URL"
+ENV_MODEL = "CLARA_LLM_MODEL"
+ENV_API_KEY = "CLARA_LLM_API_KEY"
+ENV_VISION_MODEL = "CLARA_VLM_MODEL"
+RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+class Generator(Protocol):
+    name: str
+
+    def chat(self, messages: list[dict], *, max_tokens: int) -> str: ...
+
+
+class GeneratorError(RuntimeError):
+    """The endpoint refused or kept failing; the message never holds the API key."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class OpenAICompatible:
+    """Chat completions over HTTP. ``api_key`` may be None (Ollama, a local vLLM)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 120.0
+    max_retries: int = 6
+    backoff: float = 1.0  # first wait in seconds, doubled each retry
+    max_wait: float = 120.0  # no single wait is longer, whatever Retry-After says
+    temperature: float = 0.0  # 0: as repeatable as the endpoint allows (resume relies on it)
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    @classmethod
+    def from_env(cls, model: str | None = None, base_url: str | None = None, **kwargs) -> OpenAICompatible:
+        """Settings from ``CLARA_LLM_*``; ``model``/``base_url`` override the environment."""
+        base_url = base_url or os.environ.get(ENV_BASE_URL)
+        model = model or os.environ.get(ENV_MODEL)
+        missing = [name for name, v in ((ENV_BASE_URL, base_url), (ENV_MODEL, model)) if not v]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)} (e.g. https://api.openai.com/v1 and gpt-4o-mini; "
+                             f"the key goes in {ENV_API_KEY})")
+        return cls(base_url, model, os.environ.get(ENV_API_KEY) or None, **kwargs)
+
+    @property
+    def name(self) -> str:  # written into every synthesized row: the model, never the URL or key
+        return self.model
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def chat(self, messages: list[dict], *, max_tokens: int = 512) -> str:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": self.temperature, "stream": False}
+        data = self._post("/chat/completions", body)
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise GeneratorError(f"{self.base_url}: unexpected response {self._redact(str(data))[:300]}") from None
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return content or ""
+
+    def describe_image(self, path: str | Path, prompt: str, *, max_tokens: int = 512) -> str:
+        """A vision model's answer about an image (sent inline as a data URL)."""
+        path = Path(path)
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        url = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        return self.chat([{"role": "user", "content": content}], max_tokens=max_tokens)
+
+    def _post(self, path: str, body: dict) -> dict:
+        url = self.base_url.rstrip("/") + path
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        payload = json.dumps(body).encode("utf-8")
+        for attempt in range(self.max_retries + 1):
+            wait, problem = None, ""
+            try:
+                request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    problem = f"not JSON: {self._redact(raw[:200].decode('utf-8', 'replace'))!r}"
+            except urllib.error.HTTPError as err:
+                detail = self._redact(err.read()[:300].decode("utf-8", "replace"))
+                problem = f"HTTP {err.code}: {detail}"
+                if err.code not in RETRY_STATUSES:
+                    hint = " (check the API key)" if err.code in (401, 403) else ""
+                    raise GeneratorError(f"POST {url}: {problem}{hint}") from None
+                wait = _retry_after(err.headers.get("Retry-After"))
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:  # refused, reset, timeout
+                reason = getattr(err, "reason", err)
+                problem = f"network error: {self._redact(str(reason))}"
+            if attempt == self.max_retries:
+                raise GeneratorError(f"POST {url}: {problem} (gave up after {attempt + 1} attempts)")
+            wait = min(self.backoff * 2**attempt if wait is None else wait, self.max_wait)
+            log.warning("POST %s: %s; retrying in %.1f s (%d/%d)", url, problem, wait, attempt + 1, self.max_retries)
+            self.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+class LocalModel:
+    """A chat model run locally through transformers (greedy decoding, chat template).
+
+    ``name`` is a registry name (``smollm2-135m``), Hub id or folder; or pass ``model`` and
+    ``tokenizer`` already loaded. On a GPU it runs in half precision.
+    """
+
+    qa_format = "lines"  # what synthesis asks for by default: small models follow Q:/A: lines, not JSON
+
+    def __init__(self, name: str = "smollm2-135m", *, model=None, tokenizer=None, device: str | None = None,
+                 repetition_penalty: float = 1.1):
+        import torch
+
+        if model is None:
+            from ..models import load_base_model
+
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            half = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.float32 if device == "cpu" else half  # a T4 has no bfloat16
+            model, tokenizer = load_base_model(name, dtype=dtype)
+            model.to(device)
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.repetition_penalty = repetition_penalty  # tiny models loop without it
+
+    def chat(self, messages: list[dict], *, max_tokens: int = 256) -> str:
+        import torch
+
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad,
+                                      repetition_penalty=self.repetition_penalty)
+        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)  # (new,)
+
+
+def make_generator(kind: str = "auto", model: str | None = None, *, base_url: str | None = None):
+    """``api`` (OpenAI-compatible endpoint from the environment), ``local`` (transformers), or
+    ``auto``: the endpoint when ``CLARA_LLM_BASE_URL`` is set, else the local ``model``
+    (default ``smollm2-135m``)."""
+    if kind == "auto":
+        kind = "api" if base_url or os.environ.get(ENV_BASE_URL) else "local"
+    if kind == "api":
+        return OpenAICompatible.from_env(model=model, base_url=base_url)
+    if kind == "local":
+        return LocalModel(model or "smollm2-135m")
+    raise ValueError(f"generator must be 'auto', 'api' or 'local', got {kind!r}")
+
+
+def make_vision(model: str | None = None, *, base_url: str | None = None) -> OpenAICompatible | None:
+    """The vision model (``model`` or ``CLARA_VLM_MODEL``) on the endpoint, or None if none is set."""
+    model = model or os.environ.get(ENV_VISION_MODEL)
+    if not model:
+        return None
+    return OpenAICompatible.from_env(model=model, base_url=base_url)

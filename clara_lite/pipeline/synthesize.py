@@ -1,0 +1,269 @@
+"""Chunks -> a dense summary and a few question/answer pairs each, resumably.
+
+Each chunk costs two generator calls: a summary (the stage1 paraphrase target) and 3-5 QA pairs
+(stage1 QA rows and the stage2/3 questions). Two small prompts instead of one combined JSON
+request because small local models follow them (measured on smollm2-135m: the combined prompt
+produced no usable pairs). The QA prompt asks for a JSON list (``qa_format="json"``, API models)
+or ``Q:``/``A:`` lines (``"lines"``, small local models); either reply is parsed by both routes:
+JSON repaired with ``json-repair``, then a regex over ``Q:``/``A:`` lines. Malformed pairs are
+dropped and counted.
+
+Resumable: one row per chunk is appended to the output and flushed to disk as soon as it is
+done; a rerun skips chunks already there (a torn last line from a killed run is cut off), so an
+interrupted run continued ends with exactly the file of an uninterrupted one.
+
+>>> report = synthesize(chunks, "synth.jsonl", OpenAICompatible.from_env())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .records import Chunk, dumps, recover_appended
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """What to ask the generator for, per chunk."""
+
+    n_questions: int = 3  # QA pairs asked for (3-5 recommended); at most this many are kept
+    question_language: str | None = None  # e.g. "German": cross-lingual questions and answers
+    qa_format: str = "auto"  # "json" (a JSON list), "lines" ("Q:/A:" lines) or "auto": the generator's choice
+    max_tokens: int = 512  # per QA reply
+    summary_max_tokens: int = 256
+    summary: bool = True  # ask for a summary (stage1 paraphrase rows)
+
+    def __post_init__(self):
+        if not 1 <= self.n_questions <= 10:
+            raise ValueError(f"n_questions must be 1..10, got {self.n_questions}")
+        if self.qa_format not in ("auto", "json", "lines"):
+            raise ValueError(f"qa_format must be 'auto', 'json' or 'lines', got {self.qa_format!r}")
+
+
+# --------------------------------------------------------------------------- prompts
+
+SUMMARY_PROMPT = ("Summarize this text in two or three dense sentences that keep every name, number and "
+                  "fact. Reply with the summary only.\n\nText:\n{text}")
+QA_PROMPT = ("Write {n} questions that the text below answers, each with a short answer taken from the text. "
+             "Each question must make sense without seeing the text.{language} {format}\n\nText:\n{text}")
+QA_FORMATS = {
+    "json": 'Reply with a JSON list only, like [{"question": "...", "answer": "..."}].',
+    "lines": "Write each pair on two lines:\nQ: <question>\nA: <answer>",
+}
+LANGUAGE = " Write the questions and answers in {language}, whatever the language of the text."
+IMAGE_PROMPT = ("Describe this image for a search index: what it shows, every label, number and text in it, "
+                "in plain sentences.")
+
+
+def summary_messages(text: str) -> list[dict]:
+    return [{"role": "user", "content": SUMMARY_PROMPT.format(text=text)}]
+
+
+def qa_messages(text: str, config: SynthesisConfig, qa_format: str = "json") -> list[dict]:
+    """The QA prompt; ``qa_format`` is used when the config says ``auto``."""
+    language = LANGUAGE.format(language=config.question_language) if config.question_language else ""
+    qa_format = qa_format if config.qa_format == "auto" else config.qa_format
+    prompt = QA_PROMPT.format(n=config.n_questions, language=language, format=QA_FORMATS[qa_format], text=text)
+    return [{"role": "user", "content": prompt}]
+
+
+# --------------------------------------------------------------------------- parsing
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_Q = re.compile(r"^\s*(?:[-*]\s*)?(?:\d+[.)]\s*)?Q(?:uestion)?\s*\d*\s*[:.)\-]\s*(.*)$", re.I)
+_A = re.compile(r"^\s*(?:[-*]\s*)?A(?:nswer)?\s*\d*\s*[:.)\-]\s*(.*)$", re.I)
+_INLINE = re.compile(r"Q(?:uestion)?\s*\d*\s*:\s*(.+?)\s+A(?:nswer)?\s*\d*\s*:\s*(.+)", re.I)
+_PREFIX = re.compile(r"^\s*(?:(?:\d+[.)]|[-*])\s+|(?:Q(?:uestion)?|A(?:nswer)?)\s*\d*\s*:\s*)", re.I)  # "1. ", "Q:"
+_Q_KEYS, _A_KEYS = ("question", "q", "query", "Question", "Q"), ("answer", "a", "Answer", "A", "short_answer")
+
+
+def _clean(text) -> str:
+    if not isinstance(text, str | int | float) or isinstance(text, bool):
+        return ""
+    text, before = " ".join(str(text).split()), None
+    while text != before:  # small models nest labels: "Q: 1. What ...?"
+        before, text = text, _PREFIX.sub("", text, count=1)
+    return text.strip().strip("\"'*").strip()
+
+
+def _json_candidates(text: str) -> list | None:
+    """Raw pair candidates from a JSON-ish reply, or None when the reply is not JSON at all."""
+    import json_repair
+
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    starts = [i for i in (body.find("["), body.find("{")) if i >= 0]
+    if not starts:
+        return None
+    try:
+        value = json_repair.loads(body[min(starts):])
+    except Exception:  # json-repair gives up on some inputs instead of repairing them
+        return None
+    if isinstance(value, dict):
+        inner = next((value[k] for k in ("qa", "qa_pairs", "pairs", "questions", "items", "data")
+                      if isinstance(value.get(k), list)), None)
+        value = inner if inner is not None else [value]
+    if not isinstance(value, list) or not value:
+        return None
+    return value
+
+
+def _json_pair(item) -> tuple[str, str] | None:
+    if isinstance(item, dict):
+        q = next((item[k] for k in _Q_KEYS if k in item), None)
+        a = next((item[k] for k in _A_KEYS if k in item), None)
+        if isinstance(a, list) and a:
+            a = a[0]
+        return _clean(q), _clean(a)
+    if isinstance(item, list | tuple) and len(item) == 2:
+        return _clean(item[0]), _clean(item[1])
+    return None
+
+
+def _line_candidates(text: str) -> tuple[list[tuple[str, str]], int]:
+    pairs, dropped, question = [], 0, None
+    for line in text.replace("**", "").replace("__", "").splitlines():  # markdown bold around labels
+        inline = _INLINE.search(line)
+        if inline:
+            if question is not None:
+                dropped += 1
+            pairs.append((inline.group(1), inline.group(2)))
+            question = None
+        elif (q := _Q.match(line)) is not None:
+            if question is not None:  # a question with no answer before the next question
+                dropped += 1
+            question = q.group(1)
+        elif (a := _A.match(line)) is not None:
+            if question is None:
+                dropped += 1
+            else:
+                pairs.append((question, a.group(1)))
+                question = None
+    return pairs, dropped + (question is not None)
+
+
+def parse_qa(text: str, limit: int | None = None) -> tuple[list[tuple[str, str]], int]:
+    """``(pairs, dropped)`` from a generator reply: JSON (repaired) first, else ``Q:``/``A:`` lines.
+
+    A pair is dropped (and counted) when the question or answer is empty, the answer repeats the
+    question, or the question was already asked. At most ``limit`` pairs are kept.
+
+    >>> parse_qa('[{"question": "Who?", "answer": "Ann"}, {"question": "", "answer": "x"}]')
+    ([('Who?', 'Ann')], 1)
+    """
+    candidates, dropped = [], 0
+    items = _json_candidates(text)
+    if items is not None:
+        for item in items:
+            pair = _json_pair(item)
+            if pair is None:
+                dropped += 1
+            else:
+                candidates.append(pair)
+    if not candidates:
+        candidates, dropped = _line_candidates(text)
+    pairs, seen = [], set()
+    for question, answer in candidates:
+        question, answer = _clean(question), _clean(answer)
+        key = question.lower()
+        if not question or not answer or key == answer.lower() or key in seen or len(question) < 8:
+            dropped += 1
+            continue
+        seen.add(key)
+        pairs.append((question, answer))
+    return pairs[:limit] if limit else pairs, dropped
+
+
+def parse_summary(text: str) -> str | None:
+    """The summary from a reply (tolerating a label, quotes, fences or a JSON object)."""
+    fenced = _FENCE.search(text)
+    text = (fenced.group(1) if fenced else text).strip()
+    if text.startswith("{"):
+        items = _json_candidates(text)
+        if items and isinstance(items[0], dict):
+            text = str(next((v for k, v in items[0].items() if "summary" in k.lower()), ""))
+    text = re.sub(r"^\s*\**(?:summary|résumé|zusammenfassung)\**\s*:\s*", "", text, flags=re.I)
+    text = " ".join(text.split()).strip("\"'")
+    return text or None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class SynthesisReport:
+    chunks: int = 0  # chunks in the input
+    done_before: int = 0  # already in the output (resumed)
+    generated: int = 0  # chunk rows written by this run
+    pairs: int = 0  # QA pairs written by this run
+    dropped: int = 0  # malformed pairs dropped by this run
+    without_qa: int = 0  # rows written by this run with no usable pair
+    images_described: int = 0
+    images_skipped: int = 0  # image chunks left out: no vision model configured
+
+    def format(self) -> str:
+        text = (f"{self.generated} chunks synthesized ({self.done_before} already done, {self.chunks} in all): "
+                f"{self.pairs} QA pairs, {self.dropped} malformed pairs dropped, "
+                f"{self.without_qa} chunks without a usable pair")
+        if self.images_described or self.images_skipped:
+            text += f"; images: {self.images_described} described, {self.images_skipped} skipped (no vision model)"
+        return text
+
+
+def synthesize_chunk(chunk: Chunk, generator, config: SynthesisConfig = SynthesisConfig(), vision=None) -> dict:
+    """One output row: the chunk's text (an image's description), summary and QA pairs."""
+    text = chunk.text
+    if chunk.kind == "image":
+        text = " ".join(vision.describe_image(chunk.image, IMAGE_PROMPT, max_tokens=config.max_tokens).split())
+    summary = parse_summary(generator.chat(summary_messages(text), max_tokens=config.summary_max_tokens)) \
+        if config.summary and text else None
+    # auto: the generator's preferred format (LocalModel says "lines": small models follow Q:/A: lines)
+    messages = qa_messages(text, config, getattr(generator, "qa_format", "json"))
+    pairs, dropped = parse_qa(generator.chat(messages, max_tokens=config.max_tokens), config.n_questions) \
+        if text else ([], 0)
+    return {"id": chunk.id, "source": chunk.source, "page": chunk.page, "title": chunk.title, "kind": chunk.kind,
+            "doc": text, "summary": summary, "qa": [{"question": q, "answer": a} for q, a in pairs],
+            "dropped": dropped, "language": config.question_language, "generator": generator.name}
+
+
+def synthesize(chunks: list[Chunk], out: str | Path, generator, config: SynthesisConfig = SynthesisConfig(), *,
+               vision=None, progress: Callable[[int, int], None] | None = None) -> SynthesisReport:
+    """Append one row per chunk not yet in ``out``; each row is on disk before the next call.
+
+    Image chunks need ``vision`` (an :class:`OpenAICompatible` vision model); without one they
+    are skipped and counted. A generator error propagates after the rows so far are saved:
+    rerun to go on.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {row.get("id") for row in recover_appended(out)}
+    report = SynthesisReport(chunks=len(chunks), done_before=sum(c.id in done for c in chunks))
+    todo = [c for c in chunks if c.id not in done]
+    if len(done) > report.done_before:
+        log.warning("%s holds %d rows of chunks no longer in the input; they are ignored downstream",
+                    out, len(done) - report.done_before)
+    with out.open("a", encoding="utf-8") as fh:
+        for i, chunk in enumerate(todo):
+            if chunk.kind == "image" and vision is None:
+                report.images_skipped += 1
+                continue
+            row = synthesize_chunk(chunk, generator, config, vision)
+            fh.write(dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # a killed run loses at most the chunk in flight
+            report.generated += 1
+            report.pairs += len(row["qa"])
+            report.dropped += row["dropped"]
+            report.without_qa += not row["qa"]
+            report.images_described += chunk.kind == "image"
+            if progress is not None:
+                progress(i + 1, len(todo))
+    log.info("%s", report.format())
+    return report

@@ -1,0 +1,114 @@
+"""End to end: a folder of real documents -> valid stage1/2/3 + held-out JSONL through a loopback endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from test_pipeline_support import FakeLLM, make_documents
+
+from clara_lite import notebook as nb
+from clara_lite.cli import main
+from clara_lite.data import read_jsonl, validate_file
+from clara_lite.pipeline.records import read_rows
+
+KEY = "sk-live-0123456789abcdef-SECRET"
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    with FakeLLM(key=KEY) as llm:
+        monkeypatch.setenv("CLARA_LLM_BASE_URL", llm.url)
+        monkeypatch.setenv("CLARA_LLM_MODEL", "fake-instruct")
+        monkeypatch.setenv("CLARA_LLM_API_KEY", KEY)
+        monkeypatch.delenv("CLARA_VLM_MODEL", raising=False)
+        yield llm
+
+
+def test_documents_to_valid_training_files(tmp_path, endpoint, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    docs = make_documents(tmp_path / "docs")
+    out = tmp_path / "data"
+    argv = ["data", "build", "--input", str(docs), "--out", str(out), "--doc-max-length", "64", "--overlap", "16",
+            "--k", "4", "--heldout", "0.2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "extractor: light extractors (docling not installed)" in printed
+    assert "skipped broken.pdf: cannot read" in printed and "skipped secret.pdf: password-protected PDF" in printed
+
+    for name, stage in (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"), ("heldout", "stage3")):
+        report = validate_file(out / f"{name}.jsonl", stage, top_k=None if stage == "stage1" else 4)
+        assert report.ok and report.n_rows > 0, report.format()
+    stage1 = read_jsonl(out / "stage1.jsonl", "stage1")
+    assert {r.data_type for r in stage1} == {"qa", "paraphrase"}
+
+    raw = read_rows(out / "raw.jsonl")
+    assert {(r["source"], r["page"]) for r in raw if r["source"].endswith(".pdf")} == {
+        ("science_notes.pdf", 1), ("science_notes.pdf", 2), ("science_notes.pdf", 3)}
+    assert not any(r["source"] in ("broken.pdf", "secret.pdf") for r in raw)
+    build = json.loads((out / "build_report.json").read_text())
+    assert [s["source"] for s in build["extract"]["skipped"]] == ["broken.pdf", "secret.pdf"]
+    assert build["synthesis"]["images_skipped"] == build["chunks"]["image"] == 4  # no vision model configured
+    synth = read_rows(out / "synth.jsonl")
+    assert len({r["id"] for r in synth}) == len(synth) == build["chunks"]["text"]
+    assert all(len(r["qa"]) == 3 and r["summary"] for r in synth)
+
+    # held-out documents (whole source files) are in no training file
+    train = "".join((out / f"{n}.jsonl").read_text() for n in ("stage1", "stage2", "stage3"))
+    held_sources = {r["source"] for r in synth} - {r["source"] for r in synth if json.dumps(r["doc"])[1:-1] in train}
+    assert held_sources and all(json.dumps(d)[1:-1] not in train
+                                for row in read_jsonl(out / "heldout.jsonl", "stage3") for d in
+                                (row.docs[i] for i in row.pos_index))
+
+    # the key went to the server, and nowhere else
+    assert all(r["auth"] == f"Bearer {KEY}" for r in endpoint.requests)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if KEY.encode() in p.read_bytes()]
+    assert KEY not in printed and KEY not in caplog.text
+
+    # a rerun resumes: nothing left to generate, the same files
+    before = {n: (out / f"{n}.jsonl").read_bytes() for n in ("stage1", "stage2", "stage3", "heldout")}
+    n_requests = len(endpoint.requests)
+    assert main(argv) == 0
+    assert len(endpoint.requests) == n_requests
+    assert before == {n: (out / f"{n}.jsonl").read_bytes() for n in before}
+
+
+def test_generator_failure_stops_with_a_resume_hint(tmp_path, endpoint, caplog):
+    docs = make_documents(tmp_path / "docs")
+    endpoint.errors = [(400, {})] * 1
+    code = main(["data", "build", "--input", str(docs), "--out", str(tmp_path / "o"), "--doc-max-length", "64"])
+    assert code == 3 and "rerun the same command to resume" in caplog.text
+
+
+def test_notebook_builds_the_run_data_from_raw_documents(tmp_path, endpoint, capsys):
+    docs = make_documents(tmp_path / "drive" / "my_docs")
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(run_name="r", doc_max_length=64))
+    saved = nb.prepare_data(drive, settings, "raw", "my_docs")
+    printed = capsys.readouterr().out
+    assert "light extractors (docling not installed)" in printed and "skipped broken.pdf" in printed
+    assert saved.data_dir == "data/r-raw" and docs.is_dir()
+    reports = nb.check_data(drive, saved)
+    assert all(r.ok for r in reports.values()) and set(reports) == {"stage1", "stage2", "stage3", "heldout"}
+
+
+def test_step_by_step_commands(tmp_path, endpoint, capsys):
+    docs = make_documents(tmp_path / "docs")
+    raw, chunks, synth = tmp_path / "raw.jsonl", tmp_path / "chunks.jsonl", tmp_path / "synth.jsonl"
+    assert main(["data", "extract", "--input", str(docs), "--out", str(raw), "--docling", "no"]) == 0
+    assert main(["data", "chunk", "--input", str(raw), "--out", str(chunks), "--doc-max-length", "64"]) == 0
+    assert "text, median" in capsys.readouterr().out
+    assert main(["data", "synthesize", "--input", str(chunks), "--out", str(synth), "--questions", "4",
+                 "--question-language", "French", "--limit", "3"]) == 0
+    assert "(0 already done, 3 in all)" in capsys.readouterr().out
+    assert "in French" in endpoint.requests[-1]["body"]["messages"][0]["content"]
+    assert main(["data", "synthesize", "--input", str(chunks), "--out", str(synth)]) == 0  # the rest
+    assert main(["data", "negatives", "--input", str(synth), "--out", str(tmp_path / "qa.jsonl"), "--k", "3",
+                 "--strategy", "embedding"]) == 0
+    assert validate_file(tmp_path / "qa.jsonl", "stage2", top_k=3).ok
+    assert main(["data", "split", "--input", str(synth), "--chunks", str(chunks), "--out-dir", str(tmp_path / "d"),
+                 "--strategy", "mixed"]) == 0
+    assert validate_file(tmp_path / "d" / "stage3.jsonl", "stage3", top_k=4).ok
+    assert len(read_rows(synth)) == sum(r["kind"] == "text" for r in read_rows(chunks))
