@@ -43,7 +43,7 @@ class ClaraConfig:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout while training"})
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules"})
     quantization: str | None = field(default=None, metadata={"help": "None, '4bit' (nf4 QLoRA) or '8bit'"})
-    mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss"})
+    mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
     retrieval_temperature: float = field(default=0.02, metadata={"help": "softmax temperature of the top-k"})
     contrastive_weight: float = field(
         default=0.0, metadata={"help": "stage3: weight of the retrieval loss on rows carrying pos_index"}

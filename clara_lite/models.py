@@ -264,7 +264,7 @@ def tiny_random_config(vocab_size: int = 49152, **overrides):
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=2,
+        pad_token_id=None,  # 2 would make <|im_end|> (eos) a zero padding row that is never generated
     )
     kw.update(overrides)
     return LlamaConfig(**kw)
@@ -280,4 +280,4 @@ def _tiny_random_cache() -> Path:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
 
-    return _atomic_build(cache_dir() / f"tiny-random-seed{TINY_RANDOM_SEED}", build)
+    return _atomic_build(cache_dir() / f"tiny-random-v2-seed{TINY_RANDOM_SEED}", build)
