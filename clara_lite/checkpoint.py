@@ -60,7 +60,7 @@ def step_dir(checkpoints: Path, step: int) -> Path:
 # --------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -81,7 +81,7 @@ def write_manifest(folder: Path, extra: dict | None = None) -> dict:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
         _fsync(path)
-        files[path.relative_to(folder).as_posix()] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[path.relative_to(folder).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     manifest = {"format": CHECKPOINT_FORMAT, "files": files, **(extra or {})}
     target = folder / MANIFEST
     with open(target, "w", encoding="utf-8") as f:
@@ -108,7 +108,7 @@ def verify(folder: Path) -> str | None:
             return f"{rel} is missing"
         if path.stat().st_size != meta["size"]:
             return f"{rel} has {path.stat().st_size} bytes, the manifest says {meta['size']}"
-        if _sha256(path) != meta["sha256"]:
+        if sha256_file(path) != meta["sha256"]:
             return f"{rel} does not match its sha256"
     return None
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import MANIFEST as FINAL_MANIFEST
-from .checkpoint import verify
+from .checkpoint import sha256_file, verify
 from .config import CONFIG_FILE, ClaraConfig
-from .run import RUN_FILE, Run, sha256_file
+from .run import RUN_FILE, Run
 from .stages import ORDER, get_stage
 from .training import SUMMARY_FILE
 

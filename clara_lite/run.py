@@ -10,7 +10,6 @@ from there; options given again must agree with it, and a disagreement stops wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .checkpoint import complete_checkpoints
+from .checkpoint import complete_checkpoints, sha256_file
 from .config import ClaraConfig
 from .stages import ORDER, get_stage
 from .training import CHECKPOINTS_DIR, FINAL_DIR, TrainConfig, stage_is_final, train_stage
@@ -34,14 +33,6 @@ RESULT_KEYS = ("lr", "max_steps", "epochs", "micro_batch_size", "grad_accum_step
 
 class RunError(ValueError):
     """The run folder and the request disagree, or a stage is asked for out of order."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, data: dict) -> None:
