@@ -7,6 +7,12 @@ Prints seconds/step, tokens/s and peak RSS, next to upstream CLaRa's numbers on 
     python benchmarks/stage1_step.py --layout upstream  # pad documents as upstream does
     python benchmarks/stage1_step.py --profile          # + a torch.profiler table of one step
 
+Options that are not the package's defaults, to measure proposed changes: --lora-dropout 0,
+--rowwise (gradient accumulation one row at a time), --autocast-bf16 (bf16 matmuls).
+CPU seconds (process time, all threads) are printed beside wall time. On a machine that other
+processes also load, OpenMP's default busy-waiting makes 2-thread steps 2-4x slower and erratic:
+run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when torch loads) or ``--threads 1``.
+
 Peak memory is the process's peak resident set (``ru_maxrss``): torch allocates outside Python's
 heap, so tracemalloc would miss nearly all of it. The base model is loaded (and, the first time,
 converted from GGUF) in a child process first, so the conversion's peak is not counted here.
@@ -15,6 +21,8 @@ converted from GGUF) in a child process first, so the conversion's peak is not c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import resource
 import statistics
 import subprocess
@@ -23,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from clara_lite.inputs import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"
@@ -58,7 +68,7 @@ def warm_cache(model_name: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-def token_counts(batch: dict) -> dict[str, int]:
+def token_counts(batch: dict) -> dict:
     enc, dec = batch["enc"]["attention_mask"], batch["dec"]["attention_mask"]
     return {
         "enc_real": int(enc.sum()),
@@ -67,46 +77,76 @@ def token_counts(batch: dict) -> dict[str, int]:
         "dec_real": int(dec.sum()),
         "dec_padded": dec.numel(),
         "dec_shape": tuple(dec.shape),
-        "answer_tokens": int((batch["dec"]["labels"] != -100).sum()),
+        "answer_tokens": int((batch["dec"]["labels"] != IGNORE_INDEX).sum()),
     }
 
 
-def train_step(model, stage, batch, optimizer) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss, _ = stage.loss(model, batch)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+def make_step(model, stage, rows, *, lr: float, rowwise: bool, autocast: bool):
+    """One optimizer step on ``rows`` as a closure returning the loss.
+
+    ``rowwise`` runs each row on its own and accumulates gradients (no padding, one row's
+    activations alive at a time); the per-row losses are weighted so they sum to the batched
+    loss: answer-token-weighted LM loss + mse_weight * mean MSE over rows.
+    """
+    collate = stage.collator(model)
+    batches = [collate([r]) for r in rows] if rowwise else [collate(rows)]
+    n_answer = sum(int((b["dec"]["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for b in batches:
+            with precision:
+                if rowwise:
+                    memory, mse = model.compress(b["enc"])
+                    embeds = model.decoder_embeds(b["dec"]["input_ids"], memory)
+                    lm = model.decoder_loss(embeds, b["dec"]["attention_mask"], b["dec"]["labels"])
+                    share = int((b["dec"]["labels"] != IGNORE_INDEX).sum()) / n_answer
+                    loss = share * lm + model.config.mse_weight * mse / len(batches)
+                else:
+                    loss, _ = stage.loss(model, b)
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        return total
+
+    return step, params
 
 
-def time_steps(model, stage, batch, optimizer, steps: int) -> tuple[list[float], list[float]]:
-    """(seconds per step, loss per step) over ``steps`` steps, after one untimed warm-up step."""
-    train_step(model, stage, batch, optimizer)
-    times, losses = [], []
+def time_steps(step, steps: int) -> tuple[list[float], list[float], list[float]]:
+    """(wall seconds, process CPU seconds, loss) per step over ``steps`` steps after one warm-up."""
+    step()
+    wall, cpu, losses = [], [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        losses.append(train_step(model, stage, batch, optimizer))
-        times.append(time.perf_counter() - t0)
-    return times, losses
+        t0, c0 = time.perf_counter(), time.process_time()
+        losses.append(step())
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu, losses
 
 
-def time_compress(model, doc: str, runs: int) -> tuple[float, int]:
-    """Mean seconds to compress one document without gradients (after a warm-up), and its length."""
+def time_compress(model, doc: str, runs: int) -> tuple[float, float, int]:
+    """Mean wall and CPU seconds to compress one document without gradients (after a warm-up),
+    and its encoder length."""
     model.compress_documents([doc])
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.compress_documents([doc])
-        times.append(time.perf_counter() - t0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     model.train()  # compress_documents switches to eval
-    return statistics.mean(times), int(model._encode([doc])["attention_mask"].shape[1])
+    return statistics.mean(wall), statistics.mean(cpu), int(model._encode([doc])["attention_mask"].shape[1])
 
 
-def profile_step(model, stage, batch, optimizer, rows: int) -> None:
+def profile_step(step, rows: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
-        train_step(model, stage, batch, optimizer)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
     print("\n--- torch.profiler, one step, by self CPU time ---")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
     print("--- by CPU memory allocated (self) ---")
@@ -129,8 +169,74 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-dropout", type=float, default=None, help="override ClaraConfig.lora_dropout (0.1)")
+    p.add_argument("--rowwise", action="store_true", help="accumulate gradients one row at a time")
+    p.add_argument("--autocast-bf16", action="store_true", help="run the forward under CPU bf16 autocast")
     p.add_argument("--profile", action="store_true", help="also profile one step with torch.profiler")
     return p.parse_args(argv)
+
+
+def report(
+    args,
+    counts: dict,
+    wall: list[float],
+    cpu: list[float],
+    losses: list[float],
+    peak: float,
+    rss_loaded: float,
+    n_params: int,
+    compress: tuple[float, float, int],
+) -> None:
+    up = UPSTREAM
+    up_tps = (up["enc_real"] + up["dec_real"]) / up["s_per_step"]
+    s_step = statistics.mean(wall)
+    tps = (counts["enc_real"] + counts["dec_real"]) / s_step
+    speedup, memory = tps / up_tps, peak / up["peak_rss_gb"]
+    comparable = args.model == "smollm2-135m" and args.rows == 4 and args.data.name == DATA.name
+
+    def verdict(ok: bool) -> str:
+        return ("met" if ok else "MISSED") if comparable else "n/a, upstream ran smollm2-135m on these 4 rows"
+
+    variant = [f"layout={args.layout}", f"{torch.get_num_threads()} threads"]
+    variant += [f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
+    variant += [f"lora_dropout={args.lora_dropout}"] if args.lora_dropout is not None else []
+    variant += ["rowwise"] if args.rowwise else []
+    variant += ["bf16 autocast"] if args.autocast_bf16 else []
+    print(
+        f"stage1 step: {args.model}, fp32 weights, {args.rows} rows of {args.data.name}, {', '.join(variant)}; "
+        f"{n_params:,} trainable LoRA params"
+    )
+    print(
+        f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
+        f"({counts['enc_shape'][0]}x{counts['enc_shape'][1]})   upstream: {up['enc_real']} real, "
+        f"padded {up['enc_padded']} (4x267)"
+    )
+    print(
+        f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
+        f"({counts['dec_shape'][0]}x{counts['dec_shape'][1]}), {counts['answer_tokens']} scored   "
+        f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)"
+    )
+    print(
+        f"  steps: wall s {', '.join(f'{t:.2f}' for t in wall)}; CPU s {', '.join(f'{t:.2f}' for t in cpu)}; "
+        f"loss {', '.join(f'{x:.3f}' for x in losses)}"
+    )
+    print(
+        f"  seconds/step: {s_step:.2f} (min {min(wall):.2f}; CPU {statistics.mean(cpu):.2f})   "
+        f"upstream {up['s_per_step']:.1f}"
+    )
+    print(
+        f"  tokens/s (real enc+dec): {tps:.1f}   upstream {up_tps:.1f}   ratio {speedup:.2f}x "
+        f"(target >= {TARGET_SPEEDUP}x: {verdict(speedup >= TARGET_SPEEDUP)})"
+    )
+    print(
+        f"  peak RSS: {peak:.2f} GB (after model load {rss_loaded:.2f} GB)   upstream {up['peak_rss_gb']:.1f} GB   "
+        f"ratio {memory:.2f}x (target <= {TARGET_MEMORY}x: {verdict(memory <= TARGET_MEMORY)})"
+    )
+    wall_c, cpu_c, n_tok = compress
+    print(
+        f"  compress one document (no grad, {n_tok} encoder tokens): {wall_c:.3f} s (CPU {cpu_c:.3f} s, "
+        f"mean of {args.compress_runs})   upstream ~{up['compress_s']} s (267 tokens)"
+    )
 
 
 def main(argv=None) -> None:
@@ -143,6 +249,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     warm_cache(args.model)
     rows = read_jsonl(args.data, "stage1")[: args.rows]
+    extra = {} if args.lora_dropout is None else {"lora_dropout": args.lora_dropout}
     model = ClaraModel.from_base(
         args.model,
         dtype=torch.float32,
@@ -152,60 +259,28 @@ def main(argv=None) -> None:
         lora_r=16,
         generation_top_k=1,
         encoder_layout=args.layout,
+        **extra,
     )
     rss_loaded = current_rss_gb()
     stage = get_stage("stage1")
     stage.prepare(model)
     model.train()
-    batch = stage.collator(model)(rows)
-    counts = token_counts(batch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr)
+    counts = token_counts(stage.collator(model)(rows))
+    step, params = make_step(
+        model, stage, rows, lr=args.lr, rowwise=args.rowwise, autocast=args.autocast_bf16
+    )
 
-    times, losses = time_steps(model, stage, batch, optimizer, args.steps)
-    s_step = statistics.mean(times)
-    peak = peak_rss_gb()
-    compress_s, compress_len = time_compress(model, rows[0].docs[0], args.compress_runs)
-
-    real = counts["enc_real"] + counts["dec_real"]
-    up = UPSTREAM
-    up_real = up["enc_real"] + up["dec_real"]
-    up_tps = up_real / up["s_per_step"]
-    tps = real / s_step
+    load_before = os.getloadavg()[0]
+    wall, cpu, losses = time_steps(step, args.steps)
+    load_after = os.getloadavg()[0]
+    peak = peak_rss_gb()  # before compression and profiling, which only add smaller peaks
+    compress = time_compress(model, rows[0].docs[0], args.compress_runs)
+    report(args, counts, wall, cpu, losses, peak, rss_loaded, sum(p.numel() for p in params), compress)
     print(
-        f"stage1 step: {args.model}, fp32, layout={args.layout}, {args.rows} rows of {args.data.name}, "
-        f"{torch.get_num_threads()} threads, trainable LoRA params {sum(p.numel() for p in params):,}"
-    )
-    print(
-        f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
-        f"({counts['enc_shape'][0]}x{counts['enc_shape'][1]})   "
-        f"upstream: {up['enc_real']} real, padded {up['enc_padded']} (4x267)"
-    )
-    print(
-        f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
-        f"({counts['dec_shape'][0]}x{counts['dec_shape'][1]}), {counts['answer_tokens']} scored   "
-        f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)"
-    )
-    print(
-        f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}   losses: "
-        f"{', '.join(f'{x:.3f}' for x in losses)}"
-    )
-    print(f"  seconds/step: {s_step:.2f}  (min {min(times):.2f})   upstream {up['s_per_step']:.1f}")
-    print(
-        f"  tokens/s (real enc+dec): {tps:.1f}   upstream {up_tps:.1f}   ratio {tps / up_tps:.2f}x "
-        f"(target >= {TARGET_SPEEDUP}x: {'met' if tps / up_tps >= TARGET_SPEEDUP else 'MISSED'})"
-    )
-    print(
-        f"  peak RSS: {peak:.2f} GB (after model load {rss_loaded:.2f} GB)   upstream {up['peak_rss_gb']:.1f} GB"
-        f"   ratio {peak / up['peak_rss_gb']:.2f}x (target <= {TARGET_MEMORY}x: "
-        f"{'met' if peak / up['peak_rss_gb'] <= TARGET_MEMORY else 'MISSED'})"
-    )
-    print(
-        f"  compress one document (no grad, {compress_len} encoder tokens): {compress_s:.3f} s "
-        f"(mean of {args.compress_runs})   upstream ~{up['compress_s']} s (267 tokens)"
+        f"  load average (1 min) while timing: {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs"
     )
     if args.profile:
-        profile_step(model, stage, batch, optimizer, rows=25)
+        profile_step(step, rows=25)
 
 
 if __name__ == "__main__":

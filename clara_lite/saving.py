@@ -120,6 +120,10 @@ def _load_ours(path: Path, opts: dict, overrides: dict):
     tokens = inputs.add_special_tokens(tokenizer, config)  # already present: only looks ids up
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if config.quantization:  # as ClaraModel.wrap does: fp32 embeddings/norms before the rows are written
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     rows = load_file(path / ADDED_TOKENS_FILE)
     _set_rows(base, rows)
     base.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -123,3 +123,22 @@ def test_4bit_save_and_reload(tmp_path):
     b, _ = again.compress_documents(DOCS)
     assert a.shape == (2, model.config.n_mem, 64)
     assert torch.equal(a, b)
+
+
+def test_4bit_bf16_reload_matches_the_fresh_model(tmp_path):
+    torch.manual_seed(0)
+    model = ClaraModel.from_base(
+        "tiny-random",
+        quantization="4bit",
+        dtype=torch.bfloat16,
+        doc_max_length=32,
+        compr_rate=8,
+        lora_r=4,
+        lora_dropout=0.0,
+        generation_top_k=1,
+    )
+    model.save_pretrained(tmp_path)
+    again = ClaraModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    fresh_dtypes = {n: p.dtype for n, p in model.lm.named_parameters() if "lora_" not in n}
+    assert {n: p.dtype for n, p in again.lm.named_parameters() if "lora_" not in n} == fresh_dtypes
+    assert torch.equal(model.compress_documents(DOCS)[0], again.compress_documents(DOCS)[0])
