@@ -35,6 +35,26 @@ def lora_config(config: ClaraConfig):
     )
 
 
+def greedy_generation(base, tokenizer) -> None:
+    """Greedy decoding with the tokenizer's pad id: no sampling knobs left from the base's config."""
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    for attr in ("temperature", "top_p", "top_k"):
+        setattr(base.generation_config, attr, None)
+
+
+def prepare_base(base, tokenizer, config: ClaraConfig, *, mean_resizing: bool = True):
+    """Make room for CLaRa's tokens, ready a quantized base for LoRA (fp32 embeddings and norms),
+    and set greedy generation. Shared by fresh models and reloads so both end up the same."""
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
+    if config.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    greedy_generation(base, tokenizer)
+    return base
+
+
 def differentiable_topk(scores: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-through top-k: forward is a hard one-hot selection, backward the softmax's gradient.
 
@@ -92,16 +112,7 @@ class ClaraModel(nn.Module):
         from peft import get_peft_model
 
         tokens = inputs.add_special_tokens(tokenizer, config)
-        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-            base.resize_token_embeddings(len(tokenizer))
-        if config.quantization:
-            from peft import prepare_model_for_kbit_training
-
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-        base.generation_config.pad_token_id = tokenizer.pad_token_id
-        base.generation_config.temperature = None
-        base.generation_config.top_p = None
-        base.generation_config.top_k = None
+        base = prepare_base(base, tokenizer, config)
         lm = get_peft_model(base, lora_config(config), adapter_name=adapters[0])
         for name in adapters[1:]:
             lm.add_adapter(name, lora_config(config))

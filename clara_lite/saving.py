@@ -101,7 +101,7 @@ def _load_ours(path: Path, opts: dict, overrides: dict):
     from transformers import AutoTokenizer
 
     from . import inputs
-    from .modeling import ClaraModel
+    from .modeling import ClaraModel, prepare_base
     from .models import load_base_model
 
     data = ClaraConfig.load(path).to_dict()
@@ -118,17 +118,8 @@ def _load_ours(path: Path, opts: dict, overrides: dict):
                               quantization=config.quantization, attn_implementation=opts["attn_implementation"])
     tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
     tokens = inputs.add_special_tokens(tokenizer, config)  # already present: only looks ids up
-    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    if config.quantization:  # as ClaraModel.wrap does: fp32 embeddings/norms before the rows are written
-        from peft import prepare_model_for_kbit_training
-
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    rows = load_file(path / ADDED_TOKENS_FILE)
-    _set_rows(base, rows)
-    base.generation_config.pad_token_id = tokenizer.pad_token_id
-    for attr in ("temperature", "top_p", "top_k"):
-        setattr(base.generation_config, attr, None)
+    base = prepare_base(base, tokenizer, config, mean_resizing=False)  # the saved rows overwrite new ones
+    _set_rows(base, load_file(path / ADDED_TOKENS_FILE))
 
     names = sorted(os.listdir(path / ADAPTERS_DIR), key=_adapter_order)
     lm = PeftModel.from_pretrained(base, path / ADAPTERS_DIR / names[0], adapter_name=names[0], is_trainable=True)

@@ -57,7 +57,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict):
     from peft import get_peft_model, set_peft_model_state_dict
 
     from . import inputs
-    from .modeling import ClaraModel, lora_config
+    from .modeling import ClaraModel, greedy_generation, lora_config
     from .models import load_base_model
 
     raw = json.loads((path / "config.json").read_text())
@@ -82,9 +82,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict):
             raise ValueError(f"{path / 'decoder_first_last_layers.pth'}: {key} {tuple(value.shape)} does not fit "
                              f"the base model {config.base_model!r} (is it the right base model?)")
     lm.load_state_dict({k: v.to(state[k].dtype) for k, v in layers.items()}, strict=False)
-    lm.generation_config.pad_token_id = tokenizer.pad_token_id
-    for attr in ("temperature", "top_p", "top_k"):
-        setattr(lm.generation_config, attr, None)
+    greedy_generation(lm, tokenizer)
 
     adapters = torch.load(path / "adapters.pth", map_location="cpu", weights_only=True)
     names = [ADAPTER_NAMES.get(k, k) for k in adapters]
