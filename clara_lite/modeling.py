@@ -222,9 +222,9 @@ class ClaraModel(nn.Module):
         run._clara_adapter_aware = True
         return run
 
-    def forward(self, batch: dict, stage) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch: dict, stage, totals=None) -> tuple[torch.Tensor, dict]:
         """Training step entry point (so DDP sees a forward): ``stage.loss`` on ``batch``."""
-        return stage.loss(self, batch)
+        return stage.loss(self, batch, totals)
 
     # ------------------------------------------------------------------ passes
 

@@ -7,6 +7,11 @@ A stage is looked up by name only at the edges (CLI, notebook form, foreign conf
 ('encoder', 'decoder')
 
 Collation takes a tokenizer and a config, never the model, so it can run in DataLoader workers.
+
+A loss is averaged over what the whole optimizer step holds (its answer tokens, documents, queries
+with a gold document: :class:`StepTotals`), not over one micro-batch, so a step run as four 1-row
+micro-batches gets the same gradient as one 4-row batch (the idea behind transformers'
+``num_items_in_batch``). That lets the runner pick micro-batches for memory and padding alone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from . import inputs
 from .config import ClaraConfig
 from .data import QAExample, Stage1Example
-from .inputs import SpecialTokens
+from .inputs import IGNORE_INDEX, SpecialTokens
 
 
 def _uniform_docs(examples) -> int:
@@ -34,6 +39,28 @@ def _rng_for(text: str) -> random.Random:
     """A per-row RNG keyed by the row's content: the same row gets the same paraphrase
     instruction in every epoch and after every resume."""
     return random.Random(zlib.crc32(text.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Counts over every micro-batch of one optimizer step: the denominators of its loss terms."""
+
+    answer_tokens: int  # scored decoder positions (LM loss: mean over these)
+    docs: int  # compressed documents (MSE: mean over these)
+    queries_with_positive: int = 0  # stage3 rows with a pos_index (retrieval loss / Recall@1)
+
+    @classmethod
+    def of(cls, batches: list[dict]) -> StepTotals:
+        return cls(
+            answer_tokens=sum(int((b["dec"]["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches),
+            docs=sum(int(b["enc"]["input_ids"].shape[0]) for b in batches),
+            queries_with_positive=sum(int((b["pos_index"] >= 0).any(-1).sum()) for b in batches if "pos_index" in b),
+        )
+
+
+def _part(mean: torch.Tensor, count: int, total: int) -> torch.Tensor:
+    """A batch's contribution to a step-wide mean: its own mean weighted by count / total."""
+    return mean * (count / max(total, 1))
 
 
 @dataclass(frozen=True)
@@ -68,7 +95,9 @@ class Stage:
     def collate(self, tokenizer, tokens, config, examples) -> dict:
         raise NotImplementedError
 
-    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch, totals: StepTotals | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, metrics) of ``batch`` as its share of a step holding ``totals`` (default: the batch
+        is the whole step). Losses and metrics of a step's micro-batches add up to the step's."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -80,10 +109,14 @@ class _CompressAndAnswer(Stage):
 
     trainable = ("encoder", "decoder")
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, totals=None):
+        own = StepTotals.of([batch])
+        totals = totals or own
         memory, mse = model.compress(batch["enc"])  # (B*K, M, H)
         embeds = model.decoder_embeds(batch["dec"]["input_ids"], memory)
         lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
+        lm = _part(lm, own.answer_tokens, totals.answer_tokens)
+        mse = _part(mse, own.docs, totals.docs)
         total = lm + model.config.mse_weight * mse
         return total, {"lm_loss": lm.item(), "mse_loss": mse.item()}
 
@@ -155,7 +188,9 @@ class Stage3(Stage):
             "k": k,
         }
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, totals=None):
+        own = StepTotals.of([batch])
+        totals = totals or own
         query = model.embed_queries(batch["query"])  # (B, M*H), trains the query reasoner
         with torch.no_grad():
             memory, _ = model.compress(batch["enc"])  # (B*N, M, H)
@@ -163,6 +198,7 @@ class Stage3(Stage):
         selected, idx = model.select(scores, memory, batch["k"])
         embeds = model.decoder_embeds(batch["dec"]["input_ids"], selected)
         lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
+        lm = _part(lm, own.answer_tokens, totals.answer_tokens)
         metrics = {"lm_loss": lm.item()}
         total = lm
         pos = batch["pos_index"].to(scores.device)
@@ -171,11 +207,12 @@ class Stage3(Stage):
         positive[torch.arange(pos.size(0), device=pos.device).unsqueeze(1).expand_as(pos)[valid], pos[valid]] = True
         has_pos = positive.any(-1)
         if has_pos.any():
-            metrics["recall_at_1"] = positive.gather(1, idx[:, :1]).float()[has_pos].mean().item()
+            hit = positive.gather(1, idx[:, :1]).float()[has_pos].mean()
+            metrics["recall_at_1"] = _part(hit, own.queries_with_positive, totals.queries_with_positive).item()
             if model.config.contrastive_weight > 0:
                 logits = scores / model.config.retrieval_temperature
                 nce = torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), -1)
-                nce = nce[has_pos].mean()
+                nce = _part(nce[has_pos].mean(), own.queries_with_positive, totals.queries_with_positive)
                 total = total + model.config.contrastive_weight * nce
                 metrics["retrieval_loss"] = nce.item()
         return total, metrics

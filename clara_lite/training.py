@@ -4,10 +4,15 @@ minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a los
 
 Data order is a pure function of (seed, epoch): micro-batch ``i`` of the run is always the same
 rows, so resuming at micro-batch ``i`` needs no data-loader state and skips seen rows instantly.
+
+An optimizer step's loss is averaged over the whole step (see ``stages.StepTotals``), so how a step
+is cut into micro-batches changes memory and speed, never the gradient. On CPU one row per forward
+pass is fastest and leanest: no padding, one row's activations alive at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -19,6 +24,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .metrics_log import MetricsLog
+from .stages import StepTotals
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ class TrainConfig:
     lr: float | None = field(default=None, metadata={"help": "peak LR (1e-4 stage1/2, 5e-6 stage3)"})
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data when max_steps is unset"})
-    micro_batch_size: int = field(default=4, metadata={"help": "rows per forward pass"})
+    micro_batch_size: int = field(default=4, metadata={"help": "rows per forward pass (memory and speed only)"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
@@ -90,7 +96,9 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
     AcceleratorState._reset_state()
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
+        # accumulation is optimizer_step's: its losses are already step-wide means, which
+        # accelerate's division by the number of micro-batches would undo
+        gradient_accumulation_steps=1,
         log_with=cfg.report_to or None,
         project_dir=str(project_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -101,6 +109,27 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
         acc.native_amp = True
         acc.scaler = torch.amp.GradScaler("cpu")
     return acc
+
+
+def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
+    """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
+    but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
+    as one forward over all rows would give."""
+    totals = StepTotals.of(batches)
+    summed: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
+        with sync:
+            with acc.autocast():
+                loss, metrics = model(batch, stage, totals)
+            acc.backward(loss)
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            summed[key] = summed.get(key, 0.0) + value
+    if max_grad_norm:
+        acc.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return summed
 
 
 class _StopFlag:
@@ -190,20 +219,13 @@ def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> di
     wrapped.train()
     with _StopFlag() as stop:
         while progress.step < steps:
+            batches = []
             for _ in range(g):  # one optimizer step = g micro-batches on each of `world` processes
                 rows = micro_batch_rows(progress.micro_batches + rank, len(examples), cfg.micro_batch_size, cfg.seed)
                 progress.micro_batches += world
-                batch = collate([examples[i] for i in rows])
-                tokens += _count_tokens(batch) * world
-                with acc.accumulate(wrapped):
-                    with acc.autocast():
-                        loss, metrics = wrapped(batch, stage)
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                window.append({"loss": loss.item(), **metrics})
+                batches.append(collate([examples[i] for i in rows]))
+                tokens += _count_tokens(batches[-1]) * world
+            window.append(optimizer_step(acc, wrapped, stage, batches, params, optimizer, cfg.max_grad_norm))
             scheduler.step()
             progress.step += 1
             bar.update(1)
