@@ -116,3 +116,55 @@ def test_gradient_checkpointing_recomputes_under_the_right_adapter():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+STAGE1_UNEVEN = [
+    Stage1Example("qa", ("Who wrote the first program?",), ("Ada Lovelace",), (DOCS[0],)),
+    Stage1Example("paraphrase", (), ("The longest African river is the Nile, which flows north for 6,650 km.",),
+                  (DOCS[1],)),
+    Stage1Example("qa", ("When?", "Where?"), ("1843", "London"), ("Ada Lovelace wrote it in London in 1843.",)),
+    Stage1Example("paraphrase", (), ("Short.",), ("A short one.",)),
+]
+QA_UNEVEN = [
+    QAExample("Who wrote the first program?", tuple(DOCS), ("Ada Lovelace",), (0,)),
+    QAExample("Which river is the longest in all of Africa, by length?", tuple(reversed(DOCS)), ("The Nile",), ()),
+    QAExample("When?", tuple(DOCS), ("In the year 1843, in London",), (0,)),
+    QAExample("Longest river?", tuple(reversed(DOCS)), ("Nile",), (0,)),
+]
+
+
+@pytest.mark.parametrize("stage_name,rows", [("stage1", STAGE1_UNEVEN), ("stage2", QA_UNEVEN), ("stage3", QA_UNEVEN)])
+def test_a_step_has_the_same_gradient_however_it_is_cut_into_micro_batches(stage_name, rows, tmp_path):
+    """Losses are step-wide means (answer tokens, documents, queries with a gold doc), so 4 rows as
+    one padded batch, as 1+3 or as four 1-row micro-batches give one and the same update."""
+    from clara_lite.training import TrainConfig, make_accelerator, optimizer_step
+
+    stage = get_stage(stage_name)
+    results = []
+    for cut in ([4], [1, 3], [1, 1, 1, 1]):
+        model = tiny_model(contrastive_weight=0.5)
+        stage.prepare(model)
+        model.train()
+        with torch.no_grad():  # LoRA B starts at zero: give it values so every LoRA weight moves
+            for name, p in model.lm.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        params = [p for p in model.parameters() if p.requires_grad]
+        collate = stage.collator(model)
+        starts = [sum(cut[:i]) for i in range(len(cut))]
+        batches = [collate(rows[s : s + n]) for s, n in zip(starts, cut)]
+        acc = make_accelerator(TrainConfig(), tmp_path)
+        # plain SGD, lr 1: the update is the gradient itself (Adam's first step would hide its scale)
+        metrics = optimizer_step(acc, model, stage, batches, params, torch.optim.SGD(params, lr=1.0), None)
+        update = {n: before[n] - p.detach() for n, p in model.named_parameters() if n in before}
+        results.append((metrics, update))
+    (m_ref, u_ref) = results[0]
+    assert set(m_ref) >= {"loss", "lm_loss"} and m_ref["loss"] > 0
+    assert max(v.abs().max().item() for v in u_ref.values()) > 1e-4  # the step did move weights
+    for metrics, update in results[1:]:
+        assert metrics.keys() == m_ref.keys()
+        for key in m_ref:
+            assert metrics[key] == pytest.approx(m_ref[key], rel=1e-5, abs=1e-7), key
+        worst = max(((update[n] - u_ref[n]).abs().max() / u_ref[n].abs().max().clamp_min(1e-12)).item() for n in u_ref)
+        assert worst < 1e-4
