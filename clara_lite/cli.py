@@ -11,10 +11,18 @@ log = logging.getLogger("clara_lite")
 
 
 def _doctor(args) -> int:
-    from .hardware import describe, detect_hardware
+    import os
+
+    import torch
+
+    from .hardware import cpu_threads_note, describe, detect_hardware
     from .models import resolve
 
-    print(describe(detect_hardware(model_params_b=resolve(args.base).params_b)))
+    profile = detect_hardware(model_params_b=resolve(args.base).params_b)
+    print(describe(profile))
+    if profile.device.kind == "cpu":
+        print("cpu threads   " + cpu_threads_note(torch.get_num_threads(), os.cpu_count() or 1,
+                                                  os.getloadavg()[0], os.environ.get("OMP_WAIT_POLICY")))
     return 0
 
 

@@ -40,7 +40,7 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
 
     for stage in ("stage1", "stage2", "stage3"):
         train(run_dir, stage, data=str(paths[stage]), model_options={"base_model": base, **MODEL},
-              train_options={"max_steps": steps[stage], "micro_batch_size": 2, "grad_accum_steps": 1,
+              train_options={"max_steps": steps[stage], "micro_batch_size": 1, "grad_accum_steps": 2,
                              "lr": LR[stage], "log_steps": 4, "save_steps": max(steps[stage] // 2, 1),
                              "warmup_ratio": 0.1})
 

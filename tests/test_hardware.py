@@ -7,6 +7,7 @@ import torch
 
 from clara_lite.hardware import (
     DeviceInfo,
+    cpu_threads_note,
     describe,
     detect_hardware,
     estimate_train_mem_gb,
@@ -90,7 +91,7 @@ def test_cpu_plan():
     assert p.attn_implementation == "sdpa"
     assert p.load_in_4bit is False
     assert "CPU" in p.reason("load_in_4bit")
-    assert (p.micro_batch_size, p.grad_accum_steps) == (4, 4)
+    assert (p.micro_batch_size, p.grad_accum_steps) == (1, 16)
 
 
 def test_mps_plan_is_fp32_sdpa_no_4bit():
@@ -171,3 +172,21 @@ def test_device_notes_match_whole_model_names_only():
     assert "Ampere sm 8.0" in a100
     l40s = DeviceInfo("cuda", "NVIDIA L40S", (8, 9), total_mem_gb=48.0, free_mem_gb=47.0, count=1)
     assert "Ada sm 8.9, 24 GB" not in describe(plan(l40s, 7.0, flash_attn_available=False), versions=False)
+
+
+def test_cpu_threads_note_asks_for_passive_waiting_only_when_the_cpus_are_shared():
+    busy = cpu_threads_note(2, 2, 1.7, None)
+    assert "OMP_WAIT_POLICY=PASSIVE" in busy and "load average 1.7" in busy
+    assert cpu_threads_note(2, 2, 0.1, None).endswith(": idle")
+    assert "threads sleep" in cpu_threads_note(2, 2, 1.7, "passive")
+
+
+def test_doctor_prints_the_plan_and_the_cpu_threads_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this test describes a CPU machine")
+    from clara_lite.cli import main
+
+    assert main(["doctor", "--base", "tiny-random"]) == 0
+    out = capsys.readouterr().out
+    assert "batch         1 x 16 = 16 rows per step" in out
+    assert f"cpu threads   {torch.get_num_threads()} torch thread(s)" in out
