@@ -7,8 +7,10 @@ Prints seconds/step, tokens/s and peak RSS, next to upstream CLaRa's numbers on 
     python benchmarks/stage1_step.py --layout upstream  # pad documents as upstream does
     python benchmarks/stage1_step.py --profile          # + a torch.profiler table of one step
 
-Options that are not the package's defaults, to measure proposed changes: --lora-dropout 0,
---rowwise (gradient accumulation one row at a time), --autocast-bf16 (bf16 matmuls).
+The step is the runner's own (``training.optimizer_step``), cut into micro-batches as the hardware
+plan cuts it on this machine (on CPU: one row each, so no padding); ``--micro-batch-size 4`` runs
+the 4 rows as one padded batch (same loss and gradient, more memory). Options that are not the
+package's defaults, to measure proposed changes: --lora-dropout 0, --autocast-bf16 (bf16 matmuls).
 CPU seconds (process time, all threads) are printed beside wall time. On a machine that other
 processes also load, OpenMP's default busy-waiting makes 2-thread steps 2-4x slower and erratic:
 run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when torch loads) or ``--threads 1``.
@@ -68,52 +70,40 @@ def warm_cache(model_name: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-def token_counts(batch: dict) -> dict:
-    enc, dec = batch["enc"]["attention_mask"], batch["dec"]["attention_mask"]
+def token_counts(batches: list[dict]) -> dict:
+    """Real and padded tokens over a step's micro-batches."""
+    enc = [b["enc"]["attention_mask"] for b in batches]
+    dec = [b["dec"]["attention_mask"] for b in batches]
     return {
-        "enc_real": int(enc.sum()),
-        "enc_padded": enc.numel(),
-        "enc_shape": tuple(enc.shape),
-        "dec_real": int(dec.sum()),
-        "dec_padded": dec.numel(),
-        "dec_shape": tuple(dec.shape),
-        "answer_tokens": int((batch["dec"]["labels"] != IGNORE_INDEX).sum()),
+        "enc_real": sum(int(m.sum()) for m in enc),
+        "enc_padded": sum(m.numel() for m in enc),
+        "enc_shape": " + ".join(f"{m.shape[0]}x{m.shape[1]}" for m in enc),
+        "dec_real": sum(int(m.sum()) for m in dec),
+        "dec_padded": sum(m.numel() for m in dec),
+        "dec_shape": " + ".join(f"{m.shape[0]}x{m.shape[1]}" for m in dec),
+        "answer_tokens": sum(int((b["dec"]["labels"] != IGNORE_INDEX).sum()) for b in batches),
     }
 
 
-def make_step(model, stage, rows, *, lr: float, rowwise: bool, autocast: bool):
-    """One optimizer step on ``rows`` as a closure returning the loss.
+def make_step(model, stage, rows, *, lr: float, micro_batch_size: int, bf16: bool):
+    """One optimizer step on ``rows`` exactly as the runner does it (``training.optimizer_step``:
+    micro-batches of ``micro_batch_size`` rows, losses averaged over the whole step, accelerate
+    for backward/AMP, gradient clipping, AdamW), as a closure returning the loss."""
+    import tempfile
 
-    ``rowwise`` runs each row on its own and accumulates gradients (no padding, one row's
-    activations alive at a time); the per-row losses are weighted so they sum to the batched
-    loss: answer-token-weighted LM loss + mse_weight * mean MSE over rows.
-    """
+    from clara_lite.training import TrainConfig, make_accelerator, optimizer_step
+
+    cfg = TrainConfig(lr=lr, micro_batch_size=micro_batch_size, mixed_precision="bf16" if bf16 else "no")
+    acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
     collate = stage.collator(model)
-    batches = [collate([r]) for r in rows] if rowwise else [collate(rows)]
-    n_answer = sum(int((b["dec"]["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    batches = [collate(rows[i : i + micro_batch_size]) for i in range(0, len(rows), micro_batch_size)]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr))
 
     def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for b in batches:
-            with precision:
-                if rowwise:
-                    memory, mse = model.compress(b["enc"])
-                    embeds = model.decoder_embeds(b["dec"]["input_ids"], memory)
-                    lm = model.decoder_loss(embeds, b["dec"]["attention_mask"], b["dec"]["labels"])
-                    share = int((b["dec"]["labels"] != IGNORE_INDEX).sum()) / n_answer
-                    loss = share * lm + model.config.mse_weight * mse / len(batches)
-                else:
-                    loss, _ = stage.loss(model, b)
-            loss.backward()
-            total += loss.item()
-        optimizer.step()
-        return total
+        return optimizer_step(acc, model, stage, batches, params, optimizer, cfg.max_grad_norm)["loss"]
 
-    return step, params
+    return step, params, batches
 
 
 def time_steps(step, steps: int) -> tuple[list[float], list[float], list[float]]:
@@ -170,8 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lora-dropout", type=float, default=None, help="override ClaraConfig.lora_dropout (0.1)")
-    p.add_argument("--rowwise", action="store_true", help="accumulate gradients one row at a time")
-    p.add_argument("--autocast-bf16", action="store_true", help="run the forward under CPU bf16 autocast")
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="rows per forward pass (default: what the hardware plan picks for this machine)")
+    p.add_argument("--autocast-bf16", action="store_true", help="bf16 mixed precision (CPU autocast)")
     p.add_argument("--profile", action="store_true", help="also profile one step with torch.profiler")
     return p.parse_args(argv)
 
@@ -200,7 +191,7 @@ def report(
     variant = [f"layout={args.layout}", f"{torch.get_num_threads()} threads"]
     variant += [f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
     variant += [f"lora_dropout={args.lora_dropout}"] if args.lora_dropout is not None else []
-    variant += ["rowwise"] if args.rowwise else []
+    variant += [f"micro-batches of {args.micro_batch_size} row(s)"]
     variant += ["bf16 autocast"] if args.autocast_bf16 else []
     print(
         f"stage1 step: {args.model}, fp32 weights, {args.rows} rows of {args.data.name}, {', '.join(variant)}; "
@@ -208,12 +199,12 @@ def report(
     )
     print(
         f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
-        f"({counts['enc_shape'][0]}x{counts['enc_shape'][1]})   upstream: {up['enc_real']} real, "
+        f"({counts['enc_shape']})   upstream: {up['enc_real']} real, "
         f"padded {up['enc_padded']} (4x267)"
     )
     print(
         f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
-        f"({counts['dec_shape'][0]}x{counts['dec_shape'][1]}), {counts['answer_tokens']} scored   "
+        f"({counts['dec_shape']}), {counts['answer_tokens']} scored   "
         f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)"
     )
     print(
@@ -265,10 +256,14 @@ def main(argv=None) -> None:
     stage = get_stage("stage1")
     stage.prepare(model)
     model.train()
-    counts = token_counts(stage.collator(model)(rows))
-    step, params = make_step(
-        model, stage, rows, lr=args.lr, rowwise=args.rowwise, autocast=args.autocast_bf16
+    if args.micro_batch_size is None:
+        from clara_lite.hardware import detect_hardware, plan
+
+        args.micro_batch_size = plan(detect_hardware(), 0.135, flash_attn_available=False).micro_batch_size
+    step, params, batches = make_step(
+        model, stage, rows, lr=args.lr, micro_batch_size=args.micro_batch_size, bf16=args.autocast_bf16
     )
+    counts = token_counts(batches)
 
     load_before = os.getloadavg()[0]
     wall, cpu, losses = time_steps(step, args.steps)
