@@ -257,9 +257,10 @@ def main(argv=None) -> None:
     stage.prepare(model)
     model.train()
     if args.micro_batch_size is None:
-        from clara_lite.hardware import detect_hardware, plan
+        from clara_lite.hardware import detect_hardware
+        from clara_lite.models import resolve
 
-        args.micro_batch_size = plan(detect_hardware(), 0.135, flash_attn_available=False).micro_batch_size
+        args.micro_batch_size = detect_hardware(model_params_b=resolve(args.model).params_b).micro_batch_size
     step, params, batches = make_step(
         model, stage, rows, lr=args.lr, micro_batch_size=args.micro_batch_size, bf16=args.autocast_bf16
     )
