@@ -23,7 +23,6 @@ converted from GGUF) in a child process first, so the conversion's peak is not c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import statistics

@@ -100,7 +100,7 @@ def _export(args) -> int:
 
 
 def _ask(args) -> int:
-    from .export import answer, load, read_docs
+    from .ask import answer, load, read_docs
     from .hardware import detect_hardware
 
     kwargs = {"base_path": args.base_path} if args.base_path else {}

@@ -1,4 +1,4 @@
-"""A trained run as one zip, opened safely wherever it ends up; and asking the model a question.
+"""A trained run as one zip, with a model card and a manifest of hashes, ready to share.
 
     <run>-<stage>.zip
         adapters/<name>/adapter_config.json + adapter_model.safetensors
@@ -8,13 +8,8 @@
                                     "files": {path: {"sha256": ..., "size": ...}}}
 
 The base model is never inside (a zip is adapters-sized): loading needs it by its registry name or
-Hub id, or ``base_path=`` (``--base-path``) on an offline machine.
-
-A zip may come from anywhere (a shared Drive link), so opening one trusts nothing: every member's
-name, type and size is checked against the manifest before a byte is written; bytes are counted
-and hashed while they are extracted; extraction happens in a temporary folder that is renamed into
-the cache only when complete, and removed otherwise. Only JSON and safetensors are read: nothing
-is unpickled.
+Hub id, or ``base_path=`` (``--base-path``) on an offline machine. Opening a zip is ``unzip.py``'s
+job; asking the model a question is ``ask.py``'s.
 """
 
 from __future__ import annotations
@@ -23,18 +18,15 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import stat
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 from . import __version__
 from .checkpoint import MANIFEST as FINAL_MANIFEST
-from .checkpoint import sha256_file, verify
-from .config import CONFIG_FILE, ClaraConfig
+from .checkpoint import verify
+from .config import ClaraConfig
 from .run import RUN_FILE, Run
 from .stages import ORDER, get_stage
 from .training import SUMMARY_FILE
@@ -45,27 +37,11 @@ KIND = "clara_lite-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CARD = "README.md"
-MAX_UNPACKED_BYTES = 8 << 30  # adapters of a 7B model at r=64 stay far below; a zip bomb does not
-MAX_MEMBERS = 10_000
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_DOCS_WITHOUT_RETRIEVER = 16
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same model always gives the same bytes
-_SAFE_NAME = re.compile(r"^[\w.\-]+(/[\w.\-]+)*$")  # relative, '/'-separated, no '\', ':', NUL
 
 
 class ExportError(ValueError):
     """A run that cannot be exported (no final stage, not a run folder)."""
-
-
-class ZipImportError(ValueError):
-    """A zip that cannot be trusted or read; the message names the problem."""
-
-
-class BaseModelMissing(FileNotFoundError):
-    """The base model a saved model needs is not on this machine."""
-
-
-# --------------------------------------------------------------------------- export
 
 
 def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
@@ -245,270 +221,3 @@ def _device(hw: dict) -> str:
     mem = f", {d['total_mem_gb']} GB" if d.get("total_mem_gb") else ""
     return (f"{d.get('kind', '?')} {d.get('name', '?')}{mem}; {hw.get('dtype', '?')}, mixed precision "
             f"{hw.get('mixed_precision', '?')}, attention {hw.get('attn_implementation', '?')}")
-
-
-# --------------------------------------------------------------------------- import
-
-
-def open_zip(path, **kwargs):
-    """Extract (or reuse) an exported zip and load it; ``ClaraModel.from_pretrained("x.zip")`` lands here.
-
-    ``cache_dir`` is the clara_lite cache root (default ``models.cache_dir()``); the zip unpacks
-    into ``<cache_dir>/zips/<sha256 of the zip>[:16]``. Other ``kwargs`` go to ``load_model``.
-    """
-    from .saving import load_model
-
-    cache = kwargs.pop("cache_dir", None)
-    folder = extract_zip(path, Path(cache) / "zips" if cache else None)
-    check_base(folder, kwargs, source=path)
-    return load_model(folder, **kwargs)
-
-
-def check_base(folder, kwargs: dict, source=None) -> None:
-    """Fail naming the base model and ``base_path`` when the base cannot be found on this machine."""
-    from .models import UnknownModelError, resolve
-
-    base, given = ClaraConfig.load(folder).base_model, kwargs.get("base_path")
-    try:
-        resolve(str(given or base))
-    except UnknownModelError as err:
-        where = f"base_path {str(given)!r} (for base model {base!r})" if given else f"its base model {base!r}"
-        raise BaseModelMissing(
-            f"{source or folder} needs {where}, which is not on this machine. Pass a local copy of {base!r}: "
-            f"base_path='/path/to/base' in Python, --base-path P on the command line.\n{err}") from None
-
-
-def extract_zip(path, root=None, *, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """Safely unpack an exported zip into ``root/<sha256 of the zip>[:16]`` and return that folder.
-
-    A folder already there is reused when it still matches its manifest. ``root`` defaults to
-    ``models.cache_dir()/"zips"``. Raises :class:`ZipImportError` naming what is wrong.
-    """
-    from .models import cache_dir
-
-    path = Path(path)
-    root = Path(root) if root else cache_dir() / "zips"
-    target = root / sha256_file(path)[:16]
-    if target.is_dir():
-        problem = check_folder(target)
-        if problem is None:
-            return target
-        log.warning("Unpacking %s again: the copy in %s is damaged (%s)", path, target, problem)
-        shutil.rmtree(target)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        tmp.chmod(0o755)
-        try:
-            _unpack(path, tmp, max_bytes)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-            raise ZipImportError(f"{path} is not a readable zip (truncated or corrupt: {err}); "
-                                 "download or export it again") from None
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process unpacked the same zip meanwhile
-            if check_folder(target) is not None:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _unpack(path: Path, folder: Path, max_bytes: int) -> None:
-    with zipfile.ZipFile(path) as zf:
-        infos = _members(path, zf.infolist())
-        if MANIFEST not in infos:
-            raise ZipImportError(f"{path} has no {MANIFEST}: not a clara_lite export (make one with "
-                                 "`clara-lite export --run-dir D`)")
-        if infos[MANIFEST].file_size > MAX_MANIFEST_BYTES:
-            raise ZipImportError(f"{path}: {MANIFEST} declares {infos[MANIFEST].file_size} bytes, over the "
-                                 f"{MAX_MANIFEST_BYTES} a manifest may have")
-        raw = _read(zf, infos[MANIFEST], infos[MANIFEST].file_size)
-        files = _manifest_files(f"{path}: {MANIFEST}", raw)
-        names = set(infos) - {MANIFEST}
-        missing, extra = sorted(set(files) - names), sorted(names - set(files))
-        if missing:
-            raise ZipImportError(f"{path} lacks {', '.join(missing)}, which its manifest lists: an incomplete "
-                                 "copy? Download or export it again")
-        if extra:
-            raise ZipImportError(f"{path} holds {', '.join(extra)}, which its manifest does not list: refusing "
-                                 "a zip that was changed after export")
-        for name, meta in files.items():
-            if infos[name].file_size != meta["size"]:
-                raise ZipImportError(f"{path}: {name} declares {infos[name].file_size} bytes unpacked but the "
-                                     f"manifest says {meta['size']} (a zip bomb or a damaged zip)")
-        total = sum(meta["size"] for meta in files.values())
-        if total > max_bytes:
-            raise ZipImportError(f"{path} would unpack to {total} bytes, over the {max_bytes}-byte limit "
-                                 "(a model export holds adapters, not a base model)")
-        for name in sorted(files):
-            data_sha = _extract(zf, infos[name], folder / name, files[name]["size"])
-            if data_sha != files[name]["sha256"]:
-                raise ZipImportError(f"{path}: {name} does not match its sha256 in the manifest: the zip was "
-                                     "modified or damaged; download or export it again")
-        (folder / MANIFEST).write_bytes(raw)
-
-
-def _members(path: Path, infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
-    """Member name -> info, after refusing anything that could write outside the folder."""
-    if len(infos) > MAX_MEMBERS:
-        raise ZipImportError(f"{path} has {len(infos)} members, more than the {MAX_MEMBERS} an export may have")
-    out, seen = {}, set()
-    for info in infos:
-        name, mode = info.filename, info.external_attr >> 16
-        if not _safe_name(name.rstrip("/")):
-            raise ZipImportError(f"{path}: unsafe member name {name!r} (absolute, '..', backslash or drive "
-                                 "letter: it could write outside the extraction folder)")
-        if stat.S_ISLNK(mode):
-            raise ZipImportError(f"{path}: member {name!r} is a symbolic link; exports never hold links")
-        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise ZipImportError(f"{path}: member {name!r} is not a regular file (mode {oct(mode)})")
-        if info.flag_bits & 0x1:
-            raise ZipImportError(f"{path}: member {name!r} is encrypted; exports are not")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ZipImportError(f"{path}: member {name!r} uses compression {info.compress_type}; "
-                                 "only stored and deflated members are read")
-        if info.is_dir():
-            continue
-        if name.casefold() in seen:  # twice, or twice on a case-insensitive disk
-            raise ZipImportError(f"{path}: member {name!r} appears twice")
-        seen.add(name.casefold())
-        out[name] = info
-    return out
-
-
-def _safe_name(name: str) -> bool:
-    return bool(_SAFE_NAME.match(name)) and all(part not in (".", "..") for part in name.split("/"))
-
-
-def _manifest_files(where: str, raw: bytes) -> dict[str, dict]:
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ZipImportError(f"{where} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise ZipImportError(f"{where}: kind is {kind!r}, not {KIND!r}: not a clara_lite model export")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise ZipImportError(f"{where}: unknown format_version {version!r} (this clara_lite reads "
-                             f"{FORMAT_VERSION})" + ("; upgrade clara_lite" if newer else ""))
-    files = manifest.get("files")
-    ok = isinstance(files, dict) and all(
-        isinstance(meta, dict) and isinstance(meta.get("size"), int) and meta["size"] >= 0
-        and isinstance(meta.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
-        for meta in files.values())
-    if not ok:
-        raise ZipImportError(f"{where}: 'files' must map each path to its sha256 and size")
-    for name in files:
-        if not _safe_name(name) or name == MANIFEST:
-            raise ZipImportError(f"{where}: unsafe path {name!r} in the manifest")
-    return files
-
-
-def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    with zf.open(info) as src:
-        data = src.read(limit + 1)
-    if len(data) > limit:
-        raise ZipImportError(f"{info.filename} unpacks to more than its declared {limit} bytes (a zip bomb?)")
-    return data
-
-
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, size: int) -> str:
-    """Write one member, counting bytes (declared sizes can lie) and hashing them; -> sha256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    h, written = hashlib.sha256(), 0
-    with zf.open(info) as src, open(dest, "xb") as dst:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            written += len(block)
-            if written > size:
-                raise ZipImportError(f"{info.filename} unpacks to more than the {size} bytes the manifest "
-                                     "lists (a zip bomb?)")
-            h.update(block)
-            dst.write(block)
-    if written != size:
-        raise ZipImportError(f"{info.filename} unpacks to {written} bytes, the manifest lists {size}")
-    return h.hexdigest()
-
-
-def check_folder(folder) -> str | None:
-    """None when an unpacked export still matches its manifest (no file missing, changed or added)."""
-    folder = Path(folder)
-    try:
-        files = _manifest_files(str(folder / MANIFEST), (folder / MANIFEST).read_bytes())
-    except (OSError, ZipImportError) as err:
-        return str(err)
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
-    if present != set(files):
-        return f"files differ from the manifest: {sorted(present ^ set(files))}"
-    for name, meta in files.items():
-        path = folder / name
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-            return f"{name} does not match the manifest"
-    return None
-
-
-# --------------------------------------------------------------------------- asking a model
-
-
-def load(path, **kwargs):
-    """``ClaraModel.from_pretrained`` for a zip or folder, naming the base model when it is missing."""
-    from .saving import load_model
-
-    path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
-        check_base(path, kwargs)
-    return load_model(path, **kwargs)
-
-
-def read_docs(path) -> list[str]:
-    """Documents from a folder of .txt/.md files (one each, by name) or a JSONL file whose lines are
-    ``{"doc": ...}``, ``{"text": ...}``, a JSON string, or training rows (their docs). Repeats dropped.
-
-    >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
-    ['Ada lives in Paris.']
-    """
-    from .data import DOC_KEYS
-
-    path = Path(path)
-    docs: list[str] = []
-    if path.is_dir():
-        docs = [p.read_text(encoding="utf-8").strip() for p in sorted(path.iterdir())
-                if p.is_file() and p.suffix.lower() in (".txt", ".md")]
-    elif path.is_file():
-        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            found = [row] if isinstance(row, str) else None
-            if isinstance(row, dict):
-                found = next(([row[k]] for k in ("doc", "text") if isinstance(row.get(k), str)), None) or next(
-                    (row[k] for k in DOC_KEYS if isinstance(row.get(k), list)), None)
-            if not found or not all(isinstance(d, str) for d in found):
-                raise ValueError(f'{path}:{lineno}: expected {{"doc": "..."}}, {{"text": "..."}}, a JSON string, '
-                                 'or a training row with "docs"')
-            docs.extend(found)
-    else:
-        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of .txt/.md files)")
-    docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))
-    if not docs:
-        raise ValueError(f"no documents in {path}")
-    return docs
-
-
-def answer(model, question: str, docs: list[str], *, top_k: int | None = None,
-           max_new_tokens: int = 64) -> tuple[str, list[int] | None]:
-    """Answer ``question`` from ``docs`` -> (answer, indices of the retrieved docs, or None when all
-    were read). A model with a query reasoner (stage3) retrieves the top-k; others read every doc."""
-    if "query_reasoner" in model.adapter_names:
-        answers, idx = model.generate_from_questions([question], [docs], max_new_tokens=max_new_tokens, top_k=top_k)
-        return answers[0], idx[0].tolist()
-    if len(docs) > MAX_DOCS_WITHOUT_RETRIEVER:
-        raise ValueError(f"{len(docs)} documents, but a model without a retriever (query_reasoner) reads all of "
-                         f"them at once (at most {MAX_DOCS_WITHOUT_RETRIEVER}): pass fewer documents, or use a "
-                         "stage3 model, which retrieves the top-k")
-    return model.generate_from_text([question], [docs], max_new_tokens=max_new_tokens)[0], None

@@ -249,7 +249,7 @@ def _heldout(drive: Path, settings: Settings) -> list:
 def document_pool(drive: Path, settings: Settings, pool: str = "") -> list[str]:
     """Documents to ask over: ``pool`` (a JSONL or folder of .txt on Drive) or the held-out rows' docs."""
     if pool:
-        from .export import read_docs
+        from .ask import read_docs
 
         return read_docs(_on_drive(drive, pool))
     docs = list(dict.fromkeys(d for row in _heldout(drive, settings) for d in row.docs))
@@ -313,12 +313,8 @@ def evaluate_heldout(drive: Path, settings: Settings, model, *, limit: int = 0, 
 
 def export_model(drive: Path, settings: Settings) -> Path | None:
     """Zip the newest final stage to <drive>/exports/ and, in Colab, offer it as a download."""
-    try:
-        from .export import export_zip
-    except ImportError:
-        print("Export is not available in this version of clara_lite (no clara_lite.export): skipped")
-        return None
     from .colab import download
+    from .export import export_zip
 
     path = Path(export_zip(run_dir(drive, settings.run_name)))
     print(f"Exported {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -82,7 +82,7 @@ def load_model(path, **kwargs):
     path = Path(path)
     opts, overrides = _load_kwargs(kwargs)
     if path.is_file() and path.suffix == ".zip":
-        from .export import open_zip  # issue: export/import
+        from .unzip import open_zip
 
         return open_zip(path, **kwargs)
     if (path / "adapters.pth").is_file():

@@ -153,7 +153,7 @@ def test_a_step_has_the_same_gradient_however_it_is_cut_into_micro_batches(stage
         params = [p for p in model.parameters() if p.requires_grad]
         collate = stage.collator(model)
         starts = [sum(cut[:i]) for i in range(len(cut))]
-        batches = [collate(rows[s : s + n]) for s, n in zip(starts, cut)]
+        batches = [collate(rows[s : s + n]) for s, n in zip(starts, cut, strict=True)]
         acc = make_accelerator(TrainConfig(), tmp_path)
         # plain SGD, lr 1: the update is the gradient itself (Adam's first step would hide its scale)
         metrics = optimizer_step(acc, model, stage, batches, params, torch.optim.SGD(params, lr=1.0), None)

@@ -1,0 +1,73 @@
+"""Asking a trained model: load a zip or folder, read documents from disk, answer a question."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import CONFIG_FILE
+from .unzip import check_base
+
+MAX_DOCS_WITHOUT_RETRIEVER = 16
+
+
+def load(path, **kwargs):
+    """``ClaraModel.from_pretrained`` for a zip or folder, naming the base model when it is missing."""
+    from .saving import load_model
+
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        check_base(path, kwargs)
+    return load_model(path, **kwargs)
+
+
+def read_docs(path) -> list[str]:
+    """Documents from a folder of .txt/.md files (one each, by name) or a JSONL file whose lines are
+    ``{"doc": ...}``, ``{"text": ...}``, a JSON string, or training rows (their docs). Repeats dropped.
+
+    >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
+    ['Ada lives in Paris.']
+    """
+    from .data import DOC_KEYS
+
+    path = Path(path)
+    docs: list[str] = []
+    if path.is_dir():
+        docs = [p.read_text(encoding="utf-8").strip() for p in sorted(path.iterdir())
+                if p.is_file() and p.suffix.lower() in (".txt", ".md")]
+    elif path.is_file():
+        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            found = [row] if isinstance(row, str) else None
+            if isinstance(row, dict):
+                found = next(([row[k]] for k in ("doc", "text") if isinstance(row.get(k), str)), None) or next(
+                    (row[k] for k in DOC_KEYS if isinstance(row.get(k), list)), None)
+            if not found or not all(isinstance(d, str) for d in found):
+                raise ValueError(f'{path}:{lineno}: expected {{"doc": "..."}}, {{"text": "..."}}, a JSON string, '
+                                 'or a training row with "docs"')
+            docs.extend(found)
+    else:
+        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of .txt/.md files)")
+    docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))
+    if not docs:
+        raise ValueError(f"no documents in {path}")
+    return docs
+
+
+def answer(model, question: str, docs: list[str], *, top_k: int | None = None,
+           max_new_tokens: int = 64) -> tuple[str, list[int] | None]:
+    """Answer ``question`` from ``docs`` -> (answer, indices of the retrieved docs, or None when all
+    were read). A model with a query reasoner (stage3) retrieves the top-k; others read every doc."""
+    if "query_reasoner" in model.adapter_names:
+        answers, idx = model.generate_from_questions([question], [docs], max_new_tokens=max_new_tokens, top_k=top_k)
+        return answers[0], idx[0].tolist()
+    if len(docs) > MAX_DOCS_WITHOUT_RETRIEVER:
+        raise ValueError(f"{len(docs)} documents, but a model without a retriever (query_reasoner) reads all of "
+                         f"them at once (at most {MAX_DOCS_WITHOUT_RETRIEVER}): pass fewer documents, or use a "
+                         "stage3 model, which retrieves the top-k")
+    return model.generate_from_text([question], [docs], max_new_tokens=max_new_tokens)[0], None
