@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/clara-lite demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check clara_lite tests benchmarks
+	$(VENV)/bin/ruff check clara_lite tests benchmarks notebooks
 
 clean-venv:
 	rm -rf $(VENV)
