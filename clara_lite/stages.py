@@ -206,13 +206,14 @@ class Stage3(Stage):
         valid = pos >= 0
         positive[torch.arange(pos.size(0), device=pos.device).unsqueeze(1).expand_as(pos)[valid], pos[valid]] = True
         has_pos = positive.any(-1)
-        if has_pos.any():
-            hit = positive.gather(1, idx[:, :1]).float()[has_pos].mean()
-            metrics["recall_at_1"] = _part(hit, own.queries_with_positive, totals.queries_with_positive).item()
+        if totals.queries_with_positive:  # keys follow the step's totals, so every micro-batch has them
+            n = totals.queries_with_positive
+            metrics["recall_at_1"] = positive.gather(1, idx[:, :1]).float().squeeze(1)[has_pos].sum().item() / n
             if model.config.contrastive_weight > 0:
                 logits = scores / model.config.retrieval_temperature
-                nce = torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), -1)
-                nce = _part(nce[has_pos].mean(), own.queries_with_positive, totals.queries_with_positive)
+                nce = torch.logsumexp(logits, -1) - torch.logsumexp(
+                    logits.masked_fill(~positive, float("-inf")), -1)
+                nce = nce[has_pos].sum() / n  # rows without a gold doc add nothing
                 total = total + model.config.contrastive_weight * nce
                 metrics["retrieval_loss"] = nce.item()
         return total, metrics

@@ -13,6 +13,7 @@ pass is fastest and leanest: no padding, one row's activations alive at a time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -86,15 +87,31 @@ def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
     return order[within * size : (within + 1) * size].tolist()
 
 
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def process_state():
+    """This process's place in the run (alone, or one of several under ``accelerate launch`` /
+    ``torchrun``). Set up before a model is loaded: it pins the process to its own GPU, so a 4-bit
+    base lands there (bitsandbytes loads onto the current CUDA device), and on a machine without
+    GPUs it makes torchrun's processes a gloo DDP group (accelerate does that only when told CPU)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_only())
+
+
 def make_accelerator(cfg: TrainConfig, project_dir: Path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    process_state()
     # One process may train several stages (a notebook): forget the previous stage's precision
     # settings; the process-group state (PartialState) is kept.
     AcceleratorState._reset_state()
     acc = Accelerator(
+        cpu=_cpu_only(),
         mixed_precision=cfg.mixed_precision,
         # accumulation is optimizer_step's: its losses are already step-wide means, which
         # accelerate's division by the number of micro-batches would undo
@@ -114,21 +131,32 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
 def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
     """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
     but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
-    as one forward over all rows would give."""
-    totals = StepTotals.of(batches)
+    as one forward over all rows of all processes would give.
+
+    Under DDP the loss terms' denominators are counted over every process, and each process's
+    loss is multiplied by their number, because DDP averages gradients where a one-batch loss
+    would sum them: a token counts the same whichever process it landed on."""
+    totals, world = StepTotals.of(batches), acc.num_processes
+    if world > 1:
+        counts = torch.tensor(dataclasses.astuple(totals), device=acc.device)
+        totals = StepTotals(*(int(c) for c in acc.reduce(counts, reduction="sum").tolist()))
     summed: dict[str, float] = {}
     for i, batch in enumerate(batches):
         sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
         with sync:
             with acc.autocast():
                 loss, metrics = model(batch, stage, totals)
-            acc.backward(loss)
+            acc.backward(loss * world if world > 1 else loss)
         for key, value in {"loss": loss.item(), **metrics}.items():
             summed[key] = summed.get(key, 0.0) + value
     if max_grad_norm:
         acc.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
+        keys = sorted(summed)
+        values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
+        summed = dict(zip(keys, values.tolist(), strict=True))
     return summed
 
 
@@ -194,7 +222,8 @@ def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> di
                              "keep max_steps/epochs/batch settings when resuming")
         log.info("Resuming %s from %s (step %d/%d)", stage.name, latest, progress.step, steps)
     metrics_log = MetricsLog(stage_dir / "metrics.jsonl", stage.name)
-    metrics_log.truncate_after(progress.step)
+    if acc.is_main_process:
+        metrics_log.truncate_after(progress.step)
     if cfg.report_to:
         acc.init_trackers(f"clara_lite-{stage.name}")
 
@@ -241,22 +270,32 @@ def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> di
                 if cfg.report_to:
                     acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
                 window, tokens, window_start = [], 0, time.monotonic()
+            stopping = stop.requested  # a signal arriving after this line counts at the next step
+            if world > 1:  # all processes vote, so all stop after the same step
+                stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
             due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
                 cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
-            if (due or stop.requested) and progress.step < steps:
+            if (due or stopping) and progress.step < steps:
                 if save(ckpt.step_dir(checkpoints, progress.step)) is not None:
                     ckpt.prune(checkpoints, cfg.keep)
                     metrics_log.plot(stage_dir / "loss.png")
                 last_save = time.monotonic()
-            if stop.requested:
+            if stopping and progress.step < steps:  # at the last step, finishing is the better checkpoint
                 bar.close()
                 raise TrainingInterrupted(
-                    f"{stage.name} stopped by {stop.requested} at step {progress.step}/{steps}; "
+                    f"{stage.name} stopped by {stopping} at step {progress.step}/{steps}; "
                     f"checkpoint in {checkpoints}. Run the same command again to resume.")
     bar.close()
     if cfg.report_to:
         acc.end_training()
-    return _finish(model, stage_dir, progress, metrics_log, cfg, acc.is_main_process, elapsed())
+    summary = _finish(model, stage_dir, progress, metrics_log, cfg, acc.is_main_process, elapsed())
+    acc.wait_for_everyone()  # the next stage, on every process, starts from the final main wrote
+    return summary
+
+
+def _any_process(acc, mine: bool) -> bool:
+    """Whether any process asked to stop (all call this at the same step: a collective)."""
+    return bool(acc.reduce(torch.tensor([float(mine)], device=acc.device), reduction="sum").item())
 
 
 def _finish(model, stage_dir: Path, progress, metrics_log: MetricsLog, cfg, main: bool, elapsed_s: float) -> dict:
