@@ -53,7 +53,8 @@ def _eval(args) -> int:
 
 
 _MODEL_OPTS = {"base": "base_model", "compr_rate": "compr_rate", "doc_max_length": "doc_max_length",
-               "top_k": "generation_top_k", "lora_r": "lora_r", "quantization": "quantization",
+               "top_k": "generation_top_k", "lora_r": "lora_r", "lora_dropout": "lora_dropout",
+               "quantization": "quantization",
                "mse_weight": "mse_weight", "contrastive_weight": "contrastive_weight",
                "encoder_layout": "encoder_layout"}
 _TRAIN_OPTS = {"max_steps": "max_steps", "epochs": "epochs", "batch_size": "micro_batch_size",
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, typ in (("--max-steps", int), ("--epochs", float), ("--batch-size", int), ("--grad-accum", int),
                       ("--save-steps", int), ("--save-minutes", float), ("--keep", int), ("--lr", float),
                       ("--seed", int), ("--log-steps", int), ("--compr-rate", int), ("--doc-max-length", int),
-                      ("--top-k", int), ("--lora-r", int), ("--mse-weight", float), ("--contrastive-weight", float)):
+                      ("--top-k", int), ("--lora-r", int), ("--lora-dropout", float), ("--mse-weight", float),
+                      ("--contrastive-weight", float)):
         t.add_argument(flag, type=typ, default=None)
     t.add_argument("--quantization", choices=["4bit", "8bit"], default=None)
     t.add_argument("--encoder-layout", choices=["compact", "upstream"], default=None)

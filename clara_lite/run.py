@@ -20,7 +20,7 @@ from pathlib import Path
 from .checkpoint import complete_checkpoints, sha256_file
 from .config import ClaraConfig
 from .stages import ORDER, get_stage
-from .training import CHECKPOINTS_DIR, FINAL_DIR, TrainConfig, stage_is_final, train_stage
+from .training import CHECKPOINTS_DIR, FINAL_DIR, TrainConfig, process_state, stage_is_final, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     from .modeling import ClaraModel
     from .models import resolve
 
+    main = process_state().is_main_process  # first, so each process loads onto its own device
     entry = run.data["stages"].setdefault(name, {})
     init_from = init_from or entry.get("init_from")
     start_dir = Path(init_from) if init_from else _previous_model_dir(run, name)
@@ -214,7 +215,8 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
                 "mixed_precision": profile.mixed_precision, "gradient_checkpointing": profile.gradient_checkpointing}
     cfg = run.train_config(name, train_options, defaults)
     run.record_session(name, profile)
-    run.save()
+    if main:  # several processes (DDP) share one run folder: one writer
+        run.save()
 
     load = {"dtype": profile.dtype}
     if base_path:
@@ -229,5 +231,6 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     log.info("Training %s in %s on %d rows of %s", name, run.stage_dir(name), len(examples), path)
     summary = train_stage(model, get_stage(name), examples, run.stage_dir(name), cfg)
     run.data["stages"][name]["final"] = summary
-    run.save()
+    if main:
+        run.save()
     return summary
