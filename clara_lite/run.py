@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, fields
@@ -195,7 +196,8 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     from .modeling import ClaraModel
     from .models import resolve
 
-    main = process_state().is_main_process  # first, so each process loads onto its own device
+    state = process_state()  # first, so each process loads onto its own device
+    main = state.is_main_process
     entry = run.data["stages"].setdefault(name, {})
     init_from = init_from or entry.get("init_from")
     start_dir = Path(init_from) if init_from else _previous_model_dir(run, name)
@@ -211,7 +213,9 @@ def _train_one(run: Run, name: str, data, data_dir, model_options, train_options
     if init_from:
         entry["init_from"] = str(init_from)
 
-    defaults = {"micro_batch_size": profile.micro_batch_size, "grad_accum_steps": profile.grad_accum_steps,
+    # the plan's rows per step are for the whole step: N processes share them
+    accum = max(1, math.ceil(profile.grad_accum_steps / state.num_processes))
+    defaults = {"micro_batch_size": profile.micro_batch_size, "grad_accum_steps": accum,
                 "mixed_precision": profile.mixed_precision, "gradient_checkpointing": profile.gradient_checkpointing}
     cfg = run.train_config(name, train_options, defaults)
     run.record_session(name, profile)

@@ -89,6 +89,7 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
 
 
 def test_a_signal_to_one_process_stops_all_after_the_same_step_with_a_checkpoint(tmp_path):
+    """Also: without --grad-accum, N processes split the plan's rows per step between them."""
     data = write_run_data(tmp_path / "data")
     run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -110,3 +111,5 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step_with_a_checkpoint
     step = int(checkpoints[0].name.split("-")[1])
     assert 2 <= step < 400
     assert not (run_dir / "stage1" / "final").exists()
+    # no --grad-accum: the CPU plan's 1 x 16 rows per step are shared by the 2 processes
+    assert Run(run_dir).data["stages"]["stage1"]["train"]["grad_accum_steps"] == 8
