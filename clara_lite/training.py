@@ -1,13 +1,14 @@
-"""The training loop of one stage, on ``accelerate``: mixed precision, gradient accumulation and
-distribution come from the library; this module adds what Colab needs: checkpoints by steps and
+"""The training loop of one stage, on ``accelerate``: mixed precision, distribution (DDP) and
+gradient sync come from the library; this module adds what Colab needs: checkpoints by steps and
 minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a loss curve.
 
 Data order is a pure function of (seed, epoch): micro-batch ``i`` of the run is always the same
 rows, so resuming at micro-batch ``i`` needs no data-loader state and skips seen rows instantly.
 
-An optimizer step's loss is averaged over the whole step (see ``stages.StepTotals``), so how a step
-is cut into micro-batches changes memory and speed, never the gradient. On CPU one row per forward
-pass is fastest and leanest: no padding, one row's activations alive at a time.
+An optimizer step's loss is averaged over the whole step, on every process (see
+``stages.StepTotals`` and :func:`optimizer_step`), so how a step is cut into micro-batches and
+processes changes memory and speed, never the gradient. On CPU one row per forward pass is
+fastest and leanest: no padding, one row's activations alive at a time.
 """
 
 from __future__ import annotations
