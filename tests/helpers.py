@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 
 from clara_lite import ClaraModel
 
@@ -13,3 +16,17 @@ def tiny_model(seed: int = 0, adapters=("encoder", "decoder"), **config) -> Clar
     kw.update(config)
     torch.manual_seed(seed)
     return ClaraModel.from_base("tiny-random", seed=seed, adapters=adapters, **kw)
+
+
+def saved_adapters(folder: Path) -> dict:
+    """Every adapter weight of a saved model folder, keyed ``<adapter>/<tensor name>``."""
+    out = {}
+    for f in sorted((Path(folder) / "adapters").glob("*/adapter_model.safetensors")):
+        out.update({f"{f.parent.name}/{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference between two same-keyed, non-empty tensor dicts."""
+    assert a.keys() == b.keys() and a
+    return max((a[k] - b[k]).abs().max().item() for k in a)

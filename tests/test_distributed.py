@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+from helpers import max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
 
 from clara_lite.run import Run
@@ -37,13 +37,6 @@ def _train(launcher: list[str], run_dir: Path, data: Path, *extra: str) -> str:
     return out.stdout
 
 
-def _weights(final: Path) -> dict:
-    out = {}
-    for f in sorted((final / "adapters").glob("*/adapter_model.safetensors")):
-        out.update({f"{f.parent.name}/{k}": v for k, v in load_file(f).items()})
-    return out
-
-
 def _metrics(stage_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rows]
@@ -60,9 +53,7 @@ def test_two_processes_train_like_one_process_accumulating_the_same_rows(tmp_pat
     ddp, one = Run(tmp_path / "ddp"), Run(tmp_path / "one")
     assert ddp.status() == one.status() == {s: "final" for s in ("stage1", "stage2", "stage3")}
     for stage in ("stage1", "stage2", "stage3"):
-        a, b = _weights(ddp.final_dir(stage)), _weights(one.final_dir(stage))
-        assert a.keys() == b.keys() and a
-        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, stage
+        assert max_abs_diff(saved_adapters(ddp.final_dir(stage)), saved_adapters(one.final_dir(stage))) < 1e-5, stage
         # one writer: a checkpoint at step 2, metrics once per step, equal to the single process's
         assert [p.name for p in (ddp.stage_dir(stage) / "checkpoints").iterdir()] == ["step-000002"]
         m_ddp, m_one = _metrics(ddp.stage_dir(stage)), _metrics(one.stage_dir(stage))

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
-from safetensors.torch import load_file
+from helpers import max_abs_diff, saved_adapters, tiny_model
 from synthetic_data import write_run_data
 
 from clara_lite.data import read_jsonl
@@ -30,22 +29,23 @@ CLI_TRAIN = ["--max-steps", "6", "--batch-size", "2", "--grad-accum", "2", "--sa
              "--log-steps", "1"]
 
 
-def _adapters(final: Path) -> dict:
-    out = {}
-    for f in sorted((final / "adapters").glob("*/adapter_model.safetensors")):
-        out.update({f"{f.parent.name}/{k}": v for k, v in load_file(f).items()})
-    return out
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys() and a
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
 def _cli(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage1", "--run-dir", str(run_dir),
            "--data", str(data), *CLI_MODEL, *CLI_TRAIN, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_after_step_4(run_dir: Path, data_dir: Path, sig: int) -> subprocess.Popen:
+    """Start the stage1 CLI run and send ``sig`` once its step-4 checkpoint is complete."""
+    proc = _cli(run_dir, data_dir / "stage1.jsonl")
+    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
+    proc.send_signal(sig)
+    return proc
+
+
+def _diff_to_reference(run_dir: Path, reference: Path) -> float:
+    """Largest weight difference between this run's stage1 final and the uninterrupted reference's."""
+    return max_abs_diff(saved_adapters(run_dir / "stage1" / "final"), saved_adapters(reference / "stage1" / "final"))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -84,25 +84,21 @@ def test_uninterrupted_run_writes_the_run_folder(reference):
 
 def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _cli(run_dir, data_dir / "stage1.jsonl")
-    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
-    proc.send_signal(signal.SIGKILL)
+    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "stage1" / "final").exists()
     again = _cli(run_dir, data_dir / "stage1.jsonl")
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
     assert "Resuming stage1" in out and "step 4/6" in out
-    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+    assert _diff_to_reference(run_dir, reference) <= 1e-6
     steps = [line for line in (run_dir / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 6  # each step logged once across the two processes
 
 
 def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_dir, reference, caplog):
     run_dir = tmp_path / "run"
-    proc = _cli(run_dir, data_dir / "stage1.jsonl")
-    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     cks = sorted((run_dir / "stage1" / "checkpoints").iterdir())
@@ -114,18 +110,16 @@ def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_d
     with caplog.at_level(logging.WARNING):
         train(run_dir, "stage1", model_options={}, train_options={})
     assert any("Skipping checkpoint" in r.message and newest.name in r.message for r in caplog.records)
-    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+    assert _diff_to_reference(run_dir, reference) <= 1e-6
 
 
 def test_missing_manifest_is_skipped(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _cli(run_dir, data_dir / "stage1.jsonl")
-    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
-    proc.send_signal(signal.SIGKILL)
+    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGKILL)
     proc.wait()
     (run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json").unlink()
     train(run_dir, "stage1", model_options={}, train_options={})
-    assert _max_diff(_adapters(run_dir / "stage1" / "final"), _adapters(reference / "stage1" / "final")) <= 1e-6
+    assert _diff_to_reference(run_dir, reference) <= 1e-6
 
 
 def test_write_failure_does_not_stop_training(tmp_path, data_dir, monkeypatch):
