@@ -14,7 +14,6 @@ CONFIG_FILE = "clara_config.json"
 FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
-ADAPTERS = ("encoder", "decoder", "query_reasoner")
 
 
 @dataclass

@@ -20,6 +20,7 @@ LR = {"stage1": 5e-4, "stage2": 3e-4, "stage3": 1e-4}
 def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", steps: dict | None = None) -> dict:
     from .data import read_jsonl, validate_file
     from .evaluation import evaluate_model
+    from .export import export_zip
     from .hardware import describe, detect_hardware
     from .modeling import ClaraModel
     from .models import resolve
@@ -60,15 +61,9 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
 
     summary = {"run_dir": str(run_dir), "final": {s: str(run.final_dir(s)) for s in ("stage1", "stage2", "stage3")},
                "heldout": result}
-    try:
-        from .export import export_zip
-    except ImportError:  # export lands with its own issue
-        export_zip = None
-    if export_zip is not None:
-        summary["zip"] = str(export_zip(run_dir, out=run_dir / "clara_model.zip"))
+    summary["zip"] = str(export_zip(run_dir, out=run_dir / "clara_model.zip"))
     print("\nrun folder:   ", run_dir)
     for stage, path in summary["final"].items():
         print(f"{stage} final: ", path)
-    if "zip" in summary:
-        print("exported zip: ", summary["zip"])
+    print("exported zip: ", summary["zip"])
     return summary

@@ -85,18 +85,11 @@ class HardwareProfile:
         """Why ``decision`` (e.g. ``'dtype'``, ``'attn_implementation'``) came out as it did."""
         return dict(self.reasons)[decision]
 
-    @property
-    def effective_batch(self) -> int:
-        return self.micro_batch_size * self.grad_accum_steps
-
     def to_dict(self) -> dict:
         """JSON-ready view: dtype as ``'float32'``, capability as a list, reasons as a dict."""
         d = asdict(self)
         d["device"]["capability"] = list(self.device.capability) if self.device.capability else None
         return d | {"dtype": dtype_name(self.dtype), "reasons": dict(self.reasons)}
-
-    def summary(self) -> str:
-        return describe(self)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -35,7 +35,7 @@ __all__ = [  # the settings helpers are re-exported: a cell needs only `from cla
     "NOTEBOOKS", "STAGES", "Settings", "SettingsError", "choose_settings", "current_run", "load_settings", "run_dir",
     "save_settings", "saved_settings", "settings_form", "show_plan",
     "ask", "check_data", "data_folder", "default_questions", "document_pool", "evaluate_heldout",
-    "export_model", "extract_available", "load_model", "prepare_data", "show_loss_curve", "train_stage",
+    "export_model", "load_model", "prepare_data", "show_loss_curve", "train_stage",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,21 +64,6 @@ def data_folder(drive: Path, settings: Settings) -> Path:
     if not settings.data_dir:
         raise SettingsError(f"No data chosen for run {settings.run_name!r}: run {NOTEBOOKS['data']}.ipynb first")
     return _on_drive(drive, settings.data_dir)
-
-
-def extract_available() -> bool:
-    """True when this clara_lite has ``clara-lite data extract`` (raw documents -> training JSONL)."""
-    import contextlib
-    import io
-
-    from .cli import build_parser
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            build_parser().parse_args(["data", "extract", "--help"])
-        except SystemExit as done:
-            return done.code == 0
-    return False
 
 
 def prepare_data(drive: Path, settings: Settings, source: str = "example", folder: str = "") -> Settings | None:

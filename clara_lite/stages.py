@@ -24,7 +24,6 @@ import torch
 
 from . import inputs
 from .config import ClaraConfig
-from .data import QAExample, Stage1Example
 from .inputs import IGNORE_INDEX, SpecialTokens
 
 
@@ -77,13 +76,11 @@ class Collator:
 
 
 class Stage:
-    """Base protocol. Subclasses set ``name``, ``trainable``, ``upstream_name`` and implement
+    """Base protocol. Subclasses set ``name``, ``trainable`` and implement
     ``collate`` and ``loss``."""
 
     name: str = ""
-    upstream_name: str = ""
     trainable: tuple[str, ...] = ()
-    example_type: type = QAExample
 
     def prepare(self, model) -> None:
         """Make exactly this stage's adapters trainable."""
@@ -124,8 +121,7 @@ class _CompressAndAnswer(Stage):
 class Stage1(_CompressAndAnswer):
     """Compression pretraining: QA and paraphrase targets from compressed docs, + MSE."""
 
-    name, upstream_name = "stage1", "stage1"
-    example_type = Stage1Example
+    name = "stage1"
 
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
@@ -146,7 +142,7 @@ class Stage1(_CompressAndAnswer):
 class Stage2(_CompressAndAnswer):
     """Compression instruction tuning: question + its k compressed documents -> answer."""
 
-    name, upstream_name = "stage2", "stage1_2"
+    name = "stage2"
 
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
@@ -163,7 +159,7 @@ class Stage3(Stage):
     them for the decoder, and the decoder's LM loss trains retrieval and generation together.
     Documents are compressed without gradients (the encoder is fixed), as upstream does."""
 
-    name, upstream_name = "stage3", "stage2"
+    name = "stage3"
     trainable = ("query_reasoner", "decoder")
 
     def prepare(self, model) -> None:
