@@ -117,13 +117,14 @@ def _download_folder(gdown, source: str, shown: str, dest: Path, overwrite: bool
 
 def _place(moves: dict[Path, Path], overwrite: bool) -> None:
     """Move downloaded files into place; all or nothing when some target holds other content."""
-    clashes = [dst for src, dst in moves.items() if dst.exists() and not _same(src, dst)]
+    same = {dst: dst.exists() and _same(src, dst) for src, dst in moves.items()}  # hashed once
+    clashes = [dst for dst in moves.values() if dst.exists() and not same[dst]]
     if clashes and not overwrite:
         names = ", ".join(str(p) for p in clashes[:5]) + (" …" if len(clashes) > 5 else "")
         raise FileExistsError(f"{names} already exist(s) with different content: pass overwrite=True "
                               "to replace, or download to another destination")
     for src, dst in moves.items():
-        if dst.exists() and _same(src, dst):
+        if same[dst]:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_dir():

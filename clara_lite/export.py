@@ -55,13 +55,15 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     run = Run(run_dir)
     if not (run.root / RUN_FILE).is_file():
         raise ExportError(f"{run.root} is not a run folder (no {RUN_FILE}): pass the --run-dir used for training")
-    stage = get_stage(stage).name if stage else _newest_final_stage(run)
-    final = run.final_dir(stage)
-    if not run.is_final(stage):
+    if not stage:
+        stage = _newest_final_stage(run)  # already verified final
+    elif not run.is_final(stage := get_stage(stage).name):
+        final = run.final_dir(stage)
         damage = verify(final) if final.is_dir() else None
-        state = f"{stage}/final is damaged: {damage}" if damage else run.status()[stage]
+        state = f"{stage}/final is damaged: {damage}" if damage else run.stage_status(stage)
         raise ExportError(f"{stage} of {run.root} is not final ({state}): finish it with "
                           f"`clara-lite train --stage {stage} --run-dir {run.root}` (a rerun resumes)")
+    final = run.final_dir(stage)
     # exactly the files the stage's verified manifest lists; its summary goes into the card instead
     listed = json.loads((final / FINAL_MANIFEST).read_text())["files"]
     names = sorted(set(listed) - {SUMMARY_FILE})

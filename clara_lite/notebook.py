@@ -176,16 +176,16 @@ def train_stage(drive: Path, settings: Settings, stage: str) -> Path | None:
 
     root = run_dir(drive, settings.run_name)
     run = Run(root)
-    status = run.status()
+    status = run.stage_status(stage)
     previous = STAGES[STAGES.index(stage) - 1] if stage != "stage1" else None
-    if previous and status[previous] != "final" and status[stage] == "not started":
+    if previous and status == "not started" and (before := run.stage_status(previous)) != "final":
         raise SettingsError(f"{stage} starts from {previous}/final, which is not there yet ({previous}: "
-                            f"{status[previous]}): run {NOTEBOOKS[previous]}.ipynb first")
-    if status[stage] == "final":
+                            f"{before}): run {NOTEBOOKS[previous]}.ipynb first")
+    if status == "final":
         print(f"{stage} is already final.")
     else:
         steps = settings.steps(stage) or f"{settings.epochs:g} epoch(s) of"
-        what = f"resuming from its {status[stage]}" if status[stage].startswith("checkpoint") else "starting"
+        what = f"resuming from its {status}" if status.startswith("checkpoint") else "starting"
         print(f"{stage}: {what}; {steps} steps, checkpoints every {settings.save_minutes:g} min"
               + (f" and every {settings.save_steps} steps" if settings.save_steps else "")
               + f" into {root / stage / 'checkpoints'}")

@@ -91,8 +91,7 @@ class Run:
             cfg = TrainConfig(**{**defaults, **explicit})
             entry["train"] = asdict(cfg)
             return cfg
-        _check_same(f"{stage} training setting", {k: saved[k] for k in RESULT_KEYS if k in saved},
-                    {k: v for k, v in explicit.items() if k in RESULT_KEYS}, self.root)
+        self._check_train(stage, saved, explicit)
         known = {f.name for f in fields(TrainConfig)}
         merged = {**{k: v for k, v in saved.items() if k in known}, **explicit}
         entry["train"] = merged
@@ -105,8 +104,11 @@ class Run:
         for stage in stages:
             saved = self.data["stages"].get(stage, {}).get("train")
             if saved:
-                _check_same(f"{stage} training setting", {k: saved[k] for k in RESULT_KEYS if k in saved},
-                            {k: v for k, v in train_options.items() if k in RESULT_KEYS}, self.root)
+                self._check_train(stage, saved, train_options)
+
+    def _check_train(self, stage: str, saved: dict, explicit: dict) -> None:
+        _check_same(f"{stage} training setting", {k: saved[k] for k in RESULT_KEYS if k in saved},
+                    {k: v for k, v in explicit.items() if k in RESULT_KEYS}, self.root)
 
     def data_file(self, stage: str, data: str | None, data_dir: str | None) -> Path:
         entry = self.data["stages"].setdefault(stage, {})
@@ -122,8 +124,9 @@ class Run:
         if not path.is_file():
             raise RunError(f"{stage} data file {path} does not exist")
         digest = sha256_file(path)
-        started = complete_checkpoints(self.stage_dir(stage) / CHECKPOINTS_DIR)
-        if saved is not None and saved["sha256"] != digest and started:
+        # hashing the checkpoints is only worth it when the data did change
+        if saved is not None and saved["sha256"] != digest and complete_checkpoints(
+                self.stage_dir(stage) / CHECKPOINTS_DIR):
             raise RunError(f"{path} changed since {stage} started in {self.root} (sha256 {saved['sha256'][:12]} -> "
                            f"{digest[:12]}): restore the file, or start a new --run-dir")
         entry["data"] = {"path": str(path), "sha256": digest}
@@ -136,12 +139,15 @@ class Run:
         sessions.append({"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          "hardware": profile.to_dict(), "versions": library_versions()})
 
+    def stage_status(self, stage: str) -> str:
+        """"final", "checkpoint step N" or "not started" (a final stage's checkpoints are not hashed)."""
+        if self.is_final(stage):
+            return "final"
+        cks = complete_checkpoints(self.stage_dir(stage) / CHECKPOINTS_DIR)
+        return f"checkpoint step {cks[-1][0]}" if cks else "not started"
+
     def status(self) -> dict:
-        out = {}
-        for stage in ORDER:
-            cks = complete_checkpoints(self.stage_dir(stage) / CHECKPOINTS_DIR)
-            out[stage] = "final" if self.is_final(stage) else (f"checkpoint step {cks[-1][0]}" if cks else "not started")
-        return out
+        return {stage: self.stage_status(stage) for stage in ORDER}
 
 
 def _check_same(what: str, saved: dict, explicit: dict, root: Path) -> None:
@@ -159,7 +165,7 @@ def _previous_model_dir(run: Run, stage: str) -> Path | None:
     prev = ORDER[idx - 1]
     if run.is_final(prev):
         return run.final_dir(prev)
-    state = run.status()[prev]
+    state = run.stage_status(prev)
     raise RunError(f"{stage} starts from {prev}/final, which does not exist in {run.root} ({prev}: {state}). "
                    f"Run `clara-lite train --stage {prev} --run-dir {run.root}` first (or --stage all), "
                    f"or start {stage} from another model with --init-from DIR|ZIP.")
@@ -175,11 +181,12 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
     run = Run(run_dir)
     stages = list(ORDER) if stage == "all" else [get_stage(stage).name]
     # with "all", options are meant for the stages still to train: finished ones are not judged
-    judged = [s for s in stages if stage != "all" or not run.is_final(s)]
+    final = {s: run.is_final(s) for s in stages}  # hashes each final once; a stage turns final only in its turn
+    judged = [s for s in stages if stage != "all" or not final[s]]
     run.check(judged, model_options or {}, train_options or {})
     results = {}
     for name in stages:
-        if run.is_final(name):
+        if final[name]:
             log.info("%s is already final in %s: skipping", name, run.final_dir(name))
             results[name] = "already final"
             continue
