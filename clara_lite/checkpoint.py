@@ -113,16 +113,21 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def _step_folders(checkpoints: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``step-N`` folder, complete or not, by name."""
+    out = []
+    for folder in sorted(checkpoints.glob(f"{STEP_PREFIX}*")) if checkpoints.is_dir() else ():
+        try:
+            out.append((int(folder.name[len(STEP_PREFIX):]), folder))
+        except ValueError:
+            continue
+    return out
+
+
 def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
     """Valid checkpoints, oldest first; invalid ones are skipped with a warning."""
     found = []
-    if not checkpoints.is_dir():
-        return found
-    for folder in sorted(checkpoints.glob(f"{STEP_PREFIX}*")):
-        try:
-            step = int(folder.name[len(STEP_PREFIX):])
-        except ValueError:
-            continue
+    for step, folder in _step_folders(checkpoints):
         problem = verify(folder)
         if problem:
             log.warning("Skipping checkpoint %s: %s", folder, problem)
@@ -212,12 +217,11 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
 def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progress:
     """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file as load
 
     from .saving import ADAPTER_WEIGHTS, ADAPTERS_DIR
 
     for name in model.adapter_names:
-        weights = load(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
+        weights = load_file(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
         set_peft_model_state_dict(model.lm, weights, adapter_name=name)
     state = json.loads((folder / STATE_FILE).read_text())
     _load_optimizer(optimizer, folder)
@@ -263,10 +267,6 @@ def prune(checkpoints: Path, keep: int) -> None:
         return
     keep_paths = {p for _, p in complete[-max(keep, 1):]}
     newest = complete[-1][0]
-    for folder in checkpoints.glob(f"{STEP_PREFIX}*"):
-        try:
-            step = int(folder.name[len(STEP_PREFIX):])
-        except ValueError:
-            continue
+    for step, folder in _step_folders(checkpoints):
         if folder not in keep_paths and step < newest:
             shutil.rmtree(folder, ignore_errors=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -84,8 +85,13 @@ def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
     """Row indices of global micro-batch ``i``: epochs are seeded permutations, cut into batches."""
     per_epoch = math.ceil(n_rows / size)
     epoch, within = divmod(i, per_epoch)
-    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[within * size : (within + 1) * size].tolist()
+    return list(_epoch_order(n_rows, seed, epoch)[within * size : (within + 1) * size])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """One epoch's permutation, drawn once (a step on CPU reads 16 one-row micro-batches of it)."""
+    return tuple(torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
 
 
 def _cpu_only() -> bool:
@@ -107,7 +113,6 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    process_state()
     # One process may train several stages (a notebook): forget the previous stage's precision
     # settings; the process-group state (PartialState) is kept.
     AcceleratorState._reset_state()
