@@ -35,10 +35,10 @@ def _cli(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _signal_after_step_4(run_dir: Path, data_dir: Path, sig: int) -> subprocess.Popen:
-    """Start the stage1 CLI run and send ``sig`` once its step-4 checkpoint is complete."""
+def _signal_after(step: int, run_dir: Path, data_dir: Path, sig: int) -> subprocess.Popen:
+    """Start the stage1 CLI run (6 steps) and send ``sig`` once its checkpoint of ``step`` is complete."""
     proc = _cli(run_dir, data_dir / "stage1.jsonl")
-    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
+    _wait_for(run_dir / "stage1" / "checkpoints" / f"step-{step:06d}" / "manifest.json", proc)
     proc.send_signal(sig)
     return proc
 
@@ -84,7 +84,7 @@ def test_uninterrupted_run_writes_the_run_folder(reference):
 
 def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGKILL)
+    proc = _signal_after(4, run_dir, data_dir, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "stage1" / "final").exists()
     again = _cli(run_dir, data_dir / "stage1.jsonl")
@@ -98,7 +98,7 @@ def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir,
 
 def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_dir, reference, caplog):
     run_dir = tmp_path / "run"
-    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGTERM)
+    proc = _signal_after(2, run_dir, data_dir, signal.SIGTERM)  # a stop at step 6 would finish instead
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     cks = sorted((run_dir / "stage1" / "checkpoints").iterdir())
@@ -115,7 +115,7 @@ def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_d
 
 def test_missing_manifest_is_skipped(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _signal_after_step_4(run_dir, data_dir, signal.SIGKILL)
+    proc = _signal_after(4, run_dir, data_dir, signal.SIGKILL)
     proc.wait()
     (run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json").unlink()
     train(run_dir, "stage1", model_options={}, train_options={})
