@@ -137,15 +137,16 @@ def _chat(tokenizer, system: str, user: str, answer: str | None) -> tuple[int, s
         prompt = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
+    n_prompt = len(tokenizer.encode(prompt, add_special_tokens=False))
     if answer is None:
-        return len(tokenizer.encode(prompt, add_special_tokens=False)), prompt
+        return n_prompt, prompt
     full = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": answer}],
         tokenize=False,
         add_generation_prompt=False,
         enable_thinking=False,
     )
-    return len(tokenizer.encode(prompt, add_special_tokens=False)), full
+    return n_prompt, full
 
 
 def answer_prompt(tokenizer, tokens: SpecialTokens, question: str, n_docs: int, answer=None):

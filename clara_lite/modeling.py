@@ -149,16 +149,13 @@ class ClaraModel(nn.Module):
         self.freeze_all_adapters()
 
     def copy_adapter(self, src: str, dst: str) -> None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         with torch.no_grad():
-            for module in self.lm.modules():
-                if isinstance(module, BaseTunerLayer):
-                    for attr in module.adapter_layer_names:
-                        layers = getattr(module, attr)
-                        if src in layers and dst in layers:
-                            for p_dst, p_src in zip(layers[dst].parameters(), layers[src].parameters(), strict=True):
-                                p_dst.copy_(p_src)
+            for module in self._tuner_layers():
+                for attr in module.adapter_layer_names:
+                    layers = getattr(module, attr)
+                    if src in layers and dst in layers:
+                        for p_dst, p_src in zip(layers[dst].parameters(), layers[src].parameters(), strict=True):
+                            p_dst.copy_(p_src)
 
     def freeze_all_adapters(self) -> None:
         for p in self.lm.parameters():

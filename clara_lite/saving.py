@@ -54,7 +54,7 @@ def added_rows(model) -> dict[str, torch.Tensor]:
     rows = {"ids": ids, "input_embeddings": lm.get_input_embeddings().weight[ids.to(model.device)].detach()}
     out_emb = lm.get_output_embeddings()
     if out_emb is not None and out_emb.weight.data_ptr() != lm.get_input_embeddings().weight.data_ptr():
-        rows["output_embeddings"] = out_emb.weight[ids.to(model.device)].detach()
+        rows["output_embeddings"] = out_emb.weight[ids.to(out_emb.weight.device)].detach()  # may sit elsewhere
     return {k: v.float().cpu().contiguous() if v.is_floating_point() else v.cpu() for k, v in rows.items()}
 
 
@@ -70,6 +70,8 @@ def _load_kwargs(kwargs: dict) -> tuple[dict, dict]:
         "base_path": kwargs.pop("base_path", None),
     }
     kwargs.pop("torch_dtype", None)
+    # the base model, as our users and upstream's name it (base_path wins; the rest stay overrides then)
+    opts["base"] = opts["base_path"] or kwargs.pop("decoder_model_name", None) or kwargs.pop("base_model", None)
     if isinstance(opts["dtype"], str) and opts["dtype"] != "auto":
         opts["dtype"] = getattr(torch, opts["dtype"])
     if opts["dtype"] == "auto":
@@ -105,9 +107,8 @@ def _load_ours(path: Path, opts: dict, overrides: dict):
     from .models import load_base_model
 
     data = ClaraConfig.load(path).to_dict()
-    base_name = opts["base_path"] or overrides.pop("decoder_model_name", None) or overrides.pop("base_model", None)
-    if base_name:
-        data["base_model"] = str(base_name)
+    if opts["base"]:
+        data["base_model"] = str(opts["base"])
     unknown = set(overrides) - set(data)
     if unknown:
         raise ValueError(f"Unknown option(s) for from_pretrained: {sorted(unknown)}")

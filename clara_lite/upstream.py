@@ -61,8 +61,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict):
     from .models import load_base_model
 
     raw = json.loads((path / "config.json").read_text())
-    base = opts["base_path"] or overrides.pop("decoder_model_name", None) or overrides.pop("base_model", None)
-    raw["decoder_model_name"] = str(base) if base else _resolve_base(raw["decoder_model_name"], path)
+    raw["decoder_model_name"] = str(opts["base"]) if opts["base"] else _resolve_base(raw["decoder_model_name"], path)
     known = {"doc_max_length", "compr_rate", "generation_top_k", "quantization", "training_stage", "sep"}
     unknown = set(overrides) - known
     if unknown:
