@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from clara_lite.inputs import IGNORE_INDEX
+from clara_lite.stages import StepTotals
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"
@@ -80,7 +80,7 @@ def token_counts(batches: list[dict]) -> dict:
         "dec_real": sum(int(m.sum()) for m in dec),
         "dec_padded": sum(m.numel() for m in dec),
         "dec_shape": " + ".join(f"{m.shape[0]}x{m.shape[1]}" for m in dec),
-        "answer_tokens": sum(int((b["dec"]["labels"] != IGNORE_INDEX).sum()) for b in batches),
+        "answer_tokens": StepTotals.of(batches).answer_tokens,  # what the LM loss averages over
     }
 
 

@@ -344,11 +344,15 @@ class ClaraModel(nn.Module):
         self.eval()
         return self.compress(self._encode(list(documents)))
 
+    def _compress_per_question(self, questions: list[str], documents: list[list[str]]) -> tuple[int, torch.Tensor]:
+        """(documents per question, their memory vectors (B*K, M, H), question by question)."""
+        k = self._check_docs(questions, documents)
+        return k, self.compress_documents([d for docs in documents for d in docs])[0]
+
     @torch.no_grad()
     def generate_from_text(self, questions: list[str], documents: list[list[str]], max_new_tokens: int = 128):
         """Answer each question from its documents (all of them, compressed)."""
-        k = self._check_docs(questions, documents)
-        memory, _ = self.compress_documents([d for docs in documents for d in docs])
+        k, memory = self._compress_per_question(questions, documents)
         return self.generate_from_compressed_documents_and_questions(questions, memory, max_new_tokens, k)
 
     @torch.no_grad()
@@ -367,21 +371,17 @@ class ClaraModel(nn.Module):
     @torch.no_grad()
     def generate_from_paraphrase(self, questions: list[str], documents: list[list[str]], max_new_tokens: int = 128):
         """Restate the documents from their memory vectors (a check of what compression kept)."""
-        self.eval()
-        k = self._check_docs(questions, documents)
-        memory, _ = self.compress_documents([d for docs in documents for d in docs])
+        k, memory = self._compress_per_question(questions, documents)
         texts = [inputs.paraphrase_prompt(self.tokenizer, self.tokens, None, k)[1] for _ in questions]
         dec = inputs.tokenize_prompts(self.tokenizer, texts, None, self.config.max_decoder_length)
         return self._generate(self.decoder_embeds(dec["input_ids"], memory), dec["attention_mask"], max_new_tokens)
 
     @torch.no_grad()
     def retrieve(self, questions: list[str], documents: list[list[str]], k: int | None = None):
-        """Query reasoner scores each question's candidates -> (scores (B, N), memory, top-k indices)."""
-        self.eval()
-        n = self._check_docs(questions, documents)
+        """Query reasoner scores each question's candidates -> (scores (B, N), memory, k to select)."""
+        n, memory = self._compress_per_question(questions, documents)  # also switches to eval
         k = min(k or self.generation_top_k, n)
         query = self.embed_queries(self._encode(list(questions)))
-        memory, _ = self.compress_documents([d for docs in documents for d in docs])
         scores = self.scores(query, memory, n)
         return scores, memory, k
 

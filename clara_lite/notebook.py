@@ -243,11 +243,10 @@ def document_pool(drive: Path, settings: Settings, pool: str = "") -> list[str]:
     return docs
 
 
-MAX_DOCS_WITHOUT_RETRIEVER = 16  # a model without a query reasoner reads every document at once
-
-
 def ask(model, questions: list[str], pool: list[str], settings: Settings, max_new_tokens: int = 32) -> list[dict]:
     """Answer each question over the pool: retrieve top-k first (stage3), else read the whole pool."""
+    from .ask import MAX_DOCS_WITHOUT_RETRIEVER  # a model without a query reasoner reads every doc at once
+
     if not questions:
         print("No questions: set QUESTIONS, or add heldout.jsonl to the data folder")
         return []

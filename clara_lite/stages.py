@@ -34,6 +34,16 @@ def _uniform_docs(examples) -> int:
     return n
 
 
+def _docs_and_prompts(tokenizer, tokens, config, examples, pairs) -> dict:
+    """Every stage's core tensors: all rows' documents for the encoder ("enc"), and the decoder
+    prompts with their answers as labels ("dec"); ``pairs`` are (prompt length, text) per row."""
+    return {
+        "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
+        "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
+                                       config.max_decoder_length),
+    }
+
+
 def _rng_for(text: str) -> random.Random:
     """A per-row RNG keyed by the row's content: the same row gets the same paraphrase
     instruction in every epoch and after every resume."""
@@ -132,11 +142,7 @@ class Stage1(_CompressAndAnswer):
                                                       rng=_rng_for(ex.docs[0])))
             else:
                 pairs.append(inputs.qa_prompt(tokenizer, tokens, ex.questions, ex.answers, n_docs))
-        return {
-            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
-            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
-                                           config.max_decoder_length),
-        }
+        return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
 
 
 class Stage2(_CompressAndAnswer):
@@ -147,11 +153,7 @@ class Stage2(_CompressAndAnswer):
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
         pairs = [inputs.answer_prompt(tokenizer, tokens, ex.question, n_docs, ex.answers[0]) for ex in examples]
-        return {
-            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
-            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
-                                           config.max_decoder_length),
-        }
+        return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
 
 
 class Stage3(Stage):
@@ -176,9 +178,7 @@ class Stage3(Stage):
             pos[i, : len(ex.pos_index)] = torch.tensor(ex.pos_index, dtype=torch.long)
         return {
             "query": inputs.encode_texts(tokenizer, tokens, config, [ex.question for ex in examples]),
-            "enc": inputs.encode_texts(tokenizer, tokens, config, [d for ex in examples for d in ex.docs]),
-            "dec": inputs.tokenize_prompts(tokenizer, [p[1] for p in pairs], [p[0] for p in pairs],
-                                           config.max_decoder_length),
+            **_docs_and_prompts(tokenizer, tokens, config, examples, pairs),
             "pos_index": pos,  # (B, P), -1 = none
             "n_docs": n,
             "k": k,
