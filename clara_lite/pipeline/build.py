@@ -68,13 +68,8 @@ def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildCo
 
     synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, vision=vision, progress=progress)
     corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks})
-    embedder = None
-    if config.strategy == "embedding":
-        from .negatives import Embedder
-
-        embedder = Embedder()
     paths, split = write_stage_files(corpus, out, k=config.k, strategy=config.strategy, heldout=config.heldout,
-                                     seed=config.seed, embedder=embedder)
+                                     seed=config.seed)
     report = {"config": asdict(config), "extract": extraction.report(),
               "chunks": {"text": sum(c.kind == "text" for c in chunks), "image": sum(c.kind == "image" for c in chunks)},
               "synthesis": asdict(synthesis), "split": split, "files": {n: str(p) for n, p in paths.items()}}
@@ -111,6 +106,6 @@ def build_for_run(input_dir: str | Path, out_dir: str | Path, *, base: str, doc_
     api = bool(os.environ.get(ENV_BASE_URL))
     generator = make_generator("api") if api else make_generator("local", base)
     config = BuildConfig(base=base, chunk=ChunkConfig(doc_max_length=doc_max_length,
-                                                      overlap=min(32, doc_max_length // 8)),
+                                                      overlap=ChunkConfig.default_overlap(doc_max_length)),
                          k=max(4, top_k))
     return build(input_dir, out_dir, generator, config, vision=make_vision() if api else None, progress=progress)

@@ -34,6 +34,11 @@ class ChunkConfig:
     overlap: int = 32  # tokens of trailing sentences repeated at the start of the next passage
     min_tokens: int = 8  # shorter passages (page numbers, lone headings) are dropped
 
+    @staticmethod
+    def default_overlap(doc_max_length: int) -> int:
+        """An eighth of a passage, at most 32 tokens: enough to carry a sentence across a cut."""
+        return min(32, doc_max_length // 8)
+
     def __post_init__(self):
         if self.doc_max_length < 8:
             raise ValueError(f"doc_max_length must be >= 8 tokens, got {self.doc_max_length}")

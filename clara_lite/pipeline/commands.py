@@ -43,7 +43,7 @@ def _extract(args) -> int:
 def _chunk_config(args):
     from .chunk import ChunkConfig
 
-    overlap = min(32, args.doc_max_length // 8) if args.overlap is None else args.overlap
+    overlap = ChunkConfig.default_overlap(args.doc_max_length) if args.overlap is None else args.overlap
     return ChunkConfig(doc_max_length=args.doc_max_length, overlap=overlap, min_tokens=args.min_tokens)
 
 
@@ -102,21 +102,13 @@ def _synthesize(args) -> int:
     return _resumable(run)
 
 
-def _embedder(strategy: str):
-    if strategy != "embedding":
-        return None
-    from .negatives import Embedder
-
-    return Embedder()
-
-
 def _negatives(args) -> int:
     from .convert import from_synthesis
     from .records import read_rows, write_jsonl
     from .split import stage_rows
 
     rows, _ = stage_rows(from_synthesis(read_rows(args.input)), k=args.k, strategy=args.strategy, heldout=0.0,
-                         seed=args.seed, embedder=_embedder(args.strategy))
+                         seed=args.seed)
     write_jsonl(args.out, rows["stage2"])
     print(f"{len(rows['stage2'])} questions with {args.k} candidates ({args.strategy}) -> {args.out}")
     return 0
@@ -126,7 +118,7 @@ def _write(corpus, args) -> int:
     from .split import write_stage_files
 
     paths, stats = write_stage_files(corpus, args.out_dir, k=args.k, strategy=args.strategy, heldout=args.heldout,
-                                     seed=args.seed, embedder=_embedder(args.strategy))
+                                     seed=args.seed)
     print(json.dumps(stats))
     for name, path in paths.items():
         print(f"{name}: {path}")

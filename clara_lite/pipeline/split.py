@@ -26,7 +26,7 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .negatives import candidates
+from .negatives import Embedder, candidates
 from .records import Corpus, QAItem, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ def stage_rows(corpus: Corpus, *, k: int = 4, strategy: str = "bm25", heldout: f
     """The four files' rows and counts (see the module doc)."""
     if k < 2:
         raise ValueError(f"k (candidates per question) must be >= 2, got {k}")
+    if strategy == "embedding" and embedder is None:
+        embedder = Embedder()  # once, for the training and the held-out rows
     train, held = split_units(corpus, heldout, seed)
     train_items = [i for i in corpus.items if all(d in train for d in i.positives)]
     held_items = [i for i in corpus.items if all(d in held for d in i.positives)]
