@@ -168,11 +168,13 @@ class LocalModel:
         import torch
 
         if model is None:
+            from ..hardware import detect_hardware
             from ..models import load_base_model
 
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            half = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float16
-            dtype = torch.float32 if device == "cpu" else half  # a T4 has no bfloat16
+            # the training plan's dtype: fp32 on CPU, bf16 from Ampere on, fp16 on a T4 (whose bf16
+            # torch.cuda.is_bf16_supported() reports, but only emulates)
+            dtype = detect_hardware(device=device).dtype
             model, tokenizer = load_base_model(name, dtype=dtype)
             model.to(device)
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
