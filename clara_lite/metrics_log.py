@@ -20,6 +20,7 @@ class MetricsLog:
         self.path = Path(path)
         self.stage = stage
         self._rows: list[dict] | None = None
+        self._torn = False  # the file holds a line cut by a crash
 
     def rows(self) -> list[dict]:
         if self._rows is None:
@@ -29,7 +30,7 @@ class MetricsLog:
                     try:
                         self._rows.append(json.loads(line))
                     except json.JSONDecodeError:  # a line cut by a crash
-                        continue
+                        self._torn = True
         return self._rows
 
     def append(self, row: dict) -> None:
@@ -42,8 +43,8 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         rows = self.rows()
         kept = [r for r in rows if r.get("step", 0) <= step]
-        if len(kept) != len(rows) or (self.path.is_file() and not rows and self.path.stat().st_size):
-            self._rows = kept
+        if len(kept) != len(rows) or self._torn:  # a torn line would swallow the next appended row
+            self._rows, self._torn = kept, False
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def plot(self, png: Path) -> Path | None:
