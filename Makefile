@@ -25,6 +25,8 @@ test: lint
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clara_lite tests benchmarks notebooks
+	# the package's layers (pyproject.toml [tool.importlinter]): imports only run downwards
+	$(VENV)/bin/lint-imports --no-cache
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ def main() -> None:
     args = p.parse_args()
     if args.fresh_cache:
         os.environ["CLARA_LITE_CACHE"] = tempfile.mkdtemp(prefix="clara-cache-")
-    from clara_lite.models import load_base_model
+    from clara_lite.model.base import load_base_model
 
     for attempt in ("first", "second"):
         t = time.perf_counter()

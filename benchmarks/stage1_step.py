@@ -65,7 +65,7 @@ def current_rss_gb() -> float:
 
 def warm_cache(model_name: str) -> None:
     """Build the converted-model cache in a child process so its peak RSS is not ours."""
-    code = f"from clara_lite.models import load_base_model; load_base_model({model_name!r})"
+    code = f"from clara_lite.model.base import load_base_model; load_base_model({model_name!r})"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -90,7 +90,8 @@ def make_step(model, stage, rows, *, lr: float, micro_batch_size: int, bf16: boo
     for backward/AMP, gradient clipping, AdamW), as a closure returning the loss."""
     import tempfile
 
-    from clara_lite.training import TrainConfig, make_accelerator, optimizer_step
+    from clara_lite.config import TrainConfig
+    from clara_lite.train.trainer import make_accelerator, optimizer_step
 
     cfg = TrainConfig(lr=lr, micro_batch_size=micro_batch_size, mixed_precision="bf16" if bf16 else "no")
     acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
@@ -257,7 +258,7 @@ def main(argv=None) -> None:
     model.train()
     if args.micro_batch_size is None:
         from clara_lite.hardware import detect_hardware
-        from clara_lite.models import resolve
+        from clara_lite.model.base import resolve
 
         args.micro_batch_size = detect_hardware(model_params_b=resolve(args.model).params_b).micro_batch_size
     step, params, batches = make_step(

@@ -10,9 +10,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ClaraModel": "modeling",
+    "ClaraModel": "model.modeling",
     "ClaraConfig": "config",
-    "load_base_model": "models",
+    "TrainConfig": "config",
+    "load_base_model": "model.base",
     "detect_hardware": "hardware",
 }
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,8 @@ import random
 from importlib import resources
 from pathlib import Path
 
+from .stages import STAGES
+
 
 def load_facts() -> list[dict]:
     """``[{"doc", "qa": [[question, answer], ...], "summary"}, ...]``."""
@@ -44,7 +46,7 @@ def write_example_data(folder: str | Path, *, heldout: int = 4, n_candidates: in
                        "answers": [a for _, a in fact["qa"]], "docs": [fact["doc"]]})
         stage1.append({"data_type": "paraphrase", "question": "", "answers": [fact["summary"]], "docs": [fact["doc"]]})
     qa_rows = _rows_with_candidates(train, [f["doc"] for f in train], n_candidates, rng)
-    files = {"stage1": stage1, "stage2": qa_rows, "stage3": qa_rows,
+    files = {**{s.name: stage1 if s.row == "pretrain" else qa_rows for s in STAGES.values()},
              "heldout": _rows_with_candidates(held, pool, n_candidates, rng)}
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

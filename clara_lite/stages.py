@@ -1,10 +1,13 @@
-"""The three training stages as small objects: which adapters train, how a batch is built, the loss.
+"""The stage registry: the three training stages as small objects, and every fact about them.
 
-A stage is looked up by name only at the edges (CLI, notebook form, foreign configs):
+A stage knows which adapters it trains, which row it reads (parser and shape), its default
+learning rate, the stage it starts from, whether it retrieves, how a batch is built and its loss.
+Everything else (CLI choices, data parsing, notebook lists, pipeline file names) asks the registry;
+a stage name string becomes a stage only at the edges (CLI, notebook form, foreign configs):
 
 >>> stage = get_stage("stage1")
->>> stage.trainable
-('encoder', 'decoder')
+>>> stage.trainable, stage.previous, stage.data_file
+(('encoder', 'decoder'), None, 'stage1.jsonl')
 
 Collation takes a tokenizer and a config, never the model, so it can run in DataLoader workers.
 
@@ -25,6 +28,9 @@ import torch
 from . import inputs
 from .config import ClaraConfig
 from .inputs import IGNORE_INDEX, SpecialTokens
+from .rows import QA_SHAPE, STAGE1_SHAPE, parse_qa_row, parse_stage1_row
+
+QUERY_REASONER = "query_reasoner"  # the adapter a retrieving stage adds
 
 
 def _uniform_docs(examples) -> int:
@@ -86,11 +92,27 @@ class Collator:
 
 
 class Stage:
-    """Base protocol. Subclasses set ``name``, ``trainable`` and implement
-    ``collate`` and ``loss``."""
+    """Base protocol. Subclasses set the facts below and implement ``collate`` and ``loss``."""
 
     name: str = ""
-    trainable: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ()  # adapters this stage trains
+    default_lr: float = 1e-4
+    previous: str | None = None  # the stage whose final model this one starts from
+    retrieves: bool = False  # trains (and then serves with) a query reasoner
+    row: str = ""  # the kind of row it reads: "pretrain" (stage1's QA/paraphrase rows) or "qa"
+    row_shape: str = ""  # what one line of its data file looks like, for messages
+    exact_docs: bool = False  # rows must hold exactly top_k docs (else at least top_k)
+    notebook: str = ""  # the Colab notebook that trains it
+
+    @staticmethod
+    def parse_row(row: dict, out: list) -> object | None:
+        """One JSON row -> an example, or None after appending (field, reason) problems to ``out``."""
+        raise NotImplementedError
+
+    @property
+    def data_file(self) -> str:
+        """The stage's file name in a data folder (``--data-dir``, the pipeline's output)."""
+        return f"{self.name}.jsonl"
 
     def prepare(self, model) -> None:
         """Make exactly this stage's adapters trainable."""
@@ -132,6 +154,11 @@ class Stage1(_CompressAndAnswer):
     """Compression pretraining: QA and paraphrase targets from compressed docs, + MSE."""
 
     name = "stage1"
+    row = "pretrain"
+    row_shape = STAGE1_SHAPE
+    exact_docs = True
+    notebook = "02_stage1"
+    parse_row = staticmethod(parse_stage1_row)
 
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
@@ -149,6 +176,11 @@ class Stage2(_CompressAndAnswer):
     """Compression instruction tuning: question + its k compressed documents -> answer."""
 
     name = "stage2"
+    previous = "stage1"
+    row = "qa"
+    row_shape = QA_SHAPE
+    notebook = "03_stage2"
+    parse_row = staticmethod(parse_qa_row)
 
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
@@ -162,7 +194,14 @@ class Stage3(Stage):
     Documents are compressed without gradients (the encoder is fixed), as upstream does."""
 
     name = "stage3"
-    trainable = ("query_reasoner", "decoder")
+    trainable = (QUERY_REASONER, "decoder")
+    default_lr = 5e-6
+    previous = "stage2"
+    retrieves = True
+    row = "qa"
+    row_shape = QA_SHAPE
+    notebook = "04_stage3"
+    parse_row = staticmethod(parse_qa_row)
 
     def prepare(self, model) -> None:
         model.add_query_reasoner(init_from="encoder")
@@ -215,14 +254,23 @@ class Stage3(Stage):
         return total, metrics
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in (Stage1(), Stage2(), Stage3())}
-ORDER = ("stage1", "stage2", "stage3")
+STAGES: dict[str, Stage] = {s.name: s for s in (Stage1(), Stage2(), Stage3())}  # in training order
+ORDER = tuple(STAGES)
+ALL = "all"  # every stage not yet final, in order (the CLI's --stage all)
 
 
-def get_stage(name: str) -> Stage:
-    """The stage object for ``name``; upstream names (``stage1_2``, ``stage2``) are not accepted
-    here because ``stage2`` means different things in the two projects."""
+def get_stage(name: str | Stage) -> Stage:
+    """The stage object for ``name`` (a stage passes through); upstream names (``stage1_2``,
+    ``stage2``) are not accepted here because ``stage2`` means different things in the two projects."""
+    if isinstance(name, Stage):
+        return name
     try:
         return STAGES[name]
     except KeyError:
         raise ValueError(f"Unknown stage {name!r}: choose one of {', '.join(ORDER)}") from None
+
+
+def previous_stage(stage: str | Stage) -> Stage | None:
+    """The stage whose final model ``stage`` starts from (None for the first)."""
+    prev = get_stage(stage).previous
+    return STAGES[prev] if prev else None

@@ -5,7 +5,8 @@
 
 Edit the cells here, never in the .ipynb files. Output is deterministic: cell ids are
 ``<notebook>-<index>``, JSON keys sorted. Cells stay thin: they call ``clara_lite.notebook``
-(what a notebook does) and ``clara_lite.colab`` (installs, Drive); the logic lives there.
+(``Workspace``: what a notebook does with a run) and ``clara_lite.notebook.colab`` (installs,
+Drive); the logic lives there.
 A cell tagged ``parameters`` holds each notebook's inputs, so headless runners (papermill, the
 tests) can override them by adding a cell after it.
 """
@@ -53,7 +54,7 @@ SETUP = code('''
 # In Colab: install what is missing (never torch), mount Drive.
 # Elsewhere: nothing is installed and "Drive" is $CLARA_DRIVE (default ./drive).
 from clara_lite import notebook as nb
-from clara_lite.colab import setup_environment
+from clara_lite.notebook.colab import setup_environment
 
 env = setup_environment(REPO_DIR)
 print(env)
@@ -64,7 +65,7 @@ RUN_PARAMETER = code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup (<drive>/current_run.txt)
 ''', "parameters")
 
-LOAD_SETTINGS = code("settings = nb.load_settings(env.drive, RUN_NAME)")
+LOAD_SETTINGS = code("ws = nb.Workspace.open(env.drive, RUN_NAME)")
 
 TIMES_NOTE = ("Times are rough estimates from FLOP counts and typical Colab throughput, not measurements; "
               "the progress bar's s/it is the real figure.")
@@ -94,7 +95,7 @@ The stop button saves a checkpoint before stopping.
         LOAD_SETTINGS,
         md(f"## Train {stage}\n\nProgress bar, log lines and the loss curve below; the last line says where "
            "the final checkpoint is."),
-        code(f'final = nb.train_stage(env.drive, settings, "{stage}")'),
+        code(f'final = ws.train("{stage}")'),
     ]
 
 
@@ -126,32 +127,35 @@ not asked again; for different settings choose a new run name. Without widgets (
 set `USE_FORM = False`: the values below are saved as they are.
 """),
         code('''
+# None = clara_lite's own default for that setting (the form shows it; `clara-lite train --help` lists them)
 RUN_NAME = ""  # "" = continue the run set up last; a new name starts a new run ("my-run" if none yet)
-BASE_MODEL = "smollm2-135m"  # e.g. "qwen2.5-1.5b", any registry name, Hugging Face id or folder
-COMPR_RATE = 8  # document tokens per memory vector
-DOC_MAX_LENGTH = 64  # document tokens kept (the example documents are short)
-TOP_K = 2  # documents retrieved per question
+BASE_MODEL = None  # e.g. "qwen2.5-1.5b", any registry name, Hugging Face id or folder (None: smollm2-135m)
+COMPR_RATE = None  # document tokens per memory vector
+DOC_MAX_LENGTH = None  # document tokens kept per passage
+TOP_K = None  # documents retrieved per question
 STAGE1_STEPS = 40  # optimizer steps per stage; 0 = train EPOCHS passes over the data
 STAGE2_STEPS = 40
 STAGE3_STEPS = 30
-EPOCHS = 1.0
-SAVE_MINUTES = 20.0  # checkpoint to Drive this often
+EPOCHS = None
+SAVE_MINUTES = None  # checkpoint to Drive this often
 # not in the form
-LORA_R = 16
+LORA_R = None
+MAX_DECODER_LENGTH = None  # decoder prompt + answer tokens kept
 QUANTIZATION = "auto"  # "auto" follows the hardware plan; "4bit", "8bit" or "none"
 SAVE_STEPS = None  # also checkpoint every N steps
-LOG_STEPS = 5
+LOG_STEPS = None
 MICRO_BATCH_SIZE = None  # None: from the hardware plan
 GRAD_ACCUM_STEPS = None
-LR = None  # None: 1e-4 for stage1/2, 5e-6 for stage3
+LR = None  # None: each stage's own (1e-4 for stage1/2, 5e-6 for stage3)
 USE_FORM = True  # False: save the values above without asking
 ''', "parameters"),
         code('''
 settings = nb.choose_settings(env.drive, nb.Settings(
-    run_name=RUN_NAME, base_model=BASE_MODEL, compr_rate=COMPR_RATE, doc_max_length=DOC_MAX_LENGTH, top_k=TOP_K,
-    stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, stage3_steps=STAGE3_STEPS, epochs=EPOCHS,
-    save_minutes=SAVE_MINUTES, lora_r=LORA_R, quantization=QUANTIZATION, save_steps=SAVE_STEPS,
-    log_steps=LOG_STEPS, micro_batch_size=MICRO_BATCH_SIZE, grad_accum_steps=GRAD_ACCUM_STEPS, lr=LR,
+    run_name=RUN_NAME, base_model=BASE_MODEL, compr_rate=COMPR_RATE, doc_max_length=DOC_MAX_LENGTH,
+    generation_top_k=TOP_K, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, stage3_steps=STAGE3_STEPS,
+    epochs=EPOCHS, save_minutes=SAVE_MINUTES, lora_r=LORA_R, max_decoder_length=MAX_DECODER_LENGTH,
+    quantization=QUANTIZATION, save_steps=SAVE_STEPS, log_steps=LOG_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
+    grad_accum_steps=GRAD_ACCUM_STEPS, lr=LR,
 ), interactive=USE_FORM)
 '''),
         md("## 3. Hardware profile and plan\n\nDevice, precision, attention, 4-bit or not, batch and expected "
@@ -185,9 +189,9 @@ DATA_SOURCE = "example"  # "example", "jsonl" (files on Drive) or "raw" (documen
 DATA_FOLDER = ""  # relative to the Drive root; "jsonl": the files' folder (default "data"); "raw": the documents
 ''', "parameters"),
         LOAD_SETTINGS,
-        code("settings = nb.prepare_data(env.drive, settings, DATA_SOURCE, DATA_FOLDER) or settings"),
+        code("ws.prepare_data(DATA_SOURCE, DATA_FOLDER)"),
         md("## Validate\n\nEvery line of every file is checked; a bad row stops here, not hours into training."),
-        code("reports = nb.check_data(env.drive, settings)"),
+        code("reports = ws.check_data()"),
         md("Next: **02_stage1**."),
     ],
     "02_stage1": stage_notebook(
@@ -245,16 +249,16 @@ EVAL_LIMIT = 0  # held-out questions scored; 0 = all
 ''', "parameters"),
         LOAD_SETTINGS,
         md("## Load the newest final stage"),
-        code("model = nb.load_model(env.drive, settings)"),
+        code("model = ws.load_model()"),
         md("## Ask"),
         code('''
-pool = nb.document_pool(env.drive, settings, POOL)
-answers = nb.ask(model, QUESTIONS or nb.default_questions(env.drive, settings), pool, settings, MAX_NEW_TOKENS)
+pool = ws.document_pool(POOL)
+answers = ws.ask(model, QUESTIONS or ws.default_questions(), pool, MAX_NEW_TOKENS)
 '''),
         md("## Held-out evaluation"),
-        code("scores = nb.evaluate_heldout(env.drive, settings, model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
+        code("scores = ws.evaluate_heldout(model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
         md("## Export"),
-        code("zip_path = nb.export_model(env.drive, settings)"),
+        code("zip_path = ws.export_model()"),
     ],
 }
 

@@ -109,7 +109,7 @@ def learnable_model(seed: int = 0, hidden: int = 64, layers: int = 2, adapters=(
     """
     from transformers import LlamaForCausalLM
 
-    from clara_lite.models import tiny_random_config
+    from clara_lite.model.base import tiny_random_config
 
     _, tokenizer = load_base_model("tiny-random")
     torch.manual_seed(seed)

@@ -16,7 +16,7 @@ import pytest
 from helpers import max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
 
-from clara_lite.run import Run
+from clara_lite.train.run import Run
 
 MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2",
          "--lora-dropout", "0", "--contrastive-weight", "0.5"]
@@ -51,19 +51,20 @@ def test_two_processes_train_like_one_process_accumulating_the_same_rows(tmp_pat
     _train([sys.executable], tmp_path / "one", data, "--grad-accum", "2")
 
     ddp, one = Run(tmp_path / "ddp"), Run(tmp_path / "one")
-    assert ddp.status() == one.status() == {s: "final" for s in ("stage1", "stage2", "stage3")}
+    assert {k: str(v) for k, v in ddp.status().items()} == {s: "final" for s in ("stage1", "stage2", "stage3")}
+    assert ddp.status() == one.status()
     for stage in ("stage1", "stage2", "stage3"):
         assert max_abs_diff(saved_adapters(ddp.final_dir(stage)), saved_adapters(one.final_dir(stage))) < 1e-5, stage
         # one writer: a checkpoint at step 2, metrics once per step, equal to the single process's
-        assert [p.name for p in (ddp.stage_dir(stage) / "checkpoints").iterdir()] == ["step-000002"]
-        m_ddp, m_one = _metrics(ddp.stage_dir(stage)), _metrics(one.stage_dir(stage))
+        assert [p.name for p in (ddp.layout.stage_dir(stage) / "checkpoints").iterdir()] == ["step-000002"]
+        m_ddp, m_one = _metrics(ddp.layout.stage_dir(stage)), _metrics(one.layout.stage_dir(stage))
         assert [r["step"] for r in m_ddp] == [1, 2, 3]
         for r_ddp, r_one in zip(m_ddp, m_one, strict=True):
             assert r_ddp.keys() == r_one.keys()
             for key, value in r_one.items():
                 assert r_ddp[key] == (pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value)
-    assert "recall_at_1" in _metrics(ddp.stage_dir("stage3"))[0]
-    assert len(ddp.data["sessions"]) == 3  # run.json written by one process, once per stage
+    assert "recall_at_1" in _metrics(ddp.layout.stage_dir("stage3"))[0]
+    assert len(ddp.record.sessions) == 3  # run.json written by one process, once per stage
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
@@ -103,4 +104,4 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step_with_a_checkpoint
     assert 2 <= step < 400
     assert not (run_dir / "stage1" / "final").exists()
     # no --grad-accum: the CPU plan's 1 x 16 rows per step are shared by the 2 processes
-    assert Run(run_dir).data["stages"]["stage1"]["train"]["grad_accum_steps"] == 8
+    assert Run(run_dir).record.stages["stage1"].train.grad_accum_steps == 8

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from clara_lite.drive import DownloadFailed, download, redact
+from clara_lite.io.drive import DownloadFailed, download, redact
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 

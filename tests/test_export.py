@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 from synthetic_data import write_run_data
 
 from clara_lite import ClaraModel
-from clara_lite.ask import answer, read_docs
 from clara_lite.cli import main
-from clara_lite.export import ExportError, export_zip
-from clara_lite.models import cache_dir
-from clara_lite.run import Run, train
-from clara_lite.unzip import ZipImportError, check_folder, extract_zip
+from clara_lite.io.unzip import ZipImportError, check_folder, extract_zip
+from clara_lite.layout import cache_dir
+from clara_lite.serve.ask import answer, read_docs
+from clara_lite.serve.export import ExportError, export_zip
+from clara_lite.train.recipe import train
+from clara_lite.train.run import Run
 
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 TRAIN = {"max_steps": 2, "micro_batch_size": 2, "lr": 1e-3, "log_steps": 1, "save_minutes": None}

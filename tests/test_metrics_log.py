@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clara_lite.metrics_log import MetricsLog
+from clara_lite.train.metrics_log import MetricsLog
 
 
 def test_a_torn_last_line_is_dropped_on_resume_and_the_next_row_is_kept(tmp_path):

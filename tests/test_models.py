@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clara_lite.models import REGISTRY, UnknownModelError, cache_dir, load_base_model, resolve
+from clara_lite.layout import cache_dir
+from clara_lite.model.base import REGISTRY, UnknownModelError, load_base_model, resolve
 
 
 def test_registry_has_presets_with_parameter_counts():

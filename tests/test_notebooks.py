@@ -26,6 +26,7 @@ import pytest
 from nbclient import NotebookClient
 
 from clara_lite import notebook as nb
+from clara_lite.config import ClaraConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -139,9 +140,11 @@ def test_settings_round_trip_and_options(tmp_path):
     assert saved.quantization == "none"  # 'auto' resolved by the CPU plan
     assert nb.current_run(tmp_path) == "a"
     assert nb.saved_settings(tmp_path, "a") == saved
-    assert saved.train_options("stage1") == {"max_steps": 40, "save_minutes": 20.0, "save_steps": 3, "log_steps": 5}
+    assert saved.train_options("stage1") == {"max_steps": 40, "epochs": 2.0, "save_steps": 3}  # the rest: defaults
     assert saved.train_options("stage2")["epochs"] == 2.0 and "max_steps" not in saved.train_options("stage2")
-    assert saved.model_options()["generation_top_k"] == 2
+    assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
+    record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
+    assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
     with pytest.raises(nb.SettingsError, match="unknown settings"):
         nb.Settings.from_dict({**saved.to_dict(), "typo": 1})
     with pytest.raises(nb.SettingsError, match="compr_rate"):
@@ -150,7 +153,7 @@ def test_settings_round_trip_and_options(tmp_path):
 
 def test_raw_documents_without_extract_say_so(tmp_path, capsys):
     settings = nb.save_settings(tmp_path, nb.Settings(run_name="r"))
-    assert nb.prepare_data(tmp_path, settings, "raw") is None
+    assert nb.Workspace(tmp_path, settings).prepare_data("raw") is None
     assert "clara-lite data extract" in capsys.readouterr().out
     assert nb.saved_settings(tmp_path, "r").data_dir is None
 
@@ -167,8 +170,8 @@ def test_suite_runs_headless_in_order(tmp_path, venv_kernel):
         outputs[name] = done
         print(f"{name}: {time.monotonic() - started:.1f} s")
     run = drive / "runs" / "smoke"
-    settings = json.loads((run / "run.json").read_text())["settings"]
-    assert settings["base_model"] == "tiny-random" and settings["data_dir"] == "data/example"
+    record = json.loads((run / "run.json").read_text())
+    assert record["model"]["base_model"] == "tiny-random" and record["settings"]["data_dir"] == "data/example"
     assert (drive / "current_run.txt").read_text().strip() == "smoke"
     assert "plan " in _text(outputs["00_setup"]) and "4-bit none" in _text(outputs["00_setup"])
     data = _text(outputs["01_data"])
@@ -189,7 +192,7 @@ def test_stage1_notebook_resumes_after_the_kernel_is_killed(tmp_path, venv_kerne
     settings = nb.save_settings(drive, nb.Settings(
         run_name="kill", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, stage1_steps=24,
         save_steps=2, log_steps=1, micro_batch_size=2, grad_accum_steps=1, lr=1e-3))
-    nb.prepare_data(drive, settings, "example")
+    nb.Workspace(drive, settings).prepare_data("example")
     checkpoints = drive / "runs" / "kill" / "stage1" / "checkpoints"
 
     client, failure = _client("02_stage1", tmp_path), []
@@ -229,7 +232,7 @@ def test_stage1_notebook_resumes_after_the_kernel_is_killed(tmp_path, venv_kerne
 @pytest.fixture
 def fake_colab(tmp_path, monkeypatch):
     """A pretend Colab: ``google.colab`` imported, pip recorded instead of run, Drive under tmp."""
-    from clara_lite import colab
+    from clara_lite.notebook import colab
 
     calls, mounted = [], []
     fake = types.ModuleType("google.colab")
@@ -275,7 +278,7 @@ def test_colab_flash_attn_failure_is_remembered_and_not_fatal(fake_colab, monkey
 
 
 def test_outside_colab_nothing_is_installed(tmp_path, monkeypatch):
-    from clara_lite import colab
+    from clara_lite.notebook import colab
 
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.setenv(colab.DRIVE_ENV, str(tmp_path / "d"))

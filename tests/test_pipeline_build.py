@@ -86,11 +86,11 @@ def test_notebook_builds_the_run_data_from_raw_documents(tmp_path, endpoint, cap
     docs = make_documents(tmp_path / "drive" / "my_docs")
     drive = tmp_path / "drive"
     settings = nb.save_settings(drive, nb.Settings(run_name="r", doc_max_length=64))
-    saved = nb.prepare_data(drive, settings, "raw", "my_docs")
+    saved = nb.Workspace(drive, settings).prepare_data("raw", "my_docs")
     printed = capsys.readouterr().out
     assert "light extractors (docling not installed)" in printed and "skipped broken.pdf" in printed
     assert saved.data_dir == "data/r-raw" and docs.is_dir()
-    reports = nb.check_data(drive, saved)
+    reports = nb.Workspace(drive, saved).check_data()
     assert all(r.ok for r in reports.values()) and set(reports) == {"stage1", "stage2", "stage3", "heldout"}
 
 

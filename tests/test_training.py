@@ -17,10 +17,12 @@ import torch
 from helpers import max_abs_diff, saved_adapters, tiny_model
 from synthetic_data import write_run_data
 
+from clara_lite.config import TrainConfig
 from clara_lite.data import read_jsonl
-from clara_lite.run import RunError, train
 from clara_lite.stages import get_stage
-from clara_lite.training import TrainConfig, train_stage
+from clara_lite.train.recipe import train
+from clara_lite.train.run import RunError
+from clara_lite.train.trainer import train_stage
 
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
@@ -138,7 +140,7 @@ def test_write_failure_does_not_stop_training(tmp_path, data_dir, monkeypatch):
     cfg = TrainConfig(max_steps=4, micro_batch_size=2, save_steps=1, lr=1e-3, retry_attempts=2, retry_delay_s=0.01,
                       keep=5, log_steps=1)
     checkpoints = tmp_path / "stage1" / "checkpoints"
-    from clara_lite import checkpoint as ckpt
+    from clara_lite.train import checkpoint as ckpt
 
     real_save = ckpt.save_checkpoint
 

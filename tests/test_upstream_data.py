@@ -7,9 +7,10 @@ import math
 
 from helpers import tiny_model
 
+from clara_lite.config import TrainConfig
 from clara_lite.data import read_jsonl
 from clara_lite.stages import get_stage
-from clara_lite.training import TrainConfig, train_stage
+from clara_lite.train.trainer import train_stage
 
 
 def test_upstream_file_trains_unchanged(shared_dir, tmp_path):

@@ -50,7 +50,7 @@ def load_tokenizer(base: str):
     """The tokenizer of a base model (registry name, Hub id or folder), without loading weights."""
     from transformers import AutoTokenizer
 
-    from .. import models
+    from ..model import base as models
 
     spec = models.resolve(base)
     if spec.source == "embedded":

@@ -169,7 +169,7 @@ class LocalModel:
 
         if model is None:
             from ..hardware import detect_hardware
-            from ..models import load_base_model
+            from ..model.base import load_base_model
 
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             # the training plan's dtype: fp32 on CPU, bf16 from Ampere on, fp16 on a T4 (whose bf16

@@ -26,12 +26,14 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from ..stages import STAGES
 from .negatives import Embedder, candidates
 from .records import Corpus, QAItem, write_jsonl
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = ("stage1", "stage2", "stage3", "heldout")
+HELDOUT = "heldout"  # held-out questions, in the format of the last stage's rows
+STAGE_FILES = (*STAGES, HELDOUT)
 
 
 def _units(corpus: Corpus) -> dict[str, str]:
@@ -125,7 +127,7 @@ def stage_rows(corpus: Corpus, *, k: int = 4, strategy: str = "bm25", heldout: f
         held_pool = held_docs + train_docs
     held_rows = _qa_rows(corpus, held_items, held_pool, held_docs + train_docs, k, strategy, seed, embedder) \
         if held_items else []
-    rows = {"stage1": stage1, "stage2": qa, "stage3": qa, "heldout": held_rows}
+    rows = {**{s.name: stage1 if s.row == "pretrain" else qa for s in STAGES.values()}, HELDOUT: held_rows}
     stats = {"documents": len(corpus.docs), "train_documents": len(train_docs), "heldout_documents": len(held_docs),
              "questions": len(corpus.items), "train_questions": len(train_items), "heldout_questions": len(held_items),
              "dropped_across_split": len(corpus.items) - len(train_items) - len(held_items),
@@ -136,14 +138,14 @@ def stage_rows(corpus: Corpus, *, k: int = 4, strategy: str = "bm25", heldout: f
 def write_stage_files(corpus: Corpus, out_dir: str | Path, **kwargs) -> tuple[dict[str, Path], dict]:
     """Write the four files into ``out_dir`` (atomically each); ``kwargs`` as :func:`stage_rows`."""
     rows, stats = stage_rows(corpus, **kwargs)
-    if not rows["stage1"] or not rows["stage2"]:
+    if not all(rows[s] for s in STAGES):
         raise ValueError(f"no training rows: {stats['questions']} questions over {stats['documents']} documents "
                          f"({stats['train_questions']} in training); synthesis produced too little")
     out = Path(out_dir)
     paths = {}
     for name in STAGE_FILES:
-        if name == "heldout" and not rows[name]:
-            (out / "heldout.jsonl").unlink(missing_ok=True)
+        if name == HELDOUT and not rows[name]:
+            (out / f"{HELDOUT}.jsonl").unlink(missing_ok=True)
             continue
         paths[name] = write_jsonl(out / f"{name}.jsonl", rows[name])
     log.info("wrote %s: %s", ", ".join(f"{n}.jsonl" for n in paths), stats)

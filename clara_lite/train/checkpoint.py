@@ -15,10 +15,8 @@ matches what is on disk. A folder without a valid manifest is never chosen for r
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -30,16 +28,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-log = logging.getLogger(__name__)
+from ..layout import (
+    ADAPTER_WEIGHTS,
+    ADAPTERS_DIR,
+    KIND_CHECKPOINT,
+    MODEL_DIR,
+    OPTIMIZER_META,
+    OPTIMIZER_TENSORS,
+    RNG_FILE,
+    STATE_FILE,
+    step_folders,
+    verify,
+    write_manifest,
+)
+from ..model.saving import save_model
 
-MANIFEST = "manifest.json"
-MODEL_DIR = "model"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_META = "optimizer.json"
-RNG_FILE = "rng.safetensors"
-STATE_FILE = "state.json"
-CHECKPOINT_FORMAT = 1
-STEP_PREFIX = "step-"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,82 +57,11 @@ class Progress:
     elapsed_s: float = 0.0
 
 
-def step_dir(checkpoints: Path, step: int) -> Path:
-    return checkpoints / f"{STEP_PREFIX}{step:06d}"
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path, extra: dict | None = None) -> dict:
-    """fsync every file under ``folder``, then write the manifest (itself fsync'd) last."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        _fsync(path)
-        files[path.relative_to(folder).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    manifest = {"format": CHECKPOINT_FORMAT, "files": files, **(extra or {})}
-    target = folder / MANIFEST
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync(folder)
-    return manifest
-
-
-def verify(folder: Path) -> str | None:
-    """None when ``folder`` is a complete checkpoint, else why not (for the warning)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        return "no manifest (the save was interrupted)"
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return f"unreadable manifest ({err})"
-    if manifest.get("format") != CHECKPOINT_FORMAT or not isinstance(manifest.get("files"), dict):
-        return f"unknown manifest format {manifest.get('format')!r}"
-    for rel, meta in manifest["files"].items():
-        path = folder / rel
-        if not path.is_file():
-            return f"{rel} is missing"
-        if path.stat().st_size != meta["size"]:
-            return f"{rel} has {path.stat().st_size} bytes, the manifest says {meta['size']}"
-        if sha256_file(path) != meta["sha256"]:
-            return f"{rel} does not match its sha256"
-    return None
-
-
-def _step_folders(checkpoints: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every ``step-N`` folder, complete or not, by name."""
-    out = []
-    for folder in sorted(checkpoints.glob(f"{STEP_PREFIX}*")) if checkpoints.is_dir() else ():
-        try:
-            out.append((int(folder.name[len(STEP_PREFIX):]), folder))
-        except ValueError:
-            continue
-    return out
-
-
 def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
     """Valid checkpoints, oldest first; invalid ones are skipped with a warning."""
     found = []
-    for step, folder in _step_folders(checkpoints):
-        problem = verify(folder)
+    for step, folder in step_folders(checkpoints):
+        problem = verify(folder, KIND_CHECKPOINT)
         if problem:
             log.warning("Skipping checkpoint %s: %s", folder, problem)
             continue
@@ -192,8 +125,6 @@ def _restore_rng(folder: Path, meta: dict) -> None:
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress) -> Path:
     """Write a complete checkpoint into ``folder`` (any previous content there is discarded)."""
-    from .saving import save_model
-
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -210,15 +141,13 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
         "rng": rng_meta,
     }
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
-    write_manifest(folder, {"step": progress.step, "stage": progress.stage})
+    write_manifest(folder, KIND_CHECKPOINT, {"step": progress.step, "stage": progress.stage})
     return folder
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progress:
     """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint."""
     from peft import set_peft_model_state_dict
-
-    from .saving import ADAPTER_WEIGHTS, ADAPTERS_DIR
 
     for name in model.adapter_names:
         weights = load_file(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
@@ -267,6 +196,6 @@ def prune(checkpoints: Path, keep: int) -> None:
         return
     keep_paths = {p for _, p in complete[-max(keep, 1):]}
     newest = complete[-1][0]
-    for step, folder in _step_folders(checkpoints):
+    for step, folder in step_folders(checkpoints):
         if folder not in keep_paths and step < newest:
             shutil.rmtree(folder, ignore_errors=True)

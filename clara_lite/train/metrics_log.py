@@ -52,12 +52,10 @@ class MetricsLog:
         rows = self.rows()
         if not rows:
             return None
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays as it is
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         for key in LOSS_KEYS:
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
@@ -73,6 +71,4 @@ class MetricsLog:
         except OSError as err:  # a plot is never worth stopping training for
             log.warning("Could not write %s: %s", png, err)
             return None
-        finally:
-            plt.close(fig)
         return png

@@ -14,20 +14,25 @@ from pathlib import Path
 
 import torch
 
-from .config import ClaraConfig
+from .. import inputs
+from ..config import ClaraConfig
+from ..layout import UPSTREAM_ADAPTERS, UPSTREAM_CONFIG, UPSTREAM_LAYERS
+from ..stages import ORDER, QUERY_REASONER
+from .adapters import greedy_generation, lora_config
+from .base import load_base_model
 
 log = logging.getLogger(__name__)
 
-ADAPTER_NAMES = {"encoder_adapter": "encoder", "decoder_adapter": "decoder", "query_reasoner_adapter": "query_reasoner"}
+ADAPTER_NAMES = {"encoder_adapter": "encoder", "decoder_adapter": "decoder", "query_reasoner_adapter": QUERY_REASONER}
 # upstream training_stage -> our stages completed by a checkpoint of that stage
-STAGES = {"stage1": ["stage1"], "stage1_2": ["stage1", "stage2"], "stage2": ["stage1", "stage2", "stage3"]}
+STAGES = {"stage1": list(ORDER[:1]), "stage1_2": list(ORDER[:2]), "stage2": list(ORDER[:3])}
 QUANT = {"no": None, "int4": "4bit", "int8": "8bit"}
 
 
 def config_from_upstream(data: dict, overrides: dict) -> ClaraConfig:
     """Translate an upstream CLaRaConfig dict (plus from_pretrained overrides) to ours."""
     data = {**data, **overrides}
-    stage = data.get("training_stage", "stage1")
+    stage = data.get("training_stage", next(iter(STAGES)))
     if stage not in STAGES:
         raise ValueError(f"Unknown upstream training_stage {stage!r}; known: {sorted(STAGES)}")
     return ClaraConfig(
@@ -53,14 +58,11 @@ def _resolve_base(name: str, ckpt: Path) -> str:
     return name
 
 
-def load_upstream(path: Path, opts: dict, overrides: dict):
+def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
+    """An upstream checkpoint as a ``model_cls`` (ClaraModel) with our adapter names."""
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from . import inputs
-    from .modeling import ClaraModel, greedy_generation, lora_config
-    from .models import load_base_model
-
-    raw = json.loads((path / "config.json").read_text())
+    raw = json.loads((path / UPSTREAM_CONFIG).read_text())
     raw["decoder_model_name"] = str(opts["base"]) if opts["base"] else _resolve_base(raw["decoder_model_name"], path)
     known = {"doc_max_length", "compr_rate", "generation_top_k", "quantization", "training_stage", "sep"}
     unknown = set(overrides) - known
@@ -72,21 +74,21 @@ def load_upstream(path: Path, opts: dict, overrides: dict):
                                     quantization=config.quantization,
                                     attn_implementation=opts["attn_implementation"])
     tokens = inputs.add_special_tokens(tokenizer, config)
-    layers = torch.load(path / "decoder_first_last_layers.pth", map_location="cpu", weights_only=True)
+    layers = torch.load(path / UPSTREAM_LAYERS, map_location="cpu", weights_only=True)
     emb_rows = layers["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in layers else len(tokenizer)
     lm.resize_token_embeddings(max(emb_rows, len(tokenizer)), mean_resizing=False)
     state = lm.state_dict()
     for key, value in layers.items():
         if key not in state or state[key].shape != value.shape:
-            raise ValueError(f"{path / 'decoder_first_last_layers.pth'}: {key} {tuple(value.shape)} does not fit "
+            raise ValueError(f"{path / UPSTREAM_LAYERS}: {key} {tuple(value.shape)} does not fit "
                              f"the base model {config.base_model!r} (is it the right base model?)")
     lm.load_state_dict({k: v.to(state[k].dtype) for k, v in layers.items()}, strict=False)
     greedy_generation(lm, tokenizer)
 
-    adapters = torch.load(path / "adapters.pth", map_location="cpu", weights_only=True)
+    adapters = torch.load(path / UPSTREAM_ADAPTERS, map_location="cpu", weights_only=True)
     names = [ADAPTER_NAMES.get(k, k) for k in adapters]
     if "encoder" not in names:
-        raise ValueError(f"{path / 'adapters.pth'} has no encoder_adapter (has {list(adapters)})")
+        raise ValueError(f"{path / UPSTREAM_ADAPTERS} has no encoder_adapter (has {list(adapters)})")
     order = sorted(adapters, key=lambda k: list(ADAPTER_NAMES).index(k) if k in ADAPTER_NAMES else 9)
     peft = None
     for up_name in order:
@@ -101,8 +103,8 @@ def load_upstream(path: Path, opts: dict, overrides: dict):
         bad = [k for k in result.unexpected_keys if "lora_" in k]
         missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
         if bad or missing:
-            raise ValueError(f"{path / 'adapters.pth'}[{up_name}]: unexpected keys {bad[:3]}, missing {missing[:3]}")
-    model = ClaraModel(peft, tokenizer, config, tokens)
+            raise ValueError(f"{path / UPSTREAM_ADAPTERS}[{up_name}]: unexpected keys {bad[:3]}, missing {missing[:3]}")
+    model = model_cls(peft, tokenizer, config, tokens)
     model.freeze_all_adapters()
     model.eval()
     return model

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from ..layout import cache_dir
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "CLARA_LITE_CACHE"
 
 
 class UnknownModelError(ValueError):
@@ -57,14 +58,6 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$CLARA_LITE_CACHE`` or the user cache dir."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clara_lite"
-    )
-    return Path(root)
 
 
 def resolve(name: str) -> ModelSpec:

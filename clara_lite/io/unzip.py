@@ -1,4 +1,4 @@
-"""Opening an exported zip safely, wherever it came from (a shared Drive link, an e-mail).
+"""Unpacking an exported zip safely, wherever it came from (a shared Drive link, an e-mail).
 
 Opening trusts nothing: every member's name, type and size is checked against the manifest before a
 byte is written; bytes are counted and hashed while they are extracted; extraction happens in a
@@ -9,10 +9,8 @@ JSON and safetensors are read: nothing is unpickled.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -20,64 +18,37 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .checkpoint import sha256_file
-from .config import ClaraConfig
-from .export import FORMAT_VERSION, KIND, MANIFEST
+from ..layout import (
+    KIND_MODEL,
+    MANIFEST,
+    ZIPS_DIR,
+    ManifestError,
+    cache_dir,
+    parse_manifest,
+    safe_relative,
+    sha256_file,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_UNPACKED_BYTES = 8 << 30  # adapters of a 7B model at r=64 stay far below; a zip bomb does not
 MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 1 << 20
-_SAFE_NAME = re.compile(r"^[\w.\-]+(/[\w.\-]+)*$")  # relative, '/'-separated, no '\', ':', NUL
 
 
 class ZipImportError(ValueError):
     """A zip that cannot be trusted or read; the message names the problem."""
 
 
-class BaseModelMissing(FileNotFoundError):
-    """The base model a saved model needs is not on this machine."""
-
-
-def open_zip(path, **kwargs):
-    """Extract (or reuse) an exported zip and load it; ``ClaraModel.from_pretrained("x.zip")`` lands here.
-
-    ``cache_dir`` is the clara_lite cache root (default ``models.cache_dir()``); the zip unpacks
-    into ``<cache_dir>/zips/<sha256 of the zip>[:16]``. Other ``kwargs`` go to ``load_model``.
-    """
-    from .saving import load_model
-
-    cache = kwargs.pop("cache_dir", None)
-    folder = extract_zip(path, Path(cache) / "zips" if cache else None)
-    check_base(folder, kwargs, source=path)
-    return load_model(folder, **kwargs)
-
-
-def check_base(folder, kwargs: dict, source=None) -> None:
-    """Fail naming the base model and ``base_path`` when the base cannot be found on this machine."""
-    from .models import UnknownModelError, resolve
-
-    base, given = ClaraConfig.load(folder).base_model, kwargs.get("base_path")
-    try:
-        resolve(str(given or base))
-    except UnknownModelError as err:
-        where = f"base_path {str(given)!r} (for base model {base!r})" if given else f"its base model {base!r}"
-        raise BaseModelMissing(
-            f"{source or folder} needs {where}, which is not on this machine. Pass a local copy of {base!r}: "
-            f"base_path='/path/to/base' in Python, --base-path P on the command line.\n{err}") from None
-
-
 def extract_zip(path, root=None, *, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """Safely unpack an exported zip into ``root/<sha256 of the zip>[:16]`` and return that folder.
 
     A folder already there is reused when it still matches its manifest. ``root`` defaults to
-    ``models.cache_dir()/"zips"``. Raises :class:`ZipImportError` naming what is wrong.
+    ``layout.cache_dir()/"zips"``. Raises :class:`ZipImportError` naming what is wrong.
     """
-    from .models import cache_dir
-
     path = Path(path)
-    root = Path(root) if root else cache_dir() / "zips"
+    root = Path(root) if root else cache_dir() / ZIPS_DIR
     target = root / sha256_file(path)[:16]
     if target.is_dir():
         problem = check_folder(target)
@@ -114,7 +85,10 @@ def _unpack(path: Path, folder: Path, max_bytes: int) -> None:
             raise ZipImportError(f"{path}: {MANIFEST} declares {infos[MANIFEST].file_size} bytes, over the "
                                  f"{MAX_MANIFEST_BYTES} a manifest may have")
         raw = _read(zf, infos[MANIFEST], infos[MANIFEST].file_size)
-        files = _manifest_files(f"{path}: {MANIFEST}", raw)
+        try:
+            files = parse_manifest(raw, f"{path}: {MANIFEST}", KIND_MODEL)
+        except ManifestError as err:
+            raise ZipImportError(str(err)) from None
         names = set(infos) - {MANIFEST}
         missing, extra = sorted(set(files) - names), sorted(names - set(files))
         if missing:
@@ -146,7 +120,7 @@ def _members(path: Path, infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipI
     out, seen = {}, set()
     for info in infos:
         name, mode = info.filename, info.external_attr >> 16
-        if not _safe_name(name.rstrip("/")):
+        if not safe_relative(name.rstrip("/")):
             raise ZipImportError(f"{path}: unsafe member name {name!r} (absolute, '..', backslash or drive "
                                  "letter: it could write outside the extraction folder)")
         if stat.S_ISLNK(mode):
@@ -165,36 +139,6 @@ def _members(path: Path, infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipI
         seen.add(name.casefold())
         out[name] = info
     return out
-
-
-def _safe_name(name: str) -> bool:
-    return bool(_SAFE_NAME.match(name)) and all(part not in (".", "..") for part in name.split("/"))
-
-
-def _manifest_files(where: str, raw: bytes) -> dict[str, dict]:
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ZipImportError(f"{where} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise ZipImportError(f"{where}: kind is {kind!r}, not {KIND!r}: not a clara_lite model export")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise ZipImportError(f"{where}: unknown format_version {version!r} (this clara_lite reads "
-                             f"{FORMAT_VERSION})" + ("; upgrade clara_lite" if newer else ""))
-    files = manifest.get("files")
-    ok = isinstance(files, dict) and all(
-        isinstance(meta, dict) and isinstance(meta.get("size"), int) and meta["size"] >= 0
-        and isinstance(meta.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
-        for meta in files.values())
-    if not ok:
-        raise ZipImportError(f"{where}: 'files' must map each path to its sha256 and size")
-    for name in files:
-        if not _safe_name(name) or name == MANIFEST:
-            raise ZipImportError(f"{where}: unsafe path {name!r} in the manifest")
-    return files
 
 
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
@@ -224,16 +168,4 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, size: int) 
 
 def check_folder(folder) -> str | None:
     """None when an unpacked export still matches its manifest (no file missing, changed or added)."""
-    folder = Path(folder)
-    try:
-        files = _manifest_files(str(folder / MANIFEST), (folder / MANIFEST).read_bytes())
-    except (OSError, ZipImportError) as err:
-        return str(err)
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
-    if present != set(files):
-        return f"files differ from the manifest: {sorted(present ^ set(files))}"
-    for name, meta in files.items():
-        path = folder / name
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-            return f"{name} does not match the manifest"
-    return None
+    return verify(folder, KIND_MODEL, exact=True)

@@ -17,14 +17,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_FILE, ClaraConfig
+from .. import inputs
+from ..config import ClaraConfig
+from ..io.unzip import extract_zip
+from ..layout import (
+    ADAPTER_WEIGHTS,
+    ADAPTERS_DIR,
+    ADDED_TOKENS_FILE,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    UPSTREAM_ADAPTERS,
+    ZIPS_DIR,
+)
+from ..stages import QUERY_REASONER
+from .adapters import prepare_base
+from .base import UnknownModelError, load_base_model, resolve
+from .upstream import load_upstream
 
 log = logging.getLogger(__name__)
 
-ADAPTERS_DIR = "adapters"
-ADDED_TOKENS_FILE = "added_tokens.safetensors"
-TOKENIZER_DIR = "tokenizer"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+class BaseModelMissing(FileNotFoundError):
+    """The base model a saved model needs is not on this machine."""
+
 
 # what upstream users pass to from_pretrained and we accept without effect
 _IGNORED = {"trust_remote_code", "low_cpu_mem_usage", "revision", "cache_dir", "local_files_only"}
@@ -79,32 +94,41 @@ def _load_kwargs(kwargs: dict) -> tuple[dict, dict]:
     return opts, kwargs
 
 
-def load_model(path, **kwargs):
-    """Dispatch on what ``path`` holds: our format, an upstream checkpoint, or a zip."""
-    path = Path(path)
-    opts, overrides = _load_kwargs(kwargs)
+def load_model(path, *, model_cls, **kwargs):
+    """Dispatch on what ``path`` holds: our format, an upstream checkpoint, or an exported zip
+    (unpacked safely into the cache first; ``cache_dir=`` is the cache root). ``model_cls`` is the
+    class to build (:class:`~clara_lite.model.modeling.ClaraModel`, which calls this)."""
+    path = source = Path(path)
     if path.is_file() and path.suffix == ".zip":
-        from .unzip import open_zip
-
-        return open_zip(path, **kwargs)
-    if (path / "adapters.pth").is_file():
-        from .upstream import load_upstream
-
-        return load_upstream(path, opts, overrides)
+        cache = kwargs.pop("cache_dir", None)
+        path = extract_zip(path, Path(cache) / ZIPS_DIR if cache else None)
+    opts, overrides = _load_kwargs(kwargs)
+    if (path / UPSTREAM_ADAPTERS).is_file():
+        return load_upstream(path, opts, overrides, model_cls)
     if (path / CONFIG_FILE).is_file():
-        return _load_ours(path, opts, overrides)
+        check_base(path, kwargs, source=source)
+        return _load_ours(path, opts, overrides, model_cls)
     raise FileNotFoundError(
-        f"{path} is not a clara_lite model (no {CONFIG_FILE}) nor an upstream CLaRa checkpoint (no adapters.pth)"
+        f"{path} is not a clara_lite model (no {CONFIG_FILE}) nor an upstream CLaRa checkpoint "
+        f"(no {UPSTREAM_ADAPTERS})"
     )
 
 
-def _load_ours(path: Path, opts: dict, overrides: dict):
+def check_base(folder, kwargs: dict, source=None) -> None:
+    """Fail naming the base model and ``base_path`` when the base cannot be found on this machine."""
+    base, given = ClaraConfig.load(folder).base_model, kwargs.get("base_path")
+    try:
+        resolve(str(given or base))
+    except UnknownModelError as err:
+        where = f"base_path {str(given)!r} (for base model {base!r})" if given else f"its base model {base!r}"
+        raise BaseModelMissing(
+            f"{source or folder} needs {where}, which is not on this machine. Pass a local copy of {base!r}: "
+            f"base_path='/path/to/base' in Python, --base-path P on the command line.\n{err}") from None
+
+
+def _load_ours(path: Path, opts: dict, overrides: dict, model_cls):
     from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from . import inputs
-    from .modeling import ClaraModel, prepare_base
-    from .models import load_base_model
 
     data = ClaraConfig.load(path).to_dict()
     if opts["base"]:
@@ -126,14 +150,14 @@ def _load_ours(path: Path, opts: dict, overrides: dict):
     lm = PeftModel.from_pretrained(base, path / ADAPTERS_DIR / names[0], adapter_name=names[0], is_trainable=True)
     for name in names[1:]:
         lm.load_adapter(path / ADAPTERS_DIR / name, adapter_name=name, is_trainable=True)
-    model = ClaraModel(lm, tokenizer, config, tokens)
+    model = model_cls(lm, tokenizer, config, tokens)
     model.freeze_all_adapters()
     model.eval()
     return model
 
 
 def _adapter_order(name: str) -> int:
-    order = ("encoder", "decoder", "query_reasoner")
+    order = ("encoder", "decoder", QUERY_REASONER)
     return order.index(name) if name in order else len(order)
 
 

@@ -8,8 +8,8 @@
                                     "files": {path: {"sha256": ..., "size": ...}}}
 
 The base model is never inside (a zip is adapters-sized): loading needs it by its registry name or
-Hub id, or ``base_path=`` (``--base-path``) on an offline machine. Opening a zip is ``unzip.py``'s
-job; asking the model a question is ``ask.py``'s.
+Hub id, or ``base_path=`` (``--base-path``) on an offline machine. Opening a zip is
+:mod:`clara_lite.io.unzip`'s job; asking the model a question is :mod:`clara_lite.serve.ask`'s.
 """
 
 from __future__ import annotations
@@ -23,20 +23,24 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import __version__
-from .checkpoint import MANIFEST as FINAL_MANIFEST
-from .checkpoint import verify
-from .config import ClaraConfig
-from .run import RUN_FILE, Run
-from .stages import ORDER, get_stage
-from .training import SUMMARY_FILE
+from .. import __version__
+from ..config import ClaraConfig
+from ..layout import (
+    ADAPTERS_DIR,
+    CARD,
+    KIND_CHECKPOINT,
+    KIND_MODEL,
+    MANIFEST,
+    MANIFEST_VERSION,
+    SUMMARY_FILE,
+    read_manifest,
+    verify,
+)
+from ..stages import ORDER, QUERY_REASONER, get_stage
+from ..train.run import Run
 
 log = logging.getLogger(__name__)
 
-KIND = "clara_lite-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CARD = "README.md"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same model always gives the same bytes
 
 
@@ -47,27 +51,28 @@ class ExportError(ValueError):
 def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     """Zip ``stage``'s final model of ``run_dir`` (default: the newest final stage) with a model card.
 
-    ``out`` defaults to :func:`default_out`. Written to a temporary file beside ``out``, then renamed.
+    ``out`` defaults to ``RunLayout.default_export``. Written to a temporary file beside ``out``, then renamed.
 
     >>> export_zip("runs/demo")  # doctest: +SKIP
     PosixPath('exports/demo-stage3.zip')
     """
     run = Run(run_dir)
-    if not (run.root / RUN_FILE).is_file():
-        raise ExportError(f"{run.root} is not a run folder (no {RUN_FILE}): pass the --run-dir used for training")
+    if not run.exists:
+        raise ExportError(f"{run.root} is not a run folder (no {run.layout.run_file.name}): pass the --run-dir "
+                          "used for training")
     if not stage:
         stage = _newest_final_stage(run)  # already verified final
     elif not run.is_final(stage := get_stage(stage).name):
         final = run.final_dir(stage)
-        damage = verify(final) if final.is_dir() else None
+        damage = verify(final, KIND_CHECKPOINT) if final.is_dir() else None
         state = f"{stage}/final is damaged: {damage}" if damage else run.stage_status(stage)
         raise ExportError(f"{stage} of {run.root} is not final ({state}): finish it with "
                           f"`clara-lite train --stage {stage} --run-dir {run.root}` (a rerun resumes)")
     final = run.final_dir(stage)
     # exactly the files the stage's verified manifest lists; its summary goes into the card instead
-    listed = json.loads((final / FINAL_MANIFEST).read_text())["files"]
+    listed = read_manifest(final, KIND_CHECKPOINT)
     names = sorted(set(listed) - {SUMMARY_FILE})
-    out = Path(out) if out else default_out(run.root, stage)
+    out = Path(out) if out else run.layout.default_export(stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
@@ -80,7 +85,7 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
                                       "still writing there? Rerun the stage to finish it, then export")
                 card = model_card(run, stage, out.name).encode("utf-8")
                 files[CARD] = _add_bytes(zf, CARD, card)
-                manifest = {"kind": KIND, "format_version": FORMAT_VERSION, "stage": stage,
+                manifest = {"kind": KIND_MODEL, "format_version": MANIFEST_VERSION, "stage": stage,
                             "created_by": f"clara_lite {__version__}", "files": files}
                 _add_bytes(zf, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
             raw.flush()
@@ -94,21 +99,12 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     return out
 
 
-def default_out(run_dir, stage: str) -> Path:
-    """``<root>/exports/<run>-<stage>.zip`` for a run in a ``runs/`` folder (the Drive layout:
-    ``MyDrive/clara_lite/runs/<run>`` exports to ``MyDrive/clara_lite/exports/``), otherwise
-    ``<run_dir>/exports/<run>-<stage>.zip``."""
-    run_dir = Path(run_dir).resolve()
-    base = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir
-    return base / "exports" / f"{run_dir.name}-{stage}.zip"
-
-
 def _newest_final_stage(run: Run) -> str:
     final = run.newest_final()
     if final is not None:
         return final.parent.name
     status = run.status()
-    todo = next(s for s in ORDER if status[s] != "final")
+    todo = next(s for s in ORDER if not status[s].final)
     states = ", ".join(f"{s}: {v}" for s, v in status.items())
     raise ExportError(f"No final stage to export in {run.root} ({states}). Finish training first: "
                       f"`clara-lite train --stage {todo} --run-dir {run.root}` (a rerun resumes)")
@@ -143,32 +139,33 @@ def _add_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> dict:
 def model_card(run: Run, stage: str, zip_name: str) -> str:
     """The README.md of an export: what was trained, on what, where, and how to load it."""
     config = ClaraConfig.load(run.final_dir(stage))
-    adapters = sorted(p.name for p in (run.final_dir(stage) / "adapters").iterdir())
-    init = next((e["init_from"] for e in run.data["stages"].values() if e.get("init_from")), None)
+    adapters = sorted(p.name for p in (run.final_dir(stage) / ADAPTERS_DIR).iterdir())
+    init = next((e.init_from for e in run.record.stages.values() if e.init_from), None)
     rows = []
     for name in config.trained_stages:
-        entry = run.data["stages"].get(name, {})
-        summary = _summary(run, name) or entry.get("final")
+        entry = run.record.stages.get(name)
+        summary = _summary(run, name) or (entry.final if entry else None)
         if summary is None:  # trained in another run, brought in with --init-from
             rows.append(f"| {name} | - | - | before this run (init_from {init or '?'}) | - | - | - |")
             continue
         metrics = summary.get("final_metrics", {})
         others = ", ".join(f"{k} {_num(v)}" for k, v in metrics.items()
                            if k not in ("loss", "lr", "elapsed_s", "tokens_per_s"))
-        data = entry.get("data", {})
+        data = entry.data if entry else None
         rows.append(f"| {name} | {summary.get('steps', '?')} | {_num(metrics.get('loss', '?'))} | {others or '-'} "
-                    f"| `{data.get('path', '?')}` | {data.get('rows', '?')} | `{data.get('sha256', '?')[:16]}` |")
-    sessions = run.data.get("sessions", [])
-    hardware = [f"- {s['stage']}, session of {s['started']}: {_device(s['hardware'])}" for s in sessions]
-    versions = sorted({", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()) for s in sessions})
+                    f"| `{data.path if data else '?'}` | {data.rows if data and data.rows is not None else '?'} "
+                    f"| `{data.sha256[:16] if data else '?'}` |")
+    sessions = run.record.sessions
+    hardware = [f"- {s.stage}, session of {s.started}: {_device(s.hardware)}" for s in sessions]
+    versions = sorted({", ".join(f"{k} {v}" for k, v in s.versions.items()) for s in sessions})
     base = config.base_model
-    qr = "query_reasoner" in adapters
+    qr = QUERY_REASONER in adapters
     usage = ('answers, top = model.generate_from_questions(["Who wrote it?"], [docs], top_k=2)  # retrieves'
              if qr else 'answers = model.generate_from_text(["Who wrote it?"], [docs])  # reads all docs')
     return "\n".join([
         f"# {run.root.name} ({stage}): a clara_lite CLaRa model",
         "",
-        "LoRA adapters (encoder, decoder" + (", query_reasoner" if qr else "") + ") and CLaRa's added-token "
+        "LoRA adapters (encoder, decoder" + (f", {QUERY_REASONER}" if qr else "") + ") and CLaRa's added-token "
         "embeddings for a base model, which is not included: it is loaded by name when the zip is opened.",
         "",
         f"- base model: `{base}`",

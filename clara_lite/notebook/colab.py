@@ -92,7 +92,7 @@ def mount_drive() -> None:
     drive.mount(MOUNT_POINT)
 
 
-def download(path: str | Path) -> bool:
+def offer_download(path: str | Path) -> bool:
     """Offer ``path`` as a browser download in Colab; elsewhere do nothing and return False."""
     if not in_colab():
         return False
@@ -207,7 +207,7 @@ def _install(env: Environment, *args: str) -> None:
 
 def install_colab(env: Environment, repo: str | Path | None) -> None:
     """What a fresh Colab runtime lacks: requirements, the embedded model, clara_lite, flash-attn."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]  # clara_lite/notebook/colab.py
     requirements = repo / REQUIREMENTS
     if requirements.is_file():
         missing = missing_requirements(requirements)

@@ -1,24 +1,31 @@
-"""Asking a trained model: load a zip or folder, read documents from disk, answer a question."""
+"""Asking a trained model: load a zip or folder, read documents from disk, answer questions.
+
+The one answering path of the CLI (``clara-lite ask``) and the notebooks (05_inference): a model
+with a query reasoner (stage3) retrieves the top-k documents, others read every document.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CONFIG_FILE
-from .unzip import check_base
+from ..model.modeling import ClaraModel
+from ..rows import DOC_KEYS
 
 MAX_DOCS_WITHOUT_RETRIEVER = 16
 
 
-def load(path, **kwargs):
-    """``ClaraModel.from_pretrained`` for a zip or folder, naming the base model when it is missing."""
-    from .saving import load_model
+@dataclass
+class Answer:
+    question: str
+    text: str
+    retrieved: list[int] | None  # indices into the documents, best first; None when all were read
 
-    path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
-        check_base(path, kwargs)
-    return load_model(path, **kwargs)
+
+def load(path, **kwargs) -> ClaraModel:
+    """``ClaraModel.from_pretrained`` for a zip or folder, naming the base model when it is missing."""
+    return ClaraModel.from_pretrained(path, **kwargs)
 
 
 def read_docs(path) -> list[str]:
@@ -28,8 +35,6 @@ def read_docs(path) -> list[str]:
     >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
     ['Ada lives in Paris.']
     """
-    from .data import DOC_KEYS
-
     path = Path(path)
     docs: list[str] = []
     if path.is_dir():
@@ -59,15 +64,28 @@ def read_docs(path) -> list[str]:
     return docs
 
 
-def answer(model, question: str, docs: list[str], *, top_k: int | None = None,
-           max_new_tokens: int = 64) -> tuple[str, list[int] | None]:
-    """Answer ``question`` from ``docs`` -> (answer, indices of the retrieved docs, or None when all
-    were read). A model with a query reasoner (stage3) retrieves the top-k; others read every doc."""
-    if "query_reasoner" in model.adapter_names:
-        answers, idx = model.generate_from_questions([question], [docs], max_new_tokens=max_new_tokens, top_k=top_k)
-        return answers[0], idx[0].tolist()
+def answer_many(model, questions: list[str], docs: list[str], *, top_k: int | None = None,
+                max_new_tokens: int = 64) -> list[Answer]:
+    """Answer every question over the same ``docs``: retrieve the top-k first when the model has a
+    query reasoner (stage3), else read all of them (at most ``MAX_DOCS_WITHOUT_RETRIEVER``)."""
+    questions = list(questions)
+    if not questions:
+        return []
+    if model.has_retriever:
+        texts, idx = model.generate_from_questions(questions, [docs] * len(questions), max_new_tokens=max_new_tokens,
+                                                   top_k=top_k)
+        return [Answer(q, t, i) for q, t, i in zip(questions, texts, idx.tolist(), strict=True)]
     if len(docs) > MAX_DOCS_WITHOUT_RETRIEVER:
         raise ValueError(f"{len(docs)} documents, but a model without a retriever (query_reasoner) reads all of "
                          f"them at once (at most {MAX_DOCS_WITHOUT_RETRIEVER}): pass fewer documents, or use a "
                          "stage3 model, which retrieves the top-k")
-    return model.generate_from_text([question], [docs], max_new_tokens=max_new_tokens)[0], None
+    texts = model.generate_from_text(questions, [docs] * len(questions), max_new_tokens=max_new_tokens)
+    return [Answer(q, t, None) for q, t in zip(questions, texts, strict=True)]
+
+
+def answer(model, question: str, docs: list[str], *, top_k: int | None = None,
+           max_new_tokens: int = 64) -> tuple[str, list[int] | None]:
+    """Answer ``question`` from ``docs`` -> (answer, indices of the retrieved docs, or None when all
+    were read)."""
+    one = answer_many(model, [question], docs, top_k=top_k, max_new_tokens=max_new_tokens)[0]
+    return one.text, one.retrieved

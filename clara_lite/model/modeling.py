@@ -16,43 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import inputs
-from .config import ClaraConfig
-from .inputs import SpecialTokens
+from .. import inputs
+from ..config import ClaraConfig
+from ..inputs import SpecialTokens
+from ..stages import QUERY_REASONER
+from .adapters import lora_config, prepare_base
+from .base import load_base_model
+from .saving import load_model, save_model
 
 log = logging.getLogger(__name__)
-
-
-def lora_config(config: ClaraConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
-    )
-
-
-def greedy_generation(base, tokenizer) -> None:
-    """Greedy decoding with the tokenizer's pad id: no sampling knobs left from the base's config."""
-    base.generation_config.pad_token_id = tokenizer.pad_token_id
-    for attr in ("temperature", "top_p", "top_k"):
-        setattr(base.generation_config, attr, None)
-
-
-def prepare_base(base, tokenizer, config: ClaraConfig, *, mean_resizing: bool = True):
-    """Make room for CLaRa's tokens, ready a quantized base for LoRA (fp32 embeddings and norms),
-    and set greedy generation. Shared by fresh models and reloads so both end up the same."""
-    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
-    if config.quantization:
-        from peft import prepare_model_for_kbit_training
-
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    greedy_generation(base, tokenizer)
-    return base
 
 
 def differentiable_topk(scores: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +67,6 @@ class ClaraModel(nn.Module):
     def from_base(cls, name_or_path: str, *, dtype=None, device_map=None, attn_implementation=None,
                   adapters=("encoder", "decoder"), seed: int | None = None, **config_kwargs) -> ClaraModel:
         """A fresh model on a registry name, Hub id or folder; ``config_kwargs`` fill :class:`ClaraConfig`."""
-        from .models import load_base_model
-
         config = ClaraConfig(base_model=name_or_path, **config_kwargs)
         base, tokenizer = load_base_model(
             name_or_path, dtype=dtype, device_map=device_map, quantization=config.quantization,
@@ -123,14 +93,10 @@ class ClaraModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> ClaraModel:
         """Load our format, an upstream CLaRa checkpoint (adapters.pth) or an exported zip."""
-        from .saving import load_model
-
-        return load_model(path, **kwargs)
+        return load_model(path, model_cls=cls, **kwargs)
 
     def save_pretrained(self, directory) -> None:
         """Adapters, added-token rows, config and tokenizer (not the base model)."""
-        from .saving import save_model
-
         save_model(self, directory)
 
     # ------------------------------------------------------------------ adapters
@@ -139,13 +105,18 @@ class ClaraModel(nn.Module):
     def adapter_names(self) -> list[str]:
         return list(self.lm.peft_config)
 
+    @property
+    def has_retriever(self) -> bool:
+        """Whether a query reasoner (stage3) picks the top-k documents; without one, all are read."""
+        return QUERY_REASONER in self.lm.peft_config
+
     def add_query_reasoner(self, init_from: str | None = "encoder") -> None:
         """Stage3's retriever, started from the compressor's weights (as upstream does)."""
-        if "query_reasoner" in self.adapter_names:
+        if self.has_retriever:
             return
-        self.lm.add_adapter("query_reasoner", lora_config(self.config))
+        self.lm.add_adapter(QUERY_REASONER, lora_config(self.config))
         if init_from in self.adapter_names:
-            self.copy_adapter(init_from, "query_reasoner")
+            self.copy_adapter(init_from, QUERY_REASONER)
         self.freeze_all_adapters()
 
     def copy_adapter(self, src: str, dst: str) -> None:
@@ -263,7 +234,7 @@ class ClaraModel(nn.Module):
 
     def embed_queries(self, enc: dict) -> torch.Tensor:
         """Query-reasoner states at the memory positions, flattened: (B, M*H)."""
-        hidden, _ = self._memory_states("query_reasoner", enc)
+        hidden, _ = self._memory_states(QUERY_REASONER, enc)
         return hidden[:, -self.config.n_mem:].reshape(hidden.size(0), -1)
 
     def decoder_embeds(self, dec_input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:

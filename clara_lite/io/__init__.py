@@ -1,0 +1,1 @@
+"""Bytes from elsewhere: unpacking zips safely, downloading Drive links and URLs."""

@@ -1,0 +1,225 @@
+"""A notebook run's settings: what 00_setup asks in its form, kept in the run's ``run.json``.
+
+Notebook things (run name, data folder, steps per stage) plus *overrides* of
+:class:`~clara_lite.config.ClaraConfig` and :class:`~clara_lite.config.TrainConfig` fields, each
+under the field's own name; ``None`` means "the field's own default" (or the hardware plan's), so a
+default lives in one place. In ``run.json`` the model settings are stored once, as the run's
+``model`` record; the ``settings`` section holds the rest. Every later notebook, and every new Colab
+runtime, reads them from there instead of asking again. ``<drive>/current_run.txt`` names the run
+set up last, so the other notebooks need no run name.
+
+>>> settings = save_settings(drive, Settings(run_name="demo", base_model="qwen2.5-1.5b"))  # doctest: +SKIP
+>>> load_settings(drive).train_options("stage1")                                         # doctest: +SKIP
+{'max_steps': 40}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..config import ClaraConfig, TrainConfig
+from ..hardware import describe, detect_hardware
+from ..layout import RUN_FILE, RUNS_DIR
+from ..model.base import resolve
+from ..stages import STAGES
+from ..train.run import Run
+
+log = logging.getLogger(__name__)
+
+CURRENT_RUN = "current_run.txt"
+DEFAULT_RUN = "my-run"
+NOTEBOOKS = {"setup": "00_setup", "data": "01_data", **{s.name: s.notebook for s in STAGES.values()},
+             "inference": "05_inference"}
+QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")  # 'auto': the hardware plan decides
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_OVERRIDE = "override of the field of the same name; None = its default"
+
+
+class SettingsError(ValueError):
+    """Missing or invalid notebook settings; the message says which notebook fixes it."""
+
+
+@dataclass
+class Settings:
+    """One run's notebook settings: its own few, and overrides of ClaraConfig / TrainConfig fields."""
+
+    run_name: str = field(default="", metadata={"help": "folder under <drive>/runs; '' = the current run"})
+    # ClaraConfig overrides
+    base_model: str | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    compr_rate: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    doc_max_length: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    generation_top_k: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    lora_r: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    max_decoder_length: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
+    quantization: str = field(default="auto", metadata={"help": "'auto' (the hardware plan), '4bit', '8bit', 'none'"})
+    stage1_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
+    stage2_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
+    stage3_steps: int = field(default=30, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
+    # TrainConfig overrides (every stage)
+    epochs: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    save_minutes: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    save_steps: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    log_steps: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    micro_batch_size: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    grad_accum_steps: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    lr: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    data_dir: str | None = field(default=None, metadata={"help": "set by 01_data; relative to the Drive root"})
+    def __post_init__(self):
+        if self.run_name and not _RUN_NAME.match(self.run_name):
+            raise SettingsError(f"run name {self.run_name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise SettingsError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {self.quantization!r}")
+        if min(self.steps(s) for s in STAGES) < 0:
+            raise SettingsError("steps must be >= 0 (0 = train `epochs` passes)")
+        try:
+            ClaraConfig(**self.model_options())
+            TrainConfig(**self.train_overrides())
+        except (TypeError, ValueError) as err:
+            raise SettingsError(str(err)) from None
+        if (self.epochs is not None and self.epochs <= 0) or (self.save_minutes is not None and self.save_minutes <= 0) \
+                or (self.log_steps is not None and self.log_steps < 1):
+            raise SettingsError("epochs and save_minutes must be > 0, log_steps >= 1")
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, f"{stage}_steps")
+
+    def model_options(self) -> dict:
+        """The :class:`~clara_lite.config.ClaraConfig` fields this run sets (``run.train``'s ``model_options``)."""
+        opts = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("model")}
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if self.quantization != "auto":
+            opts["quantization"] = None if self.quantization == "none" else self.quantization
+        return opts
+
+    def train_overrides(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("train")}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def train_options(self, stage: str) -> dict:
+        """The :class:`~clara_lite.config.TrainConfig` fields for ``stage``; unset ones come from the plan."""
+        opts = self.train_overrides()
+        if self.steps(stage):
+            opts["max_steps"] = self.steps(stage)
+        return opts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def stored(self) -> dict:
+        """What run.json's ``settings`` section keeps: everything but the model settings, which live
+        once in the run's ``model`` record."""
+        return {k: v for k, v in self.to_dict().items()
+                if k != "quantization" and not _field(k).metadata.get("model")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Settings:
+        known = {f.name for f in fields(cls)}
+        data = {("generation_top_k" if k == "top_k" else k): v for k, v in data.items()}  # before 0.2
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def format(self) -> str:
+        return "\n".join(f"{k:<18} {'(default)' if v is None else v}" for k, v in self.to_dict().items())
+
+
+def _field(name: str):
+    return next(f for f in fields(Settings) if f.name == name)
+
+
+# ----------------------------------------------------------------------- settings on Drive
+
+
+def run_dir(drive: Path, name: str) -> Path:
+    return Path(drive) / RUNS_DIR / name
+
+
+def current_run(drive: Path) -> str | None:
+    """The run set up last in this Drive folder, or None."""
+    path = Path(drive) / CURRENT_RUN
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def saved_settings(drive: Path, name: str) -> Settings | None:
+    record = Run(run_dir(drive, name)).record
+    if not record.settings:
+        return None
+    data = dict(record.settings)
+    if record.model is not None:  # the model settings, from their one home
+        model = record.model
+        data.update({f.name: getattr(model, f.name) for f in fields(Settings) if f.metadata.get("model")})
+        data["quantization"] = model.quantization or "none"
+    return Settings.from_dict(data)
+
+
+def save_settings(drive: Path, settings: Settings) -> Settings:
+    """Check ``settings`` (``auto`` quantization becomes the plan's choice) and write them to run.json.
+
+    An existing run keeps its settings: only ``data_dir`` may change (the runner still refuses data
+    that changed under a started stage).
+    """
+    if not settings.run_name:
+        raise SettingsError("settings need a run name")
+    if settings.quantization == "auto":
+        settings = replace(settings, quantization="4bit" if _profile(settings).load_in_4bit else "none")
+    old = saved_settings(drive, settings.run_name)
+    if old is not None:
+        resolved = _resolved(settings)
+        changed = [k for k, v in resolved.to_dict().items() if k != "data_dir" and getattr(old, k) != v]
+        if changed:
+            raise SettingsError(f"run {settings.run_name!r} already has other settings ({', '.join(changed)}): "
+                                "choose a new run name for new settings")
+    run = Run(run_dir(drive, settings.run_name))
+    if run.record.model is None:
+        run.record.model = ClaraConfig(**settings.model_options())
+    run.record.settings = settings.stored()
+    run.save()
+    (Path(drive) / CURRENT_RUN).write_text(settings.run_name + "\n")
+    return saved_settings(drive, settings.run_name)
+
+
+def _resolved(settings: Settings) -> Settings:
+    """``settings`` with every model field filled in (as a saved run reports them)."""
+    config = ClaraConfig(**settings.model_options())
+    values = {f.name: getattr(config, f.name) for f in fields(Settings) if f.metadata.get("model")}
+    return replace(settings, **values, quantization=config.quantization or "none")
+
+
+def load_settings(drive: Path, run_name: str = "") -> Settings:
+    """The saved settings of ``run_name`` (default: the current run), printed."""
+    name = run_name or current_run(drive)
+    if not name:
+        raise SettingsError(f"No run set up in {drive}: run {NOTEBOOKS['setup']}.ipynb first")
+    settings = saved_settings(drive, name)
+    if settings is None:
+        raise SettingsError(f"{run_dir(drive, name)} has no settings: run {NOTEBOOKS['setup']}.ipynb with "
+                            f"RUN_NAME = {name!r}")
+    (Path(drive) / CURRENT_RUN).write_text(name + "\n")
+    print(f"Run {name!r}: settings from {run_dir(drive, name) / RUN_FILE}\n{settings.format()}")
+    return settings
+
+
+def _profile(settings: Settings):
+    params = resolve(settings.base_model or ClaraConfig().base_model).params_b
+    return detect_hardware(model_params_b=params or None)
+
+
+def show_plan(settings: Settings | None) -> None:
+    """The hardware profile and, in one line, what training will do with this model here."""
+    if settings is None:
+        print("Settings not saved yet: click 'Save settings' above; the plan appears under the form.")
+        return
+    profile = _profile(settings)
+    print(describe(profile))
+    quant = settings.quantization if settings.quantization != "auto" else (
+        "4bit" if profile.load_in_4bit else "none")
+    micro = settings.micro_batch_size or profile.micro_batch_size
+    accum = settings.grad_accum_steps or profile.grad_accum_steps
+    memory = "unknown" if profile.est_train_mem_gb is None else f"~{profile.est_train_mem_gb:.1f} GB"
+    base = settings.base_model or ClaraConfig().base_model
+    print(f"\nplan          {base}: 4-bit {quant}; batch {micro} x {accum} = {micro * accum} rows "
+          f"per step; expected memory {memory}; {profile.mixed_precision} precision, {profile.attn_implementation}")

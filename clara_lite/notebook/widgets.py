@@ -1,0 +1,99 @@
+"""The settings form of 00_setup (ipywidgets 7.7.1, Colab's, and 8), and the choice between it and a saved run."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+from ..config import ClaraConfig, TrainConfig
+from ..layout import RUN_FILE
+from ..model.base import REGISTRY
+from ..stages import STAGES
+from .settings import (
+    DEFAULT_RUN,
+    Settings,
+    SettingsError,
+    current_run,
+    load_settings,
+    run_dir,
+    save_settings,
+    saved_settings,
+    show_plan,
+)
+
+
+def choose_settings(drive: Path, settings: Settings, *, interactive: bool = True) -> Settings | None:
+    """00_setup: show the saved settings of an existing run, else ask with a form (or save as given).
+
+    ``settings.run_name`` empty means the current run. Returns the saved settings, or None while
+    the form waits for its Save button.
+    """
+    name = settings.run_name or current_run(drive)
+    if name and saved_settings(drive, name) is not None:
+        saved = load_settings(drive, name)
+        differ = [f.name for f in fields(Settings) if f.name not in ("run_name", "data_dir", "quantization")
+                  and getattr(settings, f.name) is not None and getattr(saved, f.name) != getattr(settings, f.name)]
+        if differ and not interactive:  # with a form, the parameters are only its starting values
+            print(f"\nNot applied (run.json wins for an existing run): {', '.join(differ)}. "
+                  "For other settings, choose a new run name.")
+        return saved
+    settings = replace(settings, run_name=name or DEFAULT_RUN)
+    if interactive:
+        from IPython.display import display
+
+        display(settings_form(drive, settings))
+        return None
+    saved = save_settings(drive, settings)
+    print(f"Saved settings of the new run {saved.run_name!r} to {run_dir(drive, saved.run_name) / RUN_FILE}\n"
+          f"{saved.format()}")
+    return saved
+
+
+def settings_form(drive: Path, settings: Settings):
+    """An ipywidgets form for the main settings, with a Save button (writes run.json, shows the plan).
+
+    Unset overrides start at their field's own default (ClaraConfig / TrainConfig)."""
+    import ipywidgets as w
+
+    model, train = ClaraConfig(), TrainConfig()
+
+    def start(name, default):
+        value = getattr(settings, name)
+        return default if value is None else value
+
+    style = {"description_width": "150px"}
+    inputs = {
+        "run_name": w.Text(value=settings.run_name, description="run name"),
+        "base_model": w.Combobox(value=start("base_model", model.base_model), options=list(REGISTRY),
+                                 ensure_option=False, description="base model", placeholder="registry name or Hub id"),
+        "compr_rate": w.BoundedIntText(value=start("compr_rate", model.compr_rate), min=1, max=256,
+                                       description="compression rate"),
+        "doc_max_length": w.BoundedIntText(value=start("doc_max_length", model.doc_max_length), min=1, max=8192,
+                                           description="document length"),
+        "generation_top_k": w.BoundedIntText(value=start("generation_top_k", model.generation_top_k), min=1, max=64,
+                                             description="top-k"),
+        **{f"{s}_steps": w.BoundedIntText(value=settings.steps(s), min=0, max=10**7,
+                                          description=f"{s} steps (0=epochs)") for s in STAGES},
+        "epochs": w.BoundedFloatText(value=start("epochs", train.epochs), min=0.01, max=1000, description="epochs"),
+        "save_minutes": w.BoundedFloatText(value=start("save_minutes", train.save_minutes), min=0.5, max=600,
+                                           description="save every (min)"),
+    }
+    for widget in inputs.values():
+        widget.style = style
+    button = w.Button(description="Save settings", button_style="primary", icon="check")
+    out = w.Output()
+
+    def save(_):
+        out.clear_output()
+        with out:
+            try:
+                values = {k: v.value.strip() if isinstance(v.value, str) else v.value for k, v in inputs.items()}
+                saved = save_settings(drive, replace(settings, **values))
+            except (SettingsError, ValueError) as err:
+                print(f"Not saved: {err}")
+                return
+            print(f"Saved to {run_dir(drive, saved.run_name) / RUN_FILE}; the other notebooks read them from there.")
+            show_plan(saved)
+
+    button.on_click(save)
+    return w.VBox([w.HTML("<b>Run settings</b> (saved into the run's run.json)"), *inputs.values(), button, out])

@@ -1,0 +1,283 @@
+"""What the Colab notebooks do, as one object: a run in a Drive folder, with its settings.
+
+``Workspace(drive, settings)`` holds the paths, the settings and the run; each notebook step is a
+method: choose and check the data (01), train a stage (02-04), load, ask, evaluate and export (05).
+``drive`` is the folder from :func:`clara_lite.notebook.colab.drive_root`.
+
+>>> ws = Workspace.open(drive)                 # the run set up last in 00_setup   # doctest: +SKIP
+>>> final = ws.train("stage1")                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import ClaraConfig
+from ..data import DataError, read_jsonl, validate_file
+from ..evaluation import evaluate_model
+from ..examples import write_example_data
+from ..hardware import detect_hardware
+from ..io import drive as drive_links
+from ..layout import RunLayout, write_json
+from ..model.modeling import ClaraModel
+from ..serve.ask import answer_many, read_docs
+from ..serve.export import export_zip
+from ..stages import ORDER, STAGES, get_stage
+from ..train.recipe import train
+from ..train.run import Run
+from ..train.trainer import TrainingInterrupted
+from . import colab
+from .settings import NOTEBOOKS, Settings, SettingsError, load_settings, run_dir, save_settings
+
+DATA_DIR = "data"
+EXAMPLE_DATA = "data/example"
+HELDOUT = "heldout"
+DATA_FILES = {**{s: s for s in ORDER}, HELDOUT: ORDER[-1]}  # file -> the stage that reads it
+
+
+def _short(value, width: int = 90):
+    if isinstance(value, str):
+        return value if len(value) <= width else value[: width - 1] + "…"
+    if isinstance(value, list | tuple):
+        return [_short(v, width) for v in value]
+    return value
+
+
+class Workspace:
+    """A run of the notebook suite: ``<drive>/runs/<run_name>`` and its settings."""
+
+    def __init__(self, drive: str | Path, settings: Settings):
+        self.drive = Path(drive)
+        self.settings = settings
+        self.root = run_dir(self.drive, settings.run_name)
+        self.layout = RunLayout(self.root)
+
+    @classmethod
+    def open(cls, drive: str | Path, run_name: str = "") -> Workspace:
+        """The run ``run_name`` (default: the one set up last), its settings printed."""
+        return cls(drive, load_settings(Path(drive), run_name))
+
+    @property
+    def run(self) -> Run:
+        return Run(self.root)  # read afresh: the runner writes run.json
+
+    def on_drive(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.drive / path
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.drive.resolve()))
+        except ValueError:
+            return str(path.resolve())
+
+    # ------------------------------------------------------------------- data (01)
+
+    @property
+    def data_folder(self) -> Path:
+        if not self.settings.data_dir:
+            raise SettingsError(f"No data chosen for run {self.settings.run_name!r}: run {NOTEBOOKS['data']}.ipynb "
+                                "first")
+        return self.on_drive(self.settings.data_dir)
+
+    def prepare_data(self, source: str = "example", folder: str = "") -> Settings | None:
+        """01_data: pick the run's data folder and remember it in run.json.
+
+        ``source``: ``"example"`` (the shipped example data, written to <drive>/data/example),
+        ``"jsonl"`` (``folder`` on Drive holding stage1.jsonl, stage2.jsonl, stage3.jsonl, optionally
+        heldout.jsonl) or ``"raw"`` (documents to convert with ``clara-lite data build``).
+        """
+        if source == "example":
+            target = self.drive / EXAMPLE_DATA
+            if not all((target / f"{name}.jsonl").is_file() for name in DATA_FILES):
+                top_k = self.settings.generation_top_k or ClaraConfig().generation_top_k
+                write_example_data(target, n_candidates=max(4, top_k))  # every question gets top_k candidates
+                print(f"Wrote the example data to {target}")
+        elif source == "jsonl":
+            target = self.on_drive(folder or DATA_DIR)
+            first = STAGES[ORDER[0]].data_file
+            if not (target / first).is_file():
+                raise FileNotFoundError(f"{target / first} not found: put "
+                                        f"{', '.join(s.data_file for s in STAGES.values())} (and optionally "
+                                        f"{HELDOUT}.jsonl) into that Drive folder")
+        elif source == "raw":
+            target = self._build_from_raw(folder)
+            if target is None:
+                return None
+        else:
+            raise SettingsError(f"DATA_SOURCE must be 'example', 'jsonl' or 'raw', got {source!r}")
+        self.settings = save_settings(self.drive, replace(self.settings, data_dir=self._relative(target)))
+        print(f"Run {self.settings.run_name!r} trains on {target}")
+        return self.settings
+
+    def _build_from_raw(self, folder: str) -> Path | None:
+        """Documents in ``folder`` -> <drive>/data/<run>-raw/{stage1,stage2,stage3,heldout}.jsonl (reruns resume)."""
+        from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
+
+        if not folder:
+            print("Set DATA_FOLDER to a Drive folder of documents (PDF, DOCX, PPTX, HTML, Markdown, TXT). They are "
+                  "converted by `clara-lite data build` (extract, chunk, synthesize questions, split; step by step: "
+                  "`!clara-lite data extract --help`). Questions come from an OpenAI-compatible endpoint when "
+                  "CLARA_LLM_BASE_URL, CLARA_LLM_MODEL and CLARA_LLM_API_KEY are set, else from the base model.")
+            return None
+        if missing_modules():
+            print(f"Raw documents need {', '.join(missing_modules())}: run `!pip install -q {' '.join(DATA_PACKAGES)}`")
+            return None
+        model = ClaraConfig(**self.settings.model_options())
+        target = self.drive / DATA_DIR / f"{self.settings.run_name}-raw"
+        report = build_for_run(self.on_drive(folder), target, base=model.base_model,
+                               doc_max_length=model.doc_max_length, top_k=model.generation_top_k)
+        extract, split = report["extract"], report["split"]
+        print(f"{extract['extractor']}: {extract['documents']} documents, {report['chunks']['text']} passages, "
+              f"{split['questions']} questions ({split['heldout_questions']} held out)")
+        for skipped in extract["skipped"]:
+            print(f"  skipped {skipped['source']}: {skipped['reason']}")
+        return target
+
+    def fetch(self, link: str, dest: str = DATA_DIR) -> Path:
+        """A file or folder shared by Drive link (or any http(s) URL) into ``dest`` on Drive."""
+        path = drive_links.download(link, self.on_drive(dest))
+        print(f"Fetched {drive_links.redact(link)} -> {path}")
+        return path
+
+    def check_data(self) -> dict:
+        """Validate every data file of the run; print counts, problems and one sample row each.
+
+        Raises :class:`clara_lite.data.DataError` when a file has bad rows (fix them before training).
+        """
+        folder, reports = self.data_folder, {}
+        top_k = self.settings.generation_top_k or ClaraConfig().generation_top_k
+        for name, stage_name in DATA_FILES.items():
+            stage = get_stage(stage_name)
+            path = folder / f"{name}.jsonl"
+            if not path.is_file():
+                needed = f"optional, used by {NOTEBOOKS['inference']}" if name == HELDOUT else f"needed by {stage.notebook}"
+                print(f"{name}.jsonl: missing ({needed})\n")
+                continue
+            reports[name] = report = validate_file(path, stage, top_k=None if stage.exact_docs else top_k)
+            print(report.format())
+            if report.ok:  # the first row as the file has it
+                with open(path, encoding="utf-8-sig") as f:
+                    sample = json.loads(next(line for line in f if line.strip()))
+                print("  sample: " + json.dumps({k: _short(v) for k, v in sample.items()}, ensure_ascii=False))
+            print()
+        bad = [name for name, report in reports.items() if not report.ok]
+        if bad:
+            raise DataError(f"{', '.join(bad)}: bad rows (listed above); fix them, then run this cell again")
+        return reports
+
+    # ------------------------------------------------------------------- training (02-04)
+
+    def show_loss_curve(self, stage: str) -> None:
+        from IPython.display import Image, display
+
+        png = self.layout.loss_plot(stage)
+        if png.is_file():
+            display(Image(filename=str(png)))
+
+    def train(self, stage: str) -> Path | None:
+        """02-04: train ``stage`` of the run; resume from its newest checkpoint; show the loss curve.
+
+        Returns the final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
+        """
+        stage = get_stage(stage)
+        run = self.run
+        status = run.stage_status(stage.name)
+        if not status.started:
+            run.start_dir(stage)  # raises, naming the notebook to run first, unless the previous stage is final
+        if status.final:
+            print(f"{stage.name} is already final.")
+        else:
+            settings = self.settings
+            steps = settings.steps(stage.name) or f"{settings.epochs or 1:g} epoch(s) of"
+            what = f"resuming from its {status}" if status.started else "starting"
+            print(f"{stage.name}: {what}; {steps} steps into {self.layout.checkpoints(stage.name)}")
+            try:
+                train(self.root, stage.name, data=str(self.data_folder / stage.data_file),
+                      model_options=settings.model_options(), train_options=settings.train_options(stage.name))
+            except TrainingInterrupted as stop:
+                print(stop)
+                self.show_loss_curve(stage.name)
+                return None
+        self.show_loss_curve(stage.name)
+        final = self.layout.final(stage.name)
+        print(f"{stage.name} final checkpoint: {final}")
+        return final
+
+    # ------------------------------------------------------------------- inference (05)
+
+    def load_model(self) -> ClaraModel:
+        """05: the newest final stage of the run, on the GPU when there is one."""
+        final = self.run.newest_final()
+        if final is None:
+            raise SettingsError(f"Run {self.settings.run_name!r} has no final stage yet: run "
+                                f"{STAGES[ORDER[0]].notebook}.ipynb")
+        kwargs = {}
+        profile = detect_hardware()
+        if profile.device.kind == "cuda":
+            kwargs = {"device_map": profile.device.torch_device, "dtype": profile.dtype}
+        model = ClaraModel.from_pretrained(final, **kwargs)
+        print(f"Loaded {final} (trained: {', '.join(model.config.trained_stages)}; adapters: "
+              f"{', '.join(model.adapter_names)})")
+        return model
+
+    def heldout(self) -> list:
+        path = self.data_folder / f"{HELDOUT}.jsonl"
+        return read_jsonl(path, DATA_FILES[HELDOUT]) if path.is_file() else []
+
+    def document_pool(self, pool: str = "") -> list[str]:
+        """Documents to ask over: ``pool`` (a JSONL or folder of .txt on Drive) or the held-out rows' docs."""
+        if pool:
+            return read_docs(self.on_drive(pool))
+        docs = list(dict.fromkeys(d for row in self.heldout() for d in row.docs))
+        if not docs:
+            raise SettingsError(f"No {HELDOUT}.jsonl in the data folder: set POOL to a JSONL or a folder of .txt files")
+        return docs
+
+    def default_questions(self, n: int = 3) -> list[str]:
+        return [row.question for row in self.heldout()[:n]]
+
+    def ask(self, model, questions: list[str], pool: list[str], max_new_tokens: int = 32) -> list[dict]:
+        """Answer each question over the pool: retrieve top-k first (stage3), else read the whole pool."""
+        if not questions:
+            print(f"No questions: set QUESTIONS, or add {HELDOUT}.jsonl to the data folder")
+            return []
+        if not model.has_retriever:
+            print(f"(no retriever before stage3: the model reads all {len(pool)} documents)")
+        answers = answer_many(model, questions, pool, top_k=self.settings.generation_top_k,
+                              max_new_tokens=max_new_tokens)
+        for one in answers:
+            print(f"Q: {one.question}\nA: {one.text.strip()}")
+            for rank, i in enumerate(one.retrieved or []):
+                print(f"   retrieved #{rank + 1}: [{i}] {_short(pool[i])}")
+            print()
+        return [{"question": a.question, "answer": a.text, "retrieved": a.retrieved} for a in answers]
+
+    def evaluate_heldout(self, model, *, limit: int = 0, max_new_tokens: int = 32) -> dict | None:
+        """EM / F1 (and Recall@1 with a retriever) on heldout.jsonl; written to <run>/heldout_eval.json."""
+        rows = self.heldout()[: limit or None]
+        if not rows:
+            print(f"No {HELDOUT}.jsonl in the data folder: evaluation skipped")
+            return None
+        retrieve = model.has_retriever
+        result = evaluate_model(model, rows, retrieve=retrieve, max_new_tokens=max_new_tokens,
+                                top_k=self.settings.generation_top_k if retrieve else None)
+        predictions = result.pop("predictions")
+        scores = f"EM {result['em']:.2f}   F1 {result['f1']:.2f}"
+        if "recall_at_1" in result:
+            scores += f"   Recall@1 {result['recall_at_1']:.2f}"
+        print(f"held-out ({result['count']} questions): {scores}")
+        for row, pred in list(zip(rows, predictions, strict=True))[:3]:
+            print(f"  {_short(row.question, 60)!r}: {pred.strip()!r} (gold {row.answers[0]!r})")
+        write_json(self.layout.heldout_eval, result)
+        return result
+
+    def export_model(self, download: bool = True) -> Path:
+        """Zip the newest final stage to <drive>/exports/ and, in Colab, offer it as a browser download."""
+        path = Path(export_zip(self.root))
+        print(f"Exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        if download and not colab.offer_download(path):
+            print("(outside Colab: no browser download; the zip is at the path above)")
+        return path

@@ -1,0 +1,1 @@
+"""Using a trained model: exporting it as one zip, answering questions from documents."""

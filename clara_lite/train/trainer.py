@@ -1,0 +1,372 @@
+"""The training loop of one stage, on ``accelerate``: mixed precision, distribution (DDP) and
+gradient sync come from the library; this module adds what Colab needs: checkpoints by steps and
+minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a loss curve.
+
+Data order is a pure function of (seed, epoch): micro-batch ``i`` of the run is always the same
+rows, so resuming at micro-batch ``i`` needs no data-loader state and skips seen rows instantly.
+
+An optimizer step's loss is averaged over the whole step, on every process (see
+``stages.StepTotals`` and :func:`optimizer_step`), so how a step is cut into micro-batches and
+processes changes memory and speed, never the gradient. On CPU one row per forward pass is
+fastest and leanest: no padding, one row's activations alive at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..layout import (
+    CHECKPOINTS_DIR,
+    FINAL_DIR,
+    KIND_CHECKPOINT,
+    LOSS_PLOT,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    step_dir,
+    write_json,
+    write_manifest,
+)
+from ..model.saving import save_model
+from ..stages import StepTotals
+from . import checkpoint as ckpt
+from .metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
+
+
+def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_step = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
+    return max(1, math.ceil(cfg.epochs * n_rows / per_step))
+
+
+def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
+    """Row indices of global micro-batch ``i``: epochs are seeded permutations, cut into batches."""
+    per_epoch = math.ceil(n_rows / size)
+    epoch, within = divmod(i, per_epoch)
+    return list(_epoch_order(n_rows, seed, epoch)[within * size : (within + 1) * size])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """One epoch's permutation, drawn once (a step on CPU reads 16 one-row micro-batches of it)."""
+    return tuple(torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def process_state():
+    """This process's place in the run (alone, or one of several under ``accelerate launch`` /
+    ``torchrun``). Set up before a model is loaded: it pins the process to its own GPU, so a 4-bit
+    base lands there (bitsandbytes loads onto the current CUDA device), and on a machine without
+    GPUs it makes torchrun's processes a gloo DDP group (accelerate does that only when told CPU)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_only())
+
+
+def make_accelerator(cfg: TrainConfig, project_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # One process may train several stages (a notebook): forget the previous stage's precision
+    # settings; the process-group state (PartialState) is kept.
+    AcceleratorState._reset_state()
+    acc = Accelerator(
+        cpu=_cpu_only(),
+        mixed_precision=cfg.mixed_precision,
+        # accumulation is optimizer_step's: its losses are already step-wide means, which
+        # accelerate's division by the number of micro-batches would undo
+        gradient_accumulation_steps=1,
+        log_with=cfg.report_to or None,
+        project_dir=str(project_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if cfg.mixed_precision == "fp16" and acc.scaler is None and acc.device.type == "cpu":
+        # accelerate runs no fp16 AMP on CPU; torch does. Turning it on lets the T4 code path
+        # (fp16 autocast + GradScaler) run, and be tested, on a CPU machine.
+        acc.native_amp = True
+        acc.scaler = torch.amp.GradScaler("cpu")
+    return acc
+
+
+def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
+    """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
+    but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
+    as one forward over all rows of all processes would give.
+
+    Under DDP the loss terms' denominators are counted over every process, and each process's
+    loss is multiplied by their number, because DDP averages gradients where a one-batch loss
+    would sum them: a token counts the same whichever process it landed on."""
+    totals, world = StepTotals.of(batches), acc.num_processes
+    if world > 1:
+        counts = torch.tensor(dataclasses.astuple(totals), device=acc.device)
+        totals = StepTotals(*(int(c) for c in acc.reduce(counts, reduction="sum").tolist()))
+    summed: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
+        with sync:
+            with acc.autocast():
+                loss, metrics = model(batch, stage, totals)
+            acc.backward(loss * world if world > 1 else loss)
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            summed[key] = summed.get(key, 0.0) + value
+    if max_grad_norm:
+        acc.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
+        keys = sorted(summed)
+        values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
+        summed = dict(zip(keys, values.tolist(), strict=True))
+    return summed
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT (a notebook's interrupt button) ask for a checkpoint, then a stop."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: nothing to install
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint after this step, then stopping", self.requested)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """One stage's training, torchtune-recipe style: ``setup`` (accelerator, optimizer, scheduler),
+    ``resume`` (the newest complete checkpoint), ``train`` (the step loop, with logging, timed saves
+    and stop signals), ``save`` (a step checkpoint) and ``finish`` (the stage's final model).
+
+    >>> summary = Trainer(model, get_stage("stage1"), rows, Path("runs/x/stage1"), TrainConfig()).train()  # doctest: +SKIP
+    """
+
+    def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig):
+        if not examples:
+            raise ValueError("no training rows")
+        self.model, self.stage, self.examples, self.cfg = model, stage, examples, cfg
+        self.stage_dir = Path(stage_dir)
+        self.checkpoints = self.stage_dir / CHECKPOINTS_DIR
+        self.metrics_log = MetricsLog(self.stage_dir / METRICS_FILE, stage.name)
+
+    # ------------------------------------------------------------------ setup / resume
+
+    def setup(self) -> None:
+        from transformers import get_scheduler
+
+        cfg, model = self.cfg, self.model
+        self.acc = make_accelerator(cfg, self.stage_dir)
+        torch.manual_seed(cfg.seed)
+        self.stage.prepare(model)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(self.stage), weight_decay=cfg.weight_decay)
+        self.steps = total_steps(len(self.examples), cfg, self.acc.num_processes)
+        self.scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.steps),
+                                       num_training_steps=self.steps)
+        self.wrapped, self.optimizer = self.acc.prepare(model, optimizer)
+        self.collate = self.stage.collator(model)
+        self.progress = ckpt.Progress(stage=self.stage.name, step=0, micro_batches=0, total_steps=self.steps)
+
+    def resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.checkpoints)
+        if latest is not None:
+            self.progress = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.acc.scaler)
+            if self.progress.total_steps != self.steps:
+                raise ValueError(f"{latest} was made for {self.progress.total_steps} steps, this run plans "
+                                 f"{self.steps}: keep max_steps/epochs/batch settings when resuming")
+            log.info("Resuming %s from %s (step %d/%d)", self.stage.name, latest, self.progress.step, self.steps)
+        if self.acc.is_main_process:
+            self.metrics_log.truncate_after(self.progress.step)
+        self._started = time.monotonic() - self.progress.elapsed_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    # ------------------------------------------------------------------ the step loop
+
+    def train(self) -> dict:
+        """Train to the end (resuming if possible), write ``final`` and return its summary. Raises
+        :class:`TrainingInterrupted` after a requested stop has been checkpointed."""
+        from tqdm.auto import tqdm
+
+        self.setup()
+        self.resume()
+        cfg, acc, progress, steps = self.cfg, self.acc, self.progress, self.steps
+        if cfg.report_to:
+            acc.init_trackers(f"clara_lite-{self.stage.name}")
+        last_save = time.monotonic()
+        bar = tqdm(total=steps, initial=progress.step, desc=self.stage.name, disable=not acc.is_local_main_process,
+                   dynamic_ncols=True)
+        window: list[dict] = []
+        tokens, window_start = 0, time.monotonic()
+        self.wrapped.train()
+        with _StopFlag() as stop:
+            while progress.step < steps:
+                step_metrics, step_tokens = self.step()
+                window.append(step_metrics)
+                tokens += step_tokens
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1]['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if progress.step % cfg.log_steps == 0 or progress.step == steps:
+                    self.log_window(window, tokens / max(time.monotonic() - window_start, 1e-9))
+                    window, tokens, window_start = [], 0, time.monotonic()
+                stopping = stop.requested  # a signal arriving after this line counts at the next step
+                if acc.num_processes > 1:  # all processes vote, so all stop after the same step
+                    stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
+                due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
+                    cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                if (due or stopping) and progress.step < steps:
+                    self.save()
+                    last_save = time.monotonic()
+                if stopping and progress.step < steps:  # at the last step, finishing is the better checkpoint
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"{self.stage.name} stopped by {stopping} at step {progress.step}/{steps}; "
+                        f"checkpoint in {self.checkpoints}. Run the same command again to resume.")
+        bar.close()
+        if cfg.report_to:
+            acc.end_training()
+        summary = self.finish()
+        acc.wait_for_everyone()  # the next stage, on every process, starts from the final main wrote
+        return summary
+
+    def step(self) -> tuple[dict, int]:
+        """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens)."""
+        acc, progress, cfg = self.acc, self.progress, self.cfg
+        world, rank = acc.num_processes, acc.process_index
+        batches, tokens = [], 0
+        for _ in range(cfg.grad_accum_steps):
+            rows = micro_batch_rows(progress.micro_batches + rank, len(self.examples), cfg.micro_batch_size, cfg.seed)
+            progress.micro_batches += world
+            batches.append(self.collate([self.examples[i] for i in rows]))
+            tokens += _count_tokens(batches[-1]) * world
+        metrics = optimizer_step(acc, self.wrapped, self.stage, batches, self.params, self.optimizer,
+                                 cfg.max_grad_norm)
+        self.scheduler.step()
+        progress.step += 1
+        return metrics, tokens
+
+    def log_window(self, window: list[dict], tokens_per_s: float) -> None:
+        progress, acc = self.progress, self.acc
+        row = _mean(window)
+        row.update(step=progress.step, lr=self.scheduler.get_last_lr()[0], elapsed_s=round(self.elapsed(), 2),
+                   tokens_per_s=round(tokens_per_s, 1))
+        if acc.is_main_process:
+            self.metrics_log.append(row)
+        log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", self.stage.name, progress.step, self.steps,
+                 row["loss"], row["lr"], row["tokens_per_s"])
+        if self.cfg.report_to:
+            acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self) -> Path | None:
+        """A step checkpoint (main process only), retried on write errors; older ones pruned after."""
+        if not self.acc.is_main_process:
+            return None
+        target = step_dir(self.checkpoints, self.progress.step)
+        self.progress.elapsed_s = self.elapsed()
+        saved = ckpt.with_retries(
+            lambda: ckpt.save_checkpoint(target, self.model, self.optimizer, self.scheduler, self.acc.scaler,
+                                         self.progress),
+            attempts=self.cfg.retry_attempts, delay_s=self.cfg.retry_delay_s, cleanup=lambda: _remove(target),
+        )
+        if saved is not None:
+            ckpt.prune(self.checkpoints, self.cfg.keep)
+            self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
+        return saved
+
+    def finish(self) -> dict:
+        """Write ``final`` (model, summary, manifest) on the main process; return the summary."""
+        progress, cfg = self.progress, self.cfg
+        last = self.metrics_log.rows()[-1] if self.metrics_log.rows() else {}
+        summary = {"stage": progress.stage, "steps": progress.step, "elapsed_s": round(self.elapsed(), 1),
+                   "final_metrics": {k: v for k, v in last.items() if k not in ("step", "stage")}}
+        if not self.acc.is_main_process:
+            return summary
+        final = self.stage_dir / FINAL_DIR
+        model = self.model
+        if progress.stage not in model.config.trained_stages:
+            model.config.trained_stages.append(progress.stage)
+
+        def write() -> Path:
+            _remove(final)
+            save_model(model, final)
+            write_json(final / SUMMARY_FILE, summary)
+            write_manifest(final, KIND_CHECKPOINT, {"stage": progress.stage, "step": progress.step})
+            return final
+
+        if ckpt.with_retries(write, attempts=max(cfg.retry_attempts, 6), delay_s=cfg.retry_delay_s,
+                             cleanup=lambda: _remove(final)) is None:
+            raise OSError(f"could not write {final}; the last checkpoint in {self.checkpoints} is intact: "
+                          "free space / check Drive, then rerun to finish")
+        self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
+        log.info("%s finished: %d steps, final model in %s", progress.stage, progress.step, final)
+        return summary
+
+
+def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> dict:
+    """Train ``stage`` on ``examples``, checkpointing into ``stage_dir``; resume if possible.
+
+    Writes ``stage_dir/final`` and returns its summary (see :class:`Trainer`).
+    """
+    return Trainer(model, stage, examples, stage_dir, cfg).train()
+
+
+def _any_process(acc, mine: bool) -> bool:
+    """Whether any process asked to stop (all call this at the same step: a collective)."""
+    return bool(acc.reduce(torch.tensor([float(mine)], device=acc.device), reduction="sum").item())
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _count_tokens(batch: dict) -> int:
+    total = 0
+    for key in ("enc", "dec", "query"):
+        if key in batch:
+            total += int(batch[key]["attention_mask"].sum())
+    return total
+
+
+def _mean(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}

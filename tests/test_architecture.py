@@ -1,0 +1,114 @@
+"""The package's shape: imports run one way (import-linter's contract in pyproject.toml), no module
+imports itself back through others, and each setting has one default that every surface agrees on."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import grimp
+import pytest
+
+from clara_lite.cli import build_parser
+from clara_lite.config import ClaraConfig, TrainConfig
+from clara_lite.notebook.settings import Settings
+from clara_lite.stages import ORDER, STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.find_modules_directly_imported_by(node):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return out
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("clara_lite")
+    assert _cycles(graph) == []
+
+
+def _lint(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd,
+                          env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+
+
+def test_layer_contract_holds_and_fails_on_an_upward_import(tmp_path):
+    assert LINT_IMPORTS.is_file()
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", copy)
+    shutil.copytree(ROOT / "clara_lite", copy / "clara_lite", ignore=shutil.ignore_patterns("__pycache__"))
+    kept = _lint(copy)
+    assert kept.returncode == 0 and "0 broken" in kept.stdout, kept.stdout + kept.stderr
+    # opening a zip must not depend on training: an import from io up to train breaks the contract
+    unzip = copy / "clara_lite" / "io" / "unzip.py"
+    unzip.write_text(unzip.read_text() + "\nfrom ..train.run import Run  # noqa\n")
+    broken = _lint(copy)
+    assert broken.returncode == 1 and "BROKEN" in broken.stdout, broken.stdout + broken.stderr
+    assert "clara_lite.io.unzip -> clara_lite.train.run" in broken.stdout
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+def test_one_default_per_setting():
+    """The notebook settings hold overrides (None) of ClaraConfig / TrainConfig fields under the same
+    names; the CLI's train flags are those fields, defaulting to None (run.json or the plan decides)."""
+    homes = {**_defaults(ClaraConfig), **_defaults(TrainConfig)}
+    for f in fields(Settings):
+        if f.metadata.get("model") or f.metadata.get("train"):
+            assert f.name in homes and f.default is None, f.name
+        else:
+            assert f.name not in homes or f.name == "quantization", f"{f.name} has a second default in Settings"
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    dests = {a.dest: a for a in train._actions if not isinstance(a, argparse._HelpAction)}
+    for cls in (ClaraConfig, TrainConfig):
+        for f in fields(cls):
+            if f.metadata.get("cli", True):
+                assert f.name in dests and dests[f.name].default is None, f.name
+                if f.default not in (MISSING, None):  # the help names the default, or who decides it
+                    assert f"(default {f.default})" in dests[f.name].help or "default:" in dests[f.name].help, f.name
+    parsed = build_parser().parse_args(["train", "--stage", "stage1", "--run-dir", "r", "--top-k", "3",
+                                        "--batch-size", "2", "--base", "tiny-random", "--no-sep"])
+    assert (parsed.generation_top_k, parsed.micro_batch_size, parsed.base_model, parsed.sep) == (3, 2, "tiny-random", False)
+
+
+def test_stage_facts_come_from_the_registry():
+    assert ORDER == tuple(STAGES) and [STAGES[s].previous for s in ORDER] == [None, *ORDER[:-1]]
+    assert [s for s in ORDER if STAGES[s].retrieves] == [ORDER[-1]]
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--stage", "stage4", "--run-dir", "r"])
