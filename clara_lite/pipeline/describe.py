@@ -90,7 +90,8 @@ def _describe(vision, path: Path, prompt: str, config: VisionConfig) -> tuple[di
 
 def describe_pages(pages: list[Page], cache: str | Path, vision=None, config: VisionConfig = VisionConfig(), *,
                    progress: Callable[[int, int], None] | None = None) -> tuple[list[Page], ImageReport]:
-    """Pages with every image placeholder replaced by its description (or removed), and a report.
+    """Pages with every image placeholder replaced by its description (or removed), and a report;
+    pages left without text (an image file that was not described) are dropped.
 
     ``vision`` is an :class:`.OpenAICompatible` vision model; without one, placeholders are
     removed and nothing is read. ``cache`` (``images.jsonl``) is appended to as images are done.
@@ -105,7 +106,7 @@ def describe_pages(pages: list[Page], cache: str | Path, vision=None, config: Vi
                 report.without_file += 1
     if vision is None:
         report.without_vision = len(files)
-        return [replace(p, text=fill_images(p.text)) for p in pages], report
+        return _kept([replace(p, text=fill_images(p.text)) for p in pages]), report
 
     prompt = prompts.load("image", config.prompt_file)
     cache = Path(cache)
@@ -146,6 +147,11 @@ def describe_pages(pages: list[Page], cache: str | Path, vision=None, config: Vi
         rows = [results.get(i.get("path", "")) or {} for i in page.images]
         return [DESCRIPTION.format(description=r["description"]) if "description" in r else None for r in rows]
 
-    described = [replace(p, text=fill_images(p.text, fills(p))) for p in pages]
+    described = _kept([replace(p, text=fill_images(p.text, fills(p))) for p in pages])
     log.info("%s", report.format())
     return described, report
+
+
+def _kept(pages: list[Page]) -> list[Page]:
+    """Pages with text: an image file beside the documents that was not described has none."""
+    return [p for p in pages if p.text.strip()]
