@@ -114,13 +114,18 @@ def open_dataset(source: str | Path, *, split: str | None = None, config: str | 
         if any((path / name).is_file() for name in _SAVED):
             dataset = _pick_split(datasets.load_from_disk(str(path)), split, str(path))
             return dataset, len(dataset), f"saved dataset {path}"
+        problem = None
         try:
             dataset = _pick_split(datasets.load_dataset(str(path), config, streaming=bool(streaming)), split, str(path))
-        except Exception as err:  # e.g. Arrow cannot type [title, [sentences]] lists: read the JSON as it is
-            files = _json_files(path, split)
-            if not files:
-                raise
-            log.info("%s: datasets could not read it (%s); reading its JSON files directly", path, type(err).__name__)
+            if not streaming and len(dataset) == 1 and all(isinstance(v, dict) for v in dataset[0].values()):
+                problem = "one record keyed by id"  # PubMedQA's ori_pqal.json: {pubid: record}
+        except Exception as err:  # older datasets: Arrow cannot type [title, [sentences]] lists
+            problem = f"{type(err).__name__}: {err}"
+        files = _json_files(path, split) if problem else []
+        if problem and not files:
+            raise ValueError(f"{path}: the datasets library cannot read it ({problem})")
+        if files:
+            log.info("%s: read as plain JSON (datasets gave %s)", path, problem)
             return _plain_json(files), None, f"JSON files in {path}"
         return dataset, None if streaming else len(dataset), f"folder {path}"
     if str(source).startswith((".", "/", "~")) or str(source).endswith(tuple(FILE_SUFFIXES)):
