@@ -139,7 +139,30 @@ class ValidationReport:
             lines += [p.format(self.path) for p in self.problems]
             lines.append(f"Fix or remove these lines. A {self.stage} line looks like: "
                          f"{get_stage(self.stage).row_shape}")
+            lines += [hint] if (hint := foreign_shape_hint(self.path, self.stage)) else []
         return "\n".join(lines)
+
+
+def foreign_shape_hint(path: str | Path, stage: str) -> str | None:
+    """How to convert ``path`` when its first row is another tool's shape that ``data convert`` reads.
+
+    Seed 001 writes one ``{"question", "docs", "gold_answer"}`` file for every stage (valid for
+    stage2/3, not stage1); seed 002 writes ``{"instruction", "input", "output"}`` rows."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            row = json.loads(next(line for line in fh if line.strip()))
+    except (OSError, StopIteration, ValueError):
+        return None
+    keys = set(row) if isinstance(row, dict) else set()
+    if {"instruction", "output"} <= keys:
+        fmt, shape = "instruction", "instruction/input/output rows"
+    elif get_stage(stage).row == "pretrain" and "data_type" not in keys and isinstance(row.get("question"), str) \
+            and keys & set(DOC_KEYS) and keys & set(ANSWER_KEYS):
+        fmt, shape = "seed001", "question/docs/gold_answer rows (one file for every stage)"
+    else:
+        return None
+    return (f"{path} holds {shape}: `clara-lite data convert --format {fmt} --input {path} --out-dir DIR` "
+            "writes stage1/2/3 files from it")
 
 
 def _top_k_problems(examples: list[tuple[int, Example]], stage: Stage, top_k: int) -> list[Problem]:

@@ -166,9 +166,11 @@ settings = nb.choose_settings(env.drive, nb.Settings(
     "01_data": [
         intro("01_data", "clara_lite 1 · Data", """
 Chooses the run's training data and checks it before any training: the shipped example data
-(24 short factual documents with questions), JSONL files you already have on Drive, or raw
-documents (PDF, DOCX, PPTX, HTML, Markdown, TXT) turned into training files by `clara-lite data build`.
-Shows counts, problems (file:line) and a sample row.
+(24 short factual documents with questions), JSONL files you already have on Drive, raw
+documents (PDF, DOCX, PPTX, HTML, Markdown, TXT, images) turned into training files by
+`clara-lite data build`, a public QA dataset (PubMedQA, MedQA, MuSiQue, HotpotQA, 2Wiki, NQ, SQuAD or
+any Hugging Face dataset of their shapes) converted by `clara-lite data convert --dataset`, or a Drive
+share link to any of these. Shows counts, problems (file:line) and a sample row.
 
 **Needs:** 00_setup run once (the run's settings). For your own data: a folder on Drive with
 `stage1.jsonl`, `stage2.jsonl`, `stage3.jsonl` and optionally `heldout.jsonl` (for 05_inference),
@@ -185,11 +187,19 @@ endpoint or a GPU is faster); rerunning the cell resumes where it stopped.
         md("## Data source"),
         code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup
-DATA_SOURCE = "example"  # "example", "jsonl" (files on Drive) or "raw" (documents on Drive)
+DATA_SOURCE = "example"  # "example", "jsonl" (files on Drive), "raw" (documents on Drive), "dataset" or "link"
 DATA_FOLDER = ""  # relative to the Drive root; "jsonl": the files' folder (default "data"); "raw": the documents
+DATASET = ""  # "dataset": Hub id or pubmedqa, medqa, musique, hotpotqa, nq, squad; or a Drive folder/file
+DATASET_SPLIT = ""  # "" = train (nq: validation)
+DATASET_LIMIT = 0  # 0 = every record; large Hub datasets are streamed, so a limit reads only that many
+LONG_ANSWER = False  # PubMedQA: train on long_answer (as seed 001 does) instead of yes/no/maybe
+DATA_LINK = ""  # "link": Drive share link or URL of a documents zip/folder, a dataset file or stage files
 ''', "parameters"),
         LOAD_SETTINGS,
-        code("ws.prepare_data(DATA_SOURCE, DATA_FOLDER)"),
+        code("""
+ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, limit=DATASET_LIMIT,
+                long_answer=LONG_ANSWER, link=DATA_LINK)
+"""),
         md("## Validate\n\nEvery line of every file is checked; a bad row stops here, not hours into training."),
         code("reports = ws.check_data()"),
         md("Next: **02_stage1**."),

@@ -49,7 +49,7 @@ def test_documents_to_valid_training_files(tmp_path, endpoint, capsys, caplog):
     assert not any(r["source"] in ("broken.pdf", "secret.pdf") for r in raw)
     build = json.loads((out / "build_report.json").read_text())
     assert [s["source"] for s in build["extract"]["skipped"]] == ["broken.pdf", "secret.pdf"]
-    assert build["synthesis"]["images_skipped"] == build["chunks"]["image"] == 4  # no vision model configured
+    assert build["images"]["without_vision"] == 4 and not build["images"]["requested"]  # no vision model
     synth = read_rows(out / "synth.jsonl")
     assert len({r["id"] for r in synth}) == len(synth) == build["chunks"]["text"]
     assert all(len(r["qa"]) == 3 and r["summary"] for r in synth)
@@ -94,12 +94,20 @@ def test_notebook_builds_the_run_data_from_raw_documents(tmp_path, endpoint, cap
     assert all(r.ok for r in reports.values()) and set(reports) == {"stage1", "stage2", "stage3", "heldout"}
 
 
-def test_step_by_step_commands(tmp_path, endpoint, capsys):
+def test_step_by_step_commands(tmp_path, endpoint, capsys, monkeypatch):
     docs = make_documents(tmp_path / "docs")
-    raw, chunks, synth = tmp_path / "raw.jsonl", tmp_path / "chunks.jsonl", tmp_path / "synth.jsonl"
-    assert main(["data", "extract", "--input", str(docs), "--out", str(raw), "--docling", "no"]) == 0
-    assert main(["data", "chunk", "--input", str(raw), "--out", str(chunks), "--doc-max-length", "64"]) == 0
-    assert "text, median" in capsys.readouterr().out
+    raw, pages, chunks, synth = (tmp_path / f"{n}.jsonl" for n in ("raw", "pages", "chunks", "synth"))
+    assert main(["data", "extract", "--input", str(docs), "--out", str(raw), "--docling", "no",
+                 "--images-dir", str(tmp_path / "images")]) == 0
+    monkeypatch.setenv("CLARA_VLM_MODEL", "fake-vl")
+    assert main(["data", "describe", "--input", str(raw), "--out", str(pages)]) == 0
+    # the PDF holds figure.png: the same bytes as the file beside it, asked about once
+    assert "images: 4 of 4 described (3 requests this run), 0 converted, 0 skipped" in capsys.readouterr().out
+    coffee = next(r for r in read_rows(pages) if r["source"] == "coffee.docx")["text"]  # in place, in its document
+    assert "their effect.\n\n[Image: A 24x16 picture, mostly rgb(20, 120, 40).]\n\nArabica" in coffee
+    assert (tmp_path / "images.jsonl").is_file()
+    assert main(["data", "chunk", "--input", str(pages), "--out", str(chunks), "--doc-max-length", "64"]) == 0
+    assert "chunks (median" in capsys.readouterr().out
     assert main(["data", "synthesize", "--input", str(chunks), "--out", str(synth), "--questions", "4",
                  "--question-language", "French", "--limit", "3"]) == 0
     assert "(0 already done, 3 in all)" in capsys.readouterr().out
@@ -111,4 +119,4 @@ def test_step_by_step_commands(tmp_path, endpoint, capsys):
     assert main(["data", "split", "--input", str(synth), "--chunks", str(chunks), "--out-dir", str(tmp_path / "d"),
                  "--strategy", "mixed"]) == 0
     assert validate_file(tmp_path / "d" / "stage3.jsonl", "stage3", top_k=4).ok
-    assert len(read_rows(synth)) == sum(r["kind"] == "text" for r in read_rows(chunks))
+    assert len(read_rows(synth)) == len(read_rows(chunks))

@@ -11,7 +11,7 @@ from test_pipeline_support import TOPICS, make_documents
 from clara_lite.cli import main
 from clara_lite.pipeline.chunk import ChunkConfig, chunk_id, chunk_pages, load_tokenizer
 from clara_lite.pipeline.extract import extract_folder
-from clara_lite.pipeline.records import Page
+from clara_lite.pipeline.records import IMAGE_REF, Page, fill_images
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,14 @@ def test_every_type_is_extracted_with_source_page_title_and_images(docs, tmp_pat
     assert "Mount Etna" in pages["science_notes.pdf", 1].text and "Ariane 5" in pages["science_notes.pdf", 3].text
     assert pages["science_notes.pdf", 1].title == "Science Notes"  # from the PDF metadata
     assert [i["name"] for i in pages["science_notes.pdf", 2].images] == ["I1.png"]  # the image is on page 2
+    # one placeholder per image, where the format says (else at the end of the page)
+    assert {k: p.text.count(IMAGE_REF) for k, p in pages.items()} == {k: len(p.images) for k, p in pages.items()}
+    assert pages["science_notes.pdf", 2].text.endswith("summer.\n\n" + IMAGE_REF)
     saved = [i["path"] for p in result.pages for i in p.images if i.get("path", "").startswith(str(tmp_path))]
     assert len(saved) == 3 and all(Path(s).is_file() for s in saved)  # the PDF's, DOCX's and PPTX's images
     assert pages["coffee.docx", None].title == "Coffee history" and "Kaldi" in pages["coffee.docx", None].text
     assert len(pages["coffee.docx", None].images) == 1
+    assert f"their effect.\n\n{IMAGE_REF}\n\nArabica" in pages["coffee.docx", None].text  # where the picture is
     assert "Irving Morrow" in pages["lectures.pptx", 1].text and "Steinitz" in pages["lectures.pptx", 2].text
     assert len(pages["lectures.pptx", 1].images) == 1 and not pages["lectures.pptx", 2].images
     html = pages["rivers.html", None]
@@ -44,6 +48,8 @@ def test_every_type_is_extracted_with_source_page_title_and_images(docs, tmp_pat
     assert html.images[0]["alt"] == "map" and html.images[0]["path"].endswith("figure.png")
     md = pages["glass.md", None]
     assert md.title == "Making glass" and "#" not in md.text and "Pilkington" in md.text
+    assert fill_images(md.text, ["[Image: a furnace]"]).endswith("in the 1950s.\n\n[Image: a furnace]")
+    assert IMAGE_REF not in fill_images(md.text) and fill_images(md.text).endswith("in the 1950s.")
     # figure.png is shown by the HTML and Markdown files, so it is not a page of its own too
     assert ("figure.png", None) not in pages
     skipped = {s.source: s.reason for s in result.skipped}
@@ -59,7 +65,7 @@ def test_a_lone_image_beside_the_documents_is_recorded(tmp_path):
     (tmp_path / "notes.txt").write_text(TOPICS["bees"])
     result = extract_folder(tmp_path)
     image = next(p for p in result.pages if p.source == "chart.png")
-    assert image.text == "" and image.images[0]["name"] == "chart.png"
+    assert image.text == IMAGE_REF and image.images[0]["name"] == "chart.png"  # its description will be its text
 
 
 def test_cli_extract_lists_skipped_files_and_the_extractor(docs, tmp_path, capsys):

@@ -3,11 +3,13 @@
 The endpoint (``FakeLLM``) is an ``http.server`` on 127.0.0.1 answering ``/chat/completions``
 like an OpenAI-compatible API, deterministically from the prompt: a summary made of the text's
 first words, and questions about words of the text. It can check the API key, answer slowly,
-or answer with given error statuses first.
+or answer with given error statuses first. Images are checked as a real vision endpoint does:
+anything but a decodable PNG/JPEG under its declared type and within 2048 px a side gets HTTP 400.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -79,9 +81,10 @@ def make_documents(folder: Path) -> Path:
 
     document = docx.Document()
     document.add_heading("Coffee history", level=1)
-    for sentence in re.split(r"(?<=\.)\s+", TOPICS["coffee"]):
+    for n, sentence in enumerate(re.split(r"(?<=\.)\s+", TOPICS["coffee"])):
         document.add_paragraph(sentence)
-    document.add_picture(io.BytesIO(png_bytes((20, 120, 40))))
+        if n == 0:  # a picture between the first and second paragraph
+            document.add_picture(io.BytesIO(png_bytes((20, 120, 40))))
     document.save(str(folder / "coffee.docx"))
 
     deck = Presentation()
@@ -105,6 +108,28 @@ def make_documents(folder: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- loopback endpoint
+
+
+VISION_MAX_SIDE = 2048
+
+
+def describe(data_url: str) -> tuple[int, str]:
+    """(status, reply) of a vision endpoint for an image sent as a data URL."""
+    from PIL import Image
+
+    header, _, payload = data_url.partition(",")
+    mime = header.removeprefix("data:").removesuffix(";base64")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(payload)))
+        image.load()
+    except Exception:
+        return 400, "Invalid image: could not decode the image data"
+    if {"PNG": "image/png", "JPEG": "image/jpeg"}.get(image.format) != mime:
+        return 400, f"Invalid image: {image.format} data sent as {mime}"
+    if max(image.size) > VISION_MAX_SIDE:
+        return 400, f"Invalid image: {image.size[0]}x{image.size[1]} is over {VISION_MAX_SIDE} pixels a side"
+    red, green, blue = image.convert("RGB").resize((1, 1)).getpixel((0, 0))
+    return 200, f"A {image.size[0]}x{image.size[1]} picture, mostly rgb({red}, {green}, {blue})."
 
 
 def _text_of(prompt: str) -> str:
@@ -152,8 +177,12 @@ class FakeLLM:
                     return self._send(error[0], {"error": {"message": "try later"}}, error[1])
                 time.sleep(outer.delay)
                 content = body["messages"][-1]["content"]
-                prompt = content if isinstance(content, str) else content[0]["text"]
-                answer = "A small red rectangle." if not isinstance(content, str) else outer.reply(prompt)
+                if isinstance(content, str):
+                    answer = outer.reply(content)
+                else:  # text + image parts
+                    status, answer = describe(content[1]["image_url"]["url"])
+                    if status != 200:
+                        return self._send(status, {"error": {"message": answer, "type": "invalid_request_error"}})
                 self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": answer}}]})

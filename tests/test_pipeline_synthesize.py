@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline_support import TOPICS, FakeLLM, png_bytes
+from test_pipeline_support import TOPICS, FakeLLM
 
 from clara_lite.pipeline.chunk import chunk_id
 from clara_lite.pipeline.convert import from_synthesis
-from clara_lite.pipeline.generators import GeneratorError, OpenAICompatible, make_vision
+from clara_lite.pipeline.generators import GeneratorError, OpenAICompatible
 from clara_lite.pipeline.records import Chunk, read_rows, recover_appended, row_of, write_jsonl
 from clara_lite.pipeline.split import write_stage_files
 from clara_lite.pipeline.synthesize import SynthesisConfig, parse_qa, parse_summary, qa_messages, synthesize
@@ -171,25 +171,44 @@ def test_killed_synthesis_resumes_to_the_same_files_as_an_uninterrupted_run(tmp_
     assert not leaked and KEY not in resumed.stdout + resumed.stderr
 
 
-def test_images_are_described_only_with_a_vision_model(tmp_path, monkeypatch):
-    image = tmp_path / "chart.png"
-    image.write_bytes(png_bytes())
-    chunks = [*make_chunks(1), Chunk(chunk_id("chart.png", None, 0, "chart.png#0"), "chart.png", None, "chart", 0, "",
-                                     kind="image", image=str(image))]
+def test_bilingual_synthesis_writes_both_languages_per_chunk_and_the_split_keeps_them_together(tmp_path):
+    chunks = make_chunks(8)
     with FakeLLM() as llm:
-        gen = OpenAICompatible(llm.url, "fake")
-        report = synthesize(chunks, tmp_path / "text_only.jsonl", gen)
-        assert report.images_skipped == 1 and report.generated == 1
-        monkeypatch.setenv("CLARA_LLM_BASE_URL", llm.url)
-        assert make_vision() is None  # no CLARA_VLM_MODEL: no vision
-        monkeypatch.setenv("CLARA_VLM_MODEL", "fake-vl")
-        vision = make_vision()
-        report = synthesize(chunks, tmp_path / "with_vision.jsonl", gen, vision=vision)
-        assert report.images_described == 1 and report.images_skipped == 0
-        sent = llm.requests[-3]["body"]["messages"][0]["content"]
-    row = read_rows(tmp_path / "with_vision.jsonl")[-1]
-    assert row["kind"] == "image" and row["doc"] == "A small red rectangle." and row["qa"]
-    assert sent[1]["image_url"]["url"].startswith("data:image/png;base64,")
+        config = SynthesisConfig(question_language="en,zh", n_questions=2)
+        report = synthesize(chunks, tmp_path / "synth.jsonl", OpenAICompatible(llm.url, "fake"), config)
+        qa_prompts = [r["body"]["messages"][0]["content"] for r in llm.requests if "questions" in
+                      r["body"]["messages"][0]["content"]]
+    assert report.generated == 8 and report.pairs == 8 * 2 * 2
+    assert sum("in English" in p for p in qa_prompts) == sum("in Chinese" in p for p in qa_prompts) == 8
+    rows = read_rows(tmp_path / "synth.jsonl")
+    for row in rows:
+        assert row["language"] == ["en", "zh"]
+        assert [p["language"] for p in row["qa"]] == ["en", "en", "zh", "zh"]
+    corpus = from_synthesis(rows)
+    paths, stats = write_stage_files(corpus, tmp_path, k=3, heldout=0.25)
+    assert stats["heldout_questions"] == 2 * 4  # one of the 4 source files held out: 2 chunks, 2 x 2 questions each
+    by_doc = {}  # every chunk's questions, both languages, are on one side of the split
+    for name in ("stage2", "heldout"):
+        for row in read_rows(paths[name]):
+            by_doc.setdefault(row["docs"][row["pos_index"][0]], set()).add(name)
+    assert by_doc and all(len(sides) == 1 for sides in by_doc.values())
+
+
+def test_prompt_files_replace_the_shipped_ones(tmp_path):
+    from clara_lite.pipeline import prompts
+
+    assert prompts.default("qa").startswith("Write {n} questions") and "{text}" in prompts.default("summary")
+    qa = tmp_path / "qa.txt"
+    qa.write_text('Frage {n} mal, Antwort kurz.{language} Format: {format} Beispiel: {"q": 1}\n\nTEXT:\n{text}\n')
+    config = SynthesisConfig(qa_prompt=str(qa), qa_format="json", question_language="fr")
+    prompt = qa_messages("Etna.", config, template=prompts.load("qa", qa))[0]["content"]
+    assert prompt.startswith("Frage 3 mal") and "in French" in prompt and '{"q": 1}' in prompt
+    assert prompt.endswith("TEXT:\nEtna.")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Summarize please.")
+    with pytest.raises(ValueError, match=r"bad.txt: the summary prompt needs \{text\}"):
+        synthesize(make_chunks(1), tmp_path / "s.jsonl", None, SynthesisConfig(summary_prompt=str(bad)))
+    assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text()
 
 
 # --------------------------------------------------------------------------- local model

@@ -11,6 +11,7 @@ method: choose and check the data (01), train a stage (02-04), load, ask, evalua
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from ..hardware import detect_hardware
 from ..io import drive as drive_links
 from ..layout import RunLayout, write_json
 from ..model.modeling import ClaraModel
+from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
+from ..pipeline.convert import convert
+from ..pipeline.fetch import fetch
+from ..pipeline.sources import detect_format, load_records
+from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
 from ..serve.export import export_zip
 from ..stages import ORDER, STAGES, get_stage
@@ -33,6 +39,8 @@ from .settings import NOTEBOOKS, Settings, SettingsError, load_settings, run_dir
 
 DATA_DIR = "data"
 EXAMPLE_DATA = "data/example"
+DOWNLOADS = "downloads"  # <drive>/downloads/<run>: what a DATA_LINK fetched
+SOURCES = ("example", "jsonl", "raw", "dataset", "link")
 HELDOUT = "heldout"
 DATA_FILES = {**{s: s for s in ORDER}, HELDOUT: ORDER[-1]}  # file -> the stage that reads it
 
@@ -82,18 +90,34 @@ class Workspace:
                                 "first")
         return self.on_drive(self.settings.data_dir)
 
-    def prepare_data(self, source: str = "example", folder: str = "") -> Settings | None:
-        """01_data: pick the run's data folder and remember it in run.json.
+    def prepare_data(self, source: str = "example", folder: str = "", *, dataset: str = "", split: str = "",
+                     limit: int = 0, long_answer: bool = False, link: str = "") -> Settings | None:
+        """01_data: pick the run's data folder and remember it in run.json; None when an input is missing
+        (what to set is printed).
 
         ``source``: ``"example"`` (the shipped example data, written to <drive>/data/example),
         ``"jsonl"`` (``folder`` on Drive holding stage1.jsonl, stage2.jsonl, stage3.jsonl, optionally
-        heldout.jsonl) or ``"raw"`` (documents to convert with ``clara-lite data build``).
+        heldout.jsonl), ``"raw"`` (documents to convert with ``clara-lite data build``), ``"dataset"``
+        (a Hugging Face Hub id, short name, or a Drive folder/file of one, converted like ``clara-lite
+        data convert --dataset``; ``split``, ``limit``, ``long_answer`` for PubMedQA) or ``"link"`` (a
+        Drive share link or URL, fetched like ``clara-lite data fetch``, then trained on, converted or
+        built from according to what it holds).
         """
+        if source not in SOURCES:
+            raise SettingsError(f"DATA_SOURCE must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
+        if source == "dataset":
+            if not dataset:
+                print("Set DATASET to a Hugging Face dataset (a Hub id, or pubmedqa, medqa, musique, hotpotqa, nq, "
+                      "squad) or a Drive folder or file of one; DATASET_LIMIT keeps the first N records.")
+                return None
+            target = self._convert_dataset(dataset, split=split, limit=limit, long_answer=long_answer)
+            return self.prepare_data("jsonl", str(target))
+        if source == "link":
+            return self._from_link(link, split=split, limit=limit, long_answer=long_answer)
         if source == "example":
             target = self.drive / EXAMPLE_DATA
             if not all((target / f"{name}.jsonl").is_file() for name in DATA_FILES):
-                top_k = self.settings.generation_top_k or ClaraConfig().generation_top_k
-                write_example_data(target, n_candidates=max(4, top_k))  # every question gets top_k candidates
+                write_example_data(target, n_candidates=max(4, self._top_k()))  # every question gets top_k candidates
                 print(f"Wrote the example data to {target}")
         elif source == "jsonl":
             target = self.on_drive(folder or DATA_DIR)
@@ -102,20 +126,48 @@ class Workspace:
                 raise FileNotFoundError(f"{target / first} not found: put "
                                         f"{', '.join(s.data_file for s in STAGES.values())} (and optionally "
                                         f"{HELDOUT}.jsonl) into that Drive folder")
-        elif source == "raw":
+        else:  # raw
             target = self._build_from_raw(folder)
             if target is None:
                 return None
-        else:
-            raise SettingsError(f"DATA_SOURCE must be 'example', 'jsonl' or 'raw', got {source!r}")
         self.settings = save_settings(self.drive, replace(self.settings, data_dir=self._relative(target)))
         print(f"Run {self.settings.run_name!r} trains on {target}")
         return self.settings
 
+    def _top_k(self) -> int:
+        return self.settings.generation_top_k or ClaraConfig().generation_top_k
+
+    def _convert_dataset(self, dataset: str, *, split: str = "", limit: int = 0, long_answer: bool = False) -> Path:
+        """``dataset`` (a Drive folder or file, else a Hub id or short name) -> <drive>/data/<run>-<name>/."""
+        local = self.on_drive(dataset)
+        records, description = load_records(local if local.exists() else dataset, split=split or None, limit=limit)
+        fmt = detect_format(records[0])
+        options = {"answer": "long"} if long_answer and fmt == "pubmedqa" else {}
+        name = re.sub(r"[^\w.-]+", "_", Path(str(dataset)).name or str(dataset)).strip("_") or "dataset"
+        target = self.drive / DATA_DIR / f"{self.settings.run_name}-{name}"
+        _, stats = write_stage_files(convert(records, fmt, **options), target, k=max(4, self._top_k()), heldout=0.1)
+        print(f"{description}: {len(records)} records ({fmt}{', long answers' if options else ''}) -> "
+              f"{stats['train_questions']} training and {stats['heldout_questions']} held-out questions over "
+              f"{stats['documents']} documents")
+        return target
+
+    def _from_link(self, link: str, **dataset_options) -> Settings | None:
+        if not link:
+            print("Set DATA_LINK to a Drive share link (a zip or folder of documents, a dataset file, or a folder "
+                  "with stage1/2/3.jsonl) or an http(s) URL.")
+            return None
+        fetched = fetch(link, self.drive / DOWNLOADS / self.settings.run_name)
+        print(f"fetched {fetched.kind}: {fetched.path}")
+        if fetched.kind == "stage files":
+            folder = fetched.path if fetched.path.is_dir() else fetched.path.parent
+            first = next(folder.rglob(STAGES[ORDER[0]].data_file))
+            return self.prepare_data("jsonl", str(first.parent))
+        if fetched.kind == "dataset":
+            return self.prepare_data("jsonl", str(self._convert_dataset(str(fetched.path), **dataset_options)))
+        return self.prepare_data("raw", str(fetched.path))
+
     def _build_from_raw(self, folder: str) -> Path | None:
         """Documents in ``folder`` -> <drive>/data/<run>-raw/{stage1,stage2,stage3,heldout}.jsonl (reruns resume)."""
-        from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
-
         if not folder:
             print("Set DATA_FOLDER to a Drive folder of documents (PDF, DOCX, PPTX, HTML, Markdown, TXT). They are "
                   "converted by `clara-lite data build` (extract, chunk, synthesize questions, split; step by step: "
@@ -147,8 +199,7 @@ class Workspace:
 
         Raises :class:`clara_lite.data.DataError` when a file has bad rows (fix them before training).
         """
-        folder, reports = self.data_folder, {}
-        top_k = self.settings.generation_top_k or ClaraConfig().generation_top_k
+        folder, reports, top_k = self.data_folder, {}, self._top_k()
         for name, stage_name in DATA_FILES.items():
             stage = get_stage(stage_name)
             path = folder / f"{name}.jsonl"

@@ -1,8 +1,10 @@
-"""Raw documents -> the four training files, in one call: extract, chunk, synthesize, split.
+"""Raw documents -> the four training files, in one call: extract, describe images, chunk, synthesize, split.
 
 Every intermediate file is kept in ``out_dir`` (``raw.jsonl``, ``extract_report.json``,
-``chunks.jsonl``, ``synth.jsonl``, ``build_report.json``), so a rerun after an interruption
-re-extracts and re-chunks (cheap, deterministic) and resumes synthesis where it stopped.
+``images.jsonl``, ``pages.jsonl``, ``chunks.jsonl``, ``synth.jsonl``, ``build_report.json``), so a
+rerun after an interruption re-extracts and re-chunks (cheap, deterministic) and resumes image
+descriptions and synthesis where they stopped. Images never stop a run: each one is described,
+converted first, or skipped with its reason in the report (``images``).
 
 >>> report = build("docs/", "data/", OpenAICompatible.from_env(), BuildConfig(base="qwen2.5-1.5b"))  # doctest: +SKIP
 """
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from .chunk import ChunkConfig, chunk_pages, load_tokenizer
 from .convert import from_synthesis
-from .extract import extract_folder
+from .describe import VisionConfig, describe_pages
+from .extract import DoclingOptions, extract_folder
 from .negatives import STRATEGIES
 from .records import Chunk, read_records, read_rows, row_of, write_jsonl
 from .split import write_stage_files
@@ -24,7 +27,7 @@ from .synthesize import SynthesisConfig, synthesize
 
 log = logging.getLogger(__name__)
 
-RAW, CHUNKS, SYNTH = "raw.jsonl", "chunks.jsonl", "synth.jsonl"
+RAW, IMAGES, PAGES, CHUNKS, SYNTH = "raw.jsonl", "images.jsonl", "pages.jsonl", "chunks.jsonl", "synth.jsonl"
 EXTRACT_REPORT, BUILD_REPORT = "extract_report.json", "build_report.json"
 
 
@@ -40,6 +43,8 @@ class BuildConfig:
     heldout: float = 0.1  # share of document units held out for evaluation
     seed: int = 0
     use_docling: str = "auto"  # auto, yes or no
+    docling: DoclingOptions = field(default_factory=DoclingOptions)
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -51,28 +56,32 @@ def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildCo
     """Run every step; returns the report (also written to ``build_report.json``).
 
     ``tokenizer`` defaults to ``config.base``'s. Skipped documents are listed in the report under
-    ``extract.skipped``; a generator failure stops the run with the work so far saved.
+    ``extract.skipped``, skipped images under ``images.skipped``; a generator failure (not an
+    image's fault) stops the run with the work so far saved.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    extraction = extract_folder(input_dir, images_dir=out / "images", use_docling=config.use_docling)
+    extraction = extract_folder(input_dir, images_dir=out / "images", use_docling=config.use_docling,
+                                docling_options=config.docling)
     write_jsonl(out / RAW, (row_of(p) for p in extraction.pages))
     (out / EXTRACT_REPORT).write_text(json.dumps(extraction.report(), indent=2) + "\n", encoding="utf-8")
     if not extraction.pages:
         raise ValueError(f"no readable documents in {input_dir} (skipped: {len(extraction.skipped)}, "
                          f"ignored: {len(extraction.ignored)})")
 
+    pages, images = describe_pages(extraction.pages, out / IMAGES, vision, config.vision)
+    write_jsonl(out / PAGES, (row_of(p) for p in pages))
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)
-    chunks = chunk_pages(extraction.pages, tokenizer, config.chunk)
+    chunks = chunk_pages(pages, tokenizer, config.chunk)
     write_jsonl(out / CHUNKS, (row_of(c) for c in chunks))
 
-    synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, vision=vision, progress=progress)
+    synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, progress=progress)
     corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks})
     paths, split = write_stage_files(corpus, out, k=config.k, strategy=config.strategy, heldout=config.heldout,
                                      seed=config.seed)
-    report = {"config": asdict(config), "extract": extraction.report(),
-              "chunks": {"text": sum(c.kind == "text" for c in chunks), "image": sum(c.kind == "image" for c in chunks)},
-              "synthesis": asdict(synthesis), "split": split, "files": {n: str(p) for n, p in paths.items()}}
+    report = {"config": asdict(config), "extract": extraction.report(), "images": asdict(images),
+              "chunks": {"text": len(chunks)}, "synthesis": asdict(synthesis), "split": split,
+              "files": {n: str(p) for n, p in paths.items()}}
     (out / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

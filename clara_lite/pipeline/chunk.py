@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from itertools import groupby
 
-from .records import Chunk, Page
+from .records import Chunk, Page, fill_images
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def _split_long(tokenizer, text: str, budget: int) -> list[str]:
 def _units(pages: list[Page], tokenizer, budget: int) -> list[_Unit]:
     """Paragraphs of a document's pages, each short enough to fit a passage."""
     units: list[_Unit] = []
-    for page in pages:
-        paragraphs = [p for p in page.text.split("\n\n") if p.strip()]
+    for page in pages:  # image placeholders not described (no vision model, run step by step) are dropped
+        paragraphs = [p for p in fill_images(page.text).split("\n\n") if p.strip()]
         for paragraph, n in zip(paragraphs, _count(tokenizer, paragraphs), strict=True):
             if n <= budget:
                 units.append(_Unit(paragraph, page.page, n))
@@ -158,9 +158,9 @@ def _sentences_for_overlap(units: list[_Unit], tokenizer, overlap: int) -> list[
 
 
 def chunk_pages(pages: list[Page], tokenizer, config: ChunkConfig = ChunkConfig()) -> list[Chunk]:
-    """Passages of every document, in document order; each saved image becomes an image chunk."""
+    """Passages of every document, in document order (image descriptions are text by now: :mod:`.describe`)."""
     chunks: list[Chunk] = []
-    budget, seen_images = config.doc_max_length, set()
+    budget = config.doc_max_length
     for source, group in groupby(pages, key=lambda p: p.source):
         doc_pages = list(group)
         title = doc_pages[0].title
@@ -174,14 +174,6 @@ def chunk_pages(pages: list[Page], tokenizer, config: ChunkConfig = ChunkConfig(
             page = passage[0].page
             chunks.append(Chunk(chunk_id(source, page, index, text), source, page, title, index, text, n_tokens))
             index += 1
-        for page in doc_pages:  # images: a chunk each, described later by a vision model if there is one
-            for image in page.images:
-                if image.get("path") and image["path"] not in seen_images:  # one chunk per image file
-                    seen_images.add(image["path"])
-                    ref = f"{image['name']}#{image['index']}"
-                    chunks.append(Chunk(chunk_id(source, page.page, index, ref), source, page.page, title, index,
-                                        "", 0, kind="image", image=image["path"]))
-                    index += 1
     over = sum(c.n_tokens > budget for c in chunks)
     if over:  # joining can add a token or two where pieces meet
         log.info("%d of %d passages are a few tokens over %d", over, len(chunks), budget)

@@ -1,4 +1,4 @@
-"""``clara-lite data extract|chunk|synthesize|negatives|split|convert|build``: thin calls into the pipeline.
+"""``clara-lite data extract|describe|chunk|synthesize|negatives|split|convert|fetch|build``: thin calls into the pipeline.
 
 The generator's endpoint and key come only from the environment (``CLARA_LLM_BASE_URL``,
 ``CLARA_LLM_MODEL``, ``CLARA_LLM_API_KEY``): a key on the command line would end up in shell
@@ -11,6 +11,20 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+from ..stages import ORDER
+from .build import BuildConfig, build, load_chunks
+from .chunk import ChunkConfig, chunk_pages, load_tokenizer
+from .convert import FORMATS, convert, from_synthesis
+from .describe import VisionConfig, describe_pages
+from .extract import DoclingOptions, extract_folder
+from .fetch import fetch
+from .generators import GeneratorError, LocalModel, make_generator, make_vision
+from .images import ImageLimits
+from .records import Page, read_records, read_rows, row_of, write_jsonl
+from .sources import KNOWN, detect_format, load_records
+from .split import stage_rows, write_stage_files
+from .synthesize import SynthesisConfig, synthesize
 
 log = logging.getLogger("clara_lite")
 
@@ -27,11 +41,15 @@ def _print_extraction(extraction) -> None:
               + (" ..." if len(extraction.ignored) > 5 else ""))
 
 
-def _extract(args) -> int:
-    from .extract import extract_folder
-    from .records import row_of, write_jsonl
+def _docling_options(args):
+    return DoclingOptions(images_scale=args.images_scale, do_ocr=not args.no_ocr,
+                          do_table_structure=not args.no_tables, table_mode=args.table_mode,
+                          timeout=args.docling_timeout)
 
-    extraction = extract_folder(args.input, images_dir=args.images_dir, use_docling=args.docling)
+
+def _extract(args) -> int:
+    extraction = extract_folder(args.input, images_dir=args.images_dir, use_docling=args.docling,
+                                docling_options=_docling_options(args))
     write_jsonl(args.out, (row_of(p) for p in extraction.pages))
     report = Path(args.out).with_suffix(".report.json")
     report.write_text(json.dumps(extraction.report(), indent=2) + "\n", encoding="utf-8")
@@ -41,45 +59,57 @@ def _extract(args) -> int:
 
 
 def _chunk_config(args):
-    from .chunk import ChunkConfig
-
     overlap = ChunkConfig.default_overlap(args.doc_max_length) if args.overlap is None else args.overlap
     return ChunkConfig(doc_max_length=args.doc_max_length, overlap=overlap, min_tokens=args.min_tokens)
 
 
-def _chunk(args) -> int:
-    from .chunk import chunk_pages, load_tokenizer
-    from .records import Page, read_records, row_of, write_jsonl
+def _vision_config(args):
+    return VisionConfig(prompt_file=args.image_prompt, max_tokens=args.max_tokens,
+                        limits=ImageLimits(max_side=args.image_max_side, max_bytes=args.image_max_bytes))
 
+
+def _vision(args):
+    vision = make_vision(args.vision_model, base_url=args.base_url) if args.generator != "local" else None
+    print(f"vision: {vision.name}" if vision else "no vision model (set CLARA_VLM_MODEL to describe images)")
+    return vision
+
+
+def _describe(args) -> int:
+    vision = _vision(args)
+    cache = args.cache or str(Path(args.out).with_name("images.jsonl"))
+
+    def run() -> int:
+        pages, report = describe_pages(read_records(args.input, Page), cache, vision, _vision_config(args))
+        write_jsonl(args.out, (row_of(p) for p in pages))
+        print(f"{report.format()}\n-> {args.out} (descriptions kept in {cache})")
+        return 0
+
+    return _resumable(run)
+
+
+def _chunk(args) -> int:
     chunks = chunk_pages(read_records(args.input, Page), load_tokenizer(args.base), _chunk_config(args))
     write_jsonl(args.out, (row_of(c) for c in chunks))
-    sizes = sorted(c.n_tokens for c in chunks if c.kind == "text")
+    sizes = sorted(c.n_tokens for c in chunks)
     median = sizes[len(sizes) // 2] if sizes else 0
-    print(f"{len(chunks)} chunks ({len(sizes)} text, median {median} tokens of {args.base}) -> {args.out}")
+    print(f"{len(chunks)} chunks (median {median} tokens of {args.base}) -> {args.out}")
     return 0
 
 
 def _generators(args):
-    from .generators import LocalModel, make_generator, make_vision
-
     generator = make_generator(args.generator, args.model, base_url=args.base_url)
-    vision = make_vision(args.vision_model, base_url=args.base_url) if args.generator != "local" else None
-    print(f"generator: {'local ' if isinstance(generator, LocalModel) else ''}{generator.name}"
-          + (f"; vision: {vision.name}" if vision else "; no vision model (images are skipped)"))
-    return generator, vision
+    print(f"generator: {'local ' if isinstance(generator, LocalModel) else ''}{generator.name}")
+    return generator
 
 
 def _synthesis_config(args):
-    from .synthesize import SynthesisConfig
-
     return SynthesisConfig(n_questions=args.questions, question_language=args.question_language or None,
                            qa_format=args.qa_format, max_tokens=args.max_tokens,
-                           summary_max_tokens=args.summary_max_tokens, summary=not args.no_summary)
+                           summary_max_tokens=args.summary_max_tokens, summary=not args.no_summary,
+                           summary_prompt=args.summary_prompt, qa_prompt=args.qa_prompt)
 
 
 def _resumable(run) -> int:
-    from .generators import GeneratorError
-
     try:
         return run()
     except GeneratorError as err:
@@ -88,14 +118,11 @@ def _resumable(run) -> int:
 
 
 def _synthesize(args) -> int:
-    from .build import load_chunks
-    from .synthesize import synthesize
-
     chunks = load_chunks(args.input)[: args.limit or None]
-    generator, vision = _generators(args)
+    generator, config = _generators(args), _synthesis_config(args)
 
     def run() -> int:
-        report = synthesize(chunks, args.out, generator, _synthesis_config(args), vision=vision)
+        report = synthesize(chunks, args.out, generator, config)
         print(f"{report.format()} -> {args.out}")
         return 0
 
@@ -103,20 +130,15 @@ def _synthesize(args) -> int:
 
 
 def _negatives(args) -> int:
-    from .convert import from_synthesis
-    from .records import read_rows, write_jsonl
-    from .split import stage_rows
-
     rows, _ = stage_rows(from_synthesis(read_rows(args.input)), k=args.k, strategy=args.strategy, heldout=0.0,
                          seed=args.seed)
-    write_jsonl(args.out, rows["stage2"])
-    print(f"{len(rows['stage2'])} questions with {args.k} candidates ({args.strategy}) -> {args.out}")
+    qa = rows[ORDER[-1]]  # questions with candidates, as the retrieving stage reads them
+    write_jsonl(args.out, qa)
+    print(f"{len(qa)} questions with {args.k} candidates ({args.strategy}) -> {args.out}")
     return 0
 
 
 def _write(corpus, args) -> int:
-    from .split import write_stage_files
-
     paths, stats = write_stage_files(corpus, args.out_dir, k=args.k, strategy=args.strategy, heldout=args.heldout,
                                      seed=args.seed)
     print(json.dumps(stats))
@@ -126,36 +148,51 @@ def _write(corpus, args) -> int:
 
 
 def _split(args) -> int:
-    from .build import load_chunks
-    from .convert import from_synthesis
-    from .records import read_rows
-
     ids = {c.id for c in load_chunks(args.chunks)} if args.chunks else None
     return _write(from_synthesis(read_rows(args.input), ids=ids), args)
 
 
 def _convert(args) -> int:
-    from .convert import convert, load_records
+    if bool(args.input) == bool(args.dataset):
+        raise SystemExit("give --input FILE or --dataset NAME_OR_FOLDER (one of them)")
+    records, description = load_records(args.dataset or args.input, split=args.split, config=args.config,
+                                        limit=args.limit, streaming=False if args.no_streaming else None)
+    fmt = args.format if args.format != "auto" else detect_format(records[0])
+    options = {"answer": "long"} if args.long_answer and fmt == "pubmedqa" else {}
+    print(f"{description}: {len(records)} records, format {fmt}" + (" (long answers)" if options else ""))
+    return _write(convert(records, fmt, **options), args)
 
-    return _write(convert(load_records(args.input, args.limit), args.format), args)
+
+def _fetch(args) -> int:
+    fetched = fetch(args.url, args.out)
+    print(fetched.format())
+    return 0
 
 
 def _build(args) -> int:
-    from .build import BuildConfig, build
-
-    generator, vision = _generators(args)
+    generator, vision = _generators(args), _vision(args)
     config = BuildConfig(base=args.base, chunk=_chunk_config(args), synthesis=_synthesis_config(args),
                          k=args.k, strategy=args.strategy, heldout=args.heldout, seed=args.seed,
-                         use_docling=args.docling)
+                         use_docling=args.docling, docling=_docling_options(args), vision=_vision_config(args))
 
     def run() -> int:
         report = build(args.input, args.out, generator, config, vision=vision)
         extract = report["extract"]
         print(f"extractor: {extract['extractor']}")
         print(f"{extract['documents']} documents, {extract['pages']} pages, {extract['images']} images; "
-              f"{report['chunks']['text']} text chunks")
+              f"{report['chunks']['text']} chunks")
         for skipped in extract["skipped"]:
             print(f"skipped {skipped['source']}: {skipped['reason']}")
+        images = report["images"]
+        if images["without_vision"]:
+            print(f"{images['without_vision']} images not described (no vision model)")
+        elif images["images"]:
+            print(f"images: {images['described']} of {images['images']} described, "
+                  f"{len(images['converted'])} converted, {len(images['skipped'])} skipped")
+        for converted in images["converted"]:
+            print(f"converted image {converted['image']} ({converted['source']}): {'; '.join(converted['changes'])}")
+        for skipped in images["skipped"]:
+            print(f"skipped image {skipped['image']} ({skipped['source']}): {skipped['reason']}")
         print(json.dumps(report["split"]))
         for name, path in report["files"].items():
             print(f"{name}: {path}")
@@ -175,20 +212,44 @@ def _chunk_args(p) -> None:
     p.add_argument("--min-tokens", type=int, default=8, help="shorter passages are dropped")
 
 
-def _generator_args(p) -> None:
+def _endpoint_args(p) -> None:
     p.add_argument("--generator", choices=["auto", "api", "local"], default="auto",
                    help="api: OpenAI-compatible endpoint from CLARA_LLM_BASE_URL/MODEL/API_KEY; local: transformers; "
                         "auto: api when CLARA_LLM_BASE_URL is set")
+    p.add_argument("--base-url", default=None, help="overrides CLARA_LLM_BASE_URL (the key stays in the environment)")
+    p.add_argument("--max-tokens", type=int, default=512, help="per QA reply or image description")
+
+
+def _vision_args(p) -> None:
+    p.add_argument("--vision-model", default=None, help="describe images with this model (default CLARA_VLM_MODEL)")
+    p.add_argument("--image-prompt", default=None, help="prompt file for image descriptions "
+                                                        "(default: the shipped prompts/image.txt)")
+    p.add_argument("--image-max-side", type=int, default=2048, help="images are shrunk to this many pixels a side")
+    p.add_argument("--image-max-bytes", type=int, default=3_500_000, help="and re-encoded to at most this size")
+
+
+def _generator_args(p) -> None:
     p.add_argument("--model", default=None, help="api: overrides CLARA_LLM_MODEL; local: registry name, Hub id or "
                                                  "folder (default smollm2-135m)")
-    p.add_argument("--base-url", default=None, help="overrides CLARA_LLM_BASE_URL (the key stays in the environment)")
-    p.add_argument("--vision-model", default=None, help="describe images with this model (default CLARA_VLM_MODEL)")
-    p.add_argument("--questions", type=int, default=3, help="QA pairs per chunk (3-5)")
-    p.add_argument("--question-language", default="", help="cross-lingual: write questions and answers in this language")
+    p.add_argument("--questions", type=int, default=3, help="QA pairs per chunk and language (3-5)")
+    p.add_argument("--question-language", default="",
+                   help="write questions and answers in this language; several, comma-separated (en,zh), "
+                        "give every chunk pairs in each")
     p.add_argument("--qa-format", choices=["auto", "json", "lines"], default="auto")
-    p.add_argument("--max-tokens", type=int, default=512, help="per QA reply")
     p.add_argument("--summary-max-tokens", type=int, default=256)
     p.add_argument("--no-summary", action="store_true", help="QA pairs only (no stage1 paraphrase rows)")
+    p.add_argument("--summary-prompt", default=None, help="prompt file with {text} (default: prompts/summary.txt)")
+    p.add_argument("--qa-prompt", default=None,
+                   help="prompt file with {text} and optionally {n}, {language}, {format} (default: prompts/qa.txt)")
+
+
+def _docling_args(p) -> None:
+    p.add_argument("--docling", choices=["auto", "yes", "no"], default="auto", help="use IBM Docling if installed")
+    p.add_argument("--images-scale", type=float, default=2.0, help="Docling: picture resolution (1.0 = 72 dpi)")
+    p.add_argument("--no-ocr", action="store_true", help="Docling: no OCR (faster; scanned pages give no text)")
+    p.add_argument("--no-tables", action="store_true", help="Docling: no table structure recognition")
+    p.add_argument("--table-mode", choices=["accurate", "fast"], default="accurate", help="Docling: TableFormer mode")
+    p.add_argument("--docling-timeout", type=float, default=None, help="Docling: seconds per document")
 
 
 def _split_args(p) -> None:
@@ -205,8 +266,17 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="folder of documents (searched recursively)")
     p.add_argument("--out", required=True, help="raw.jsonl to write (a .report.json lands beside it)")
     p.add_argument("--images-dir", default=None, help="save embedded images here (for a vision model)")
-    p.add_argument("--docling", choices=["auto", "yes", "no"], default="auto", help="use IBM Docling if installed")
+    _docling_args(p)
     p.set_defaults(func=_extract)
+
+    p = data.add_parser("describe", help="raw.jsonl -> pages.jsonl with image descriptions in their documents")
+    p.add_argument("--input", required=True, help="raw.jsonl from `data extract --images-dir`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache", default=None, help="descriptions and skip reasons, resumable (default: images.jsonl "
+                                                 "beside --out)")
+    _endpoint_args(p)
+    _vision_args(p)
+    p.set_defaults(func=_describe)
 
     p = data.add_parser("chunk", help="raw.jsonl -> chunks.jsonl of about --doc-max-length tokens")
     p.add_argument("--input", required=True)
@@ -218,6 +288,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=0, help="only the first N chunks")
+    _endpoint_args(p)
     _generator_args(p)
     p.set_defaults(func=_synthesize)
 
@@ -234,20 +305,39 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     _split_args(p)
     p.set_defaults(func=_split)
 
-    p = data.add_parser("convert", help="a public QA dataset file -> stage1/2/3 + heldout.jsonl")
-    p.add_argument("--format", required=True, choices=["squad", "hotpotqa", "pubmedqa", "nq"])
-    p.add_argument("--input", required=True, help="JSON or JSONL as published (or saved from datasets)")
+
+    p = data.add_parser("convert", help="a public QA dataset or another tool's file -> stage1/2/3 + heldout.jsonl")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="auto: told from the fields; seed001: {question, docs, gold_answer} rows; instruction: "
+                        "{instruction, input, output} rows; 2wiki: 2WikiMultiHopQA (HotpotQA's layout)")
+    p.add_argument("--input", default=None, help="a JSON, JSONL, Parquet or CSV file")
+    p.add_argument("--dataset", default=None,
+                   help=f"a Hugging Face dataset: Hub id, a short name ({', '.join(KNOWN)}), a folder written by "
+                        "save_to_disk or a folder of data files")
+    p.add_argument("--split", default=None, help="dataset split (default: train, or the short name's)")
+    p.add_argument("--config", default=None, help="dataset configuration (subset), e.g. pqa_labeled")
+    p.add_argument("--no-streaming", action="store_true", help="download a Hub dataset whole instead of streaming it")
+    p.add_argument("--long-answer", action="store_true",
+                   help="PubMedQA: train on long_answer (seed 001) instead of yes/no/maybe")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--limit", type=int, default=0, help="only the first N records")
     _split_args(p)
     p.set_defaults(func=_convert)
 
-    p = data.add_parser("build", help="documents -> stage1/2/3 + heldout.jsonl (extract, chunk, synthesize, split)")
+    p = data.add_parser("fetch", help="download a Drive link or URL (a documents zip/folder or a dataset file)")
+    p.add_argument("url", help="Drive file or folder link, Drive file id, or http(s) URL")
+    p.add_argument("--out", required=True, help="folder to put it in (a zip is unpacked there)")
+    p.set_defaults(func=_fetch)
+
+    p = data.add_parser("build", help="documents -> stage1/2/3 + heldout.jsonl (extract, describe images, chunk, "
+                                      "synthesize, split)")
     p.add_argument("--input", required=True, help="folder of documents")
     p.add_argument("--out", required=True, help="folder for the training files and intermediate files")
-    p.add_argument("--docling", choices=["auto", "yes", "no"], default="auto")
+    _docling_args(p)
     _chunk_args(p)
+    _endpoint_args(p)
     _generator_args(p)
+    _vision_args(p)
     _split_args(p)
     p.set_defaults(func=_build)
 

@@ -7,13 +7,28 @@ from a ``datasets.Dataset`` (both layouts are accepted where they differ):
   (``data[].paragraphs[].qas[]``); unanswerable questions are skipped. Unit: the article title.
 - ``hotpotqa``: ``context`` as ``[[title, sentences], ...]`` or ``{"title": [...], "sentences": [...]}``;
   the supporting paragraphs are the positives, the others the dataset's distractors. Unit: title.
-- ``pubmedqa``: ``context.contexts`` (the abstract) answers ``final_decision`` (yes/no/maybe);
-  ``long_answer`` becomes the stage1 answer. Records keyed by PubMed id are accepted. Unit: pubid.
+- ``2wiki``: 2WikiMultiHopQA, which has HotpotQA's layout (plus ``evidences`` triples, unused).
+- ``musique``: ``paragraphs[]`` of ``{title, paragraph_text, is_supporting}``; the supporting ones
+  are the positives; ``answer`` and ``answer_aliases`` the answers; unanswerable questions
+  (``answerable: false``, the "full" version) are skipped. Unit: title.
+- ``pubmedqa``: ``context.contexts`` (Hub) or ``CONTEXTS`` (``ori_pqal.json``), the abstract, answers
+  ``final_decision`` (yes/no/maybe);
+  ``long_answer`` becomes the stage1 answer; ``answer="long"`` makes ``long_answer`` the answer
+  everywhere (what seed 001 trains on). Records keyed by PubMed id are accepted. Unit: pubid.
+- ``medqa``: USMLE questions with ``options`` (``{"A": ...}`` or ``[{"key", "value"}]``) and
+  ``answer``; MedQA ships no passages, so a question's options are its document (the model reads
+  the choices, compressed, and answers with the right one). Unit: the question.
 - ``nq``: Natural Questions-style: DPR (``positive_ctxs``, ``hard_negative_ctxs``, ``answers``),
   simplified NQ (``document_text``, ``annotations``) or the Hugging Face ``natural_questions``
   layout (``document.tokens``, ``annotations`` as lists); the long answer is the passage.
   Unit: the page title or URL.
 - ``synthesis``: rows of our ``synth.jsonl``. Unit: the source file.
+- ``seed001``: one JSONL for every stage, ``{"question", "docs", "gold_answer"[, "pos_index"]}``
+  (seed 001's file): the docs at ``pos_index`` (all of them when absent) are the positives, the
+  others its negatives; stage1 gets QA rows from it. Unit: the question's documents.
+- ``instruction``: ``{"instruction", "input", "output"}`` (Alpaca, seed 002): ``input`` is the
+  document, ``instruction`` the question and ``output`` the answer; rows without an input have
+  no document to compress and are skipped (counted). Unit: the input.
 
 >>> corpus = convert(load_records("train-v1.1.json"), "squad")   # doctest: +SKIP
 """
@@ -116,18 +131,75 @@ def from_hotpotqa(records: Iterable[dict]) -> Corpus:
     return corpus
 
 
+# --------------------------------------------------------------------------- MuSiQue
+
+
+def from_musique(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in records:
+        if record.get("answerable") is False:
+            skipped += 1
+            continue
+        positives, negatives = [], []
+        for paragraph in record["paragraphs"]:
+            title, text = paragraph.get("title", ""), paragraph.get("paragraph_text", "")
+            if not text.strip():
+                continue
+            doc = _add(corpus, f"{title}: {text}" if title else text, title or text[:40])
+            (positives if paragraph.get("is_supporting") else negatives).append(doc)
+        answers = _answers([record.get("answer", ""), *(record.get("answer_aliases") or [])])
+        skipped += not _add_item(corpus, record["question"], answers, positives, negatives)
+    if skipped:
+        log.info("musique: %d unanswerable or unsupported questions skipped", skipped)
+    return corpus
+
+
 # --------------------------------------------------------------------------- PubMedQA
 
 
-def from_pubmedqa(records: Iterable[dict]) -> Corpus:
+def from_pubmedqa(records: Iterable[dict], answer: str = "decision") -> Corpus:
+    """``answer``: ``"decision"`` (yes/no/maybe; ``long_answer`` is the stage1 target) or ``"long"``."""
+    if answer not in ("decision", "long"):
+        raise ValueError(f"pubmedqa answer must be 'decision' or 'long', got {answer!r}")
     corpus = Corpus()
     for record in records:
-        context = record["context"]
-        text = " ".join(context["contexts"]) if isinstance(context, dict) else str(context)
+        context = record["context"] if "context" in record else record["CONTEXTS"]  # Hub layout, or the GitHub files
+        if isinstance(context, dict):
+            context = context["contexts"]
+        text = " ".join(context) if isinstance(context, list) else str(context)
         pubid = str(record.get("pubid", record.get("id", doc_id(text))))
+        long_answer = record.get("long_answer") or record.get("LONG_ANSWER")
         decision = record.get("final_decision") or record.get("answer")
-        _add_item(corpus, record.get("question") or record.get("QUESTION"), _answers(decision),
-                  [_add(corpus, text, pubid)], explanation=record.get("long_answer") or record.get("LONG_ANSWER"))
+        question = record.get("question") or record.get("QUESTION")
+        if answer == "long":
+            _add_item(corpus, question, _answers(long_answer), [_add(corpus, text, pubid)])
+        else:
+            _add_item(corpus, question, _answers(decision), [_add(corpus, text, pubid)], explanation=long_answer)
+    return corpus
+
+
+# --------------------------------------------------------------------------- MedQA
+
+
+def _options(value) -> list[tuple[str, str]]:
+    if isinstance(value, dict):  # {"A": "...", "B": ...}; Hugging Face fills missing letters with None
+        return [(k, str(v)) for k, v in value.items() if v not in (None, "")]
+    return [(o.get("key", ""), str(o.get("value", ""))) for o in value or []]  # bigbio: [{"key", "value"}]
+
+
+def from_medqa(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in records:
+        options = _options(record.get("options"))
+        answer = record.get("answer") or dict(options).get(record.get("answer_idx", ""), "")
+        if not options or not str(answer).strip():
+            skipped += 1
+            continue
+        text = "Options: " + " ".join(f"({k}) {v}" for k, v in options)
+        group = doc_id(record["question"])
+        _add_item(corpus, record["question"], _answers(answer), [_add(corpus, text, group)])
+    if skipped:
+        log.info("medqa: %d questions without options or answer skipped", skipped)
     return corpus
 
 
@@ -211,16 +283,58 @@ def from_synthesis(rows: Iterable[dict], ids: set[str] | None = None) -> Corpus:
     return corpus
 
 
-FORMATS: dict[str, Callable[[Iterable[dict]], Corpus]] = {
-    "squad": from_squad, "hotpotqa": from_hotpotqa, "pubmedqa": from_pubmedqa, "nq": from_nq,
-    "synthesis": from_synthesis,
+# --------------------------------------------------------------------------- other people's files
+
+
+def _first_key(record: dict, keys: tuple[str, ...]):
+    return next((record[k] for k in keys if k in record), None)
+
+
+def from_seed001(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in records:
+        docs = _first_key(record, ("docs", "context", "content")) or []
+        docs = [d for d in ([docs] if isinstance(docs, str) else docs) if isinstance(d, str) and d.strip()]
+        answers = _answers(_first_key(record, ("gold_answer", "answer", "answers", "golden_answers")))
+        if not docs or not answers:
+            skipped += 1
+            continue
+        group = doc_id("\n".join(docs))  # a row's documents stay on one side of the split
+        ids = [_add(corpus, d, group) for d in docs]
+        pos = [i for i in record.get("pos_index") or range(len(ids)) if isinstance(i, int) and 0 <= i < len(ids)]
+        positives = [ids[i] for i in pos] or ids
+        skipped += not _add_item(corpus, record.get("question"), answers, positives, [d for d in ids if d not in positives])
+    if skipped:
+        log.info("seed001: %d rows without docs, question or answer skipped", skipped)
+    return corpus
+
+
+def from_instruction(records: Iterable[dict]) -> Corpus:
+    corpus, skipped = Corpus(), 0
+    for record in records:
+        document = str(record.get("input") or "").strip()
+        if not document:
+            skipped += 1
+            continue
+        doc = _add(corpus, document, doc_id(document))
+        skipped += not _add_item(corpus, record.get("instruction"), _answers(record.get("output")), [doc])
+    if skipped:
+        log.info("instruction: %d rows without an input (no document) or output skipped", skipped)
+    return corpus
+
+
+FORMATS: dict[str, Callable[..., Corpus]] = {
+    "squad": from_squad, "hotpotqa": from_hotpotqa, "2wiki": from_hotpotqa, "musique": from_musique,
+    "pubmedqa": from_pubmedqa, "medqa": from_medqa, "nq": from_nq, "synthesis": from_synthesis,
+    "seed001": from_seed001, "instruction": from_instruction,
 }
 
 
-def convert(records: Iterable[dict], fmt: str) -> Corpus:
+def convert(records: Iterable[dict], fmt: str, **options) -> Corpus:
+    """``options`` go to the converter (``answer="long"`` for PubMedQA)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    corpus = FORMATS[fmt](records)
+    corpus = FORMATS[fmt](records, **options)
     log.info("%s: %d documents, %d questions", fmt, len(corpus.docs), len(corpus.items))
     return corpus
 

@@ -8,8 +8,13 @@ back to the light extractor. A corrupt or password-protected file is skipped and
 reason; it never stops the run.
 
 Images are recorded where they are: embedded ones as ``{"name", "index"}`` on their page (with
-``"path"`` when ``images_dir`` is given and the bytes were saved there), image files beside the
-documents as a page of their own with empty text. A vision model can describe them later.
+``"path"`` when ``images_dir`` is given and the bytes were saved there), with an ``[IMAGE_REF]``
+placeholder in the page text where the image sits (Markdown, HTML, DOCX, PPTX, Docling) or at the
+end of the page (pypdf cannot tell where). An image file beside the documents is a page of its
+own whose text is just the placeholder. :mod:`.describe` puts a vision model's description in
+each placeholder's place, inside the parent document.
+
+Docling's knobs (picture resolution, OCR, table structure) are :class:`DoclingOptions`.
 
 >>> result = extract_folder("docs/")                  # doctest: +SKIP
 >>> result.extractor, len(result.pages), result.skipped
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import Page
+from .records import IMAGE_REF, Page, clean_paragraphs
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +69,36 @@ class Extraction:
                 "images": self.n_images, "skipped": [vars(s) for s in self.skipped], "ignored": self.ignored}
 
 
+@dataclass(frozen=True)
+class DoclingOptions:
+    """Docling's settings seed 004 tunes; they apply to PDFs (DOCX, PPTX, HTML have no pages to render)."""
+
+    images_scale: float = 2.0  # picture crops at 2 x 72 dpi: enough for a vision model to read labels
+    picture_images: bool = True  # crop every picture so it can be described
+    do_ocr: bool = True  # OCR scanned pages and text in pictures
+    do_table_structure: bool = True  # tables as rows and cells (TableFormer)
+    table_mode: str = "accurate"  # TableFormer: "accurate" or "fast"
+    timeout: float | None = None  # seconds per document; Docling returns what it has when exceeded
+
+    def __post_init__(self):
+        if not 0.1 <= self.images_scale <= 10:
+            raise ValueError(f"images_scale must be in [0.1, 10], got {self.images_scale}")
+        if self.table_mode not in ("accurate", "fast"):
+            raise ValueError(f"table_mode must be 'accurate' or 'fast', got {self.table_mode!r}")
+
+
 # --------------------------------------------------------------------------- text helpers
 
 
-def clean_paragraphs(text: str) -> str:
-    """Paragraphs (split on blank lines) with their inner whitespace collapsed, joined by blank lines."""
-    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
-    return "\n\n".join(p for p in paragraphs if p)
+def place_images(text: str, n_images: int) -> str:
+    """``text`` with exactly ``n_images`` placeholders: missing ones at the end, extra ones removed."""
+    have = text.count(IMAGE_REF)
+    if have > n_images:
+        head, *rest = text.split(IMAGE_REF)
+        text = head + "".join((IMAGE_REF if k < n_images else "") + part for k, part in enumerate(rest))
+    elif have < n_images:
+        text = "\n\n".join([text, *[IMAGE_REF] * (n_images - have)])
+    return clean_paragraphs(text)
 
 
 class _Images:
@@ -110,7 +138,7 @@ def _pdf(path: Path, images: _Images) -> list[Page]:
         except Exception as err:  # an undecodable image must not cost us the page's text
             log.debug("%s page %d: images unreadable: %s", path, number, err)
         # pypdf keeps the PDF's line breaks; paragraphs are only where the text has blank lines
-        pages.append(Page(images.source, number, title, clean_paragraphs(page.extract_text() or ""), found))
+        pages.append(Page(images.source, number, title, place_images(page.extract_text() or "", len(found)), found))
     return pages
 
 
@@ -118,16 +146,27 @@ def _docx(path: Path, images: _Images) -> list[Page]:
     import docx
 
     document = docx.Document(str(path))
-    paragraphs = [p.text for p in document.paragraphs if p.text.strip()]
+    parts, found, placed = document.part.related_parts, [], set()
+    paragraphs = []
+    for p in document.paragraphs:  # a picture is a run of its paragraph: its placeholder goes right there
+        pieces = [p.text] if p.text.strip() else []
+        for rid in p._p.xpath(".//a:blip/@r:embed"):
+            part = parts.get(rid)
+            if part is not None and part.content_type.startswith("image/"):
+                found.append(images.add(Path(part.partname).name, part.blob))
+                placed.add(rid)
+                pieces.append(IMAGE_REF)
+        if pieces:
+            paragraphs.append(" ".join(pieces))
     for table in document.tables:
         paragraphs += [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
     title = (document.core_properties.title or "").strip()
     if not title:
         heads = [p.text for p in document.paragraphs if p.style is not None and p.style.name.startswith(("Title", "Heading"))]
         title = heads[0].strip() if heads else path.stem
-    found = [images.add(Path(part.partname).name, part.blob)
-             for part in document.part.related_parts.values() if part.content_type.startswith("image/")]
-    return [Page(images.source, None, title, clean_paragraphs("\n\n".join(paragraphs)), found)]
+    found += [images.add(Path(part.partname).name, part.blob)  # images outside the body text (tables, shapes)
+              for rid, part in parts.items() if part.content_type.startswith("image/") and rid not in placed]
+    return [Page(images.source, None, title, place_images("\n\n".join(paragraphs), len(found)), found)]
 
 
 def _pptx(path: Path, images: _Images) -> list[Page]:
@@ -143,11 +182,12 @@ def _pptx(path: Path, images: _Images) -> list[Page]:
                 texts.append(shape.text_frame.text)
             if shape.shape_type == MSO_SHAPE_TYPE.PICTURE:
                 found.append(images.add(shape.image.filename or f"slide{number}.{shape.image.ext}", shape.image.blob))
+                texts.append(IMAGE_REF)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame.text.strip():
             texts.append(slide.notes_slide.notes_text_frame.text)
         if not title and slide.shapes.title is not None and slide.shapes.title.text.strip():
             title = slide.shapes.title.text.strip()
-        pages.append(Page(images.source, number, "", clean_paragraphs("\n\n".join(texts)), found))
+        pages.append(Page(images.source, number, "", place_images("\n\n".join(texts), len(found)), found))
     for page in pages:
         page.title = title or path.stem
     return pages
@@ -166,12 +206,15 @@ def _html(path: Path, images: _Images) -> list[Page]:
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     h1 = soup.find("h1")
     title = title or (h1.get_text(" ", strip=True) if h1 else path.stem)
-    found = [_local_image(images, path, img.get("src", ""), img.get("alt", "")) for img in soup.find_all("img")]
+    found = []
+    for img in soup.find_all("img"):
+        found.append(_local_image(images, path, img.get("src", ""), img.get("alt", "")))
+        img.replace_with(f" {IMAGE_REF} ")
     if soup.title:
         soup.title.decompose()
     for tag in soup.find_all(_BLOCK_TAGS):  # a blank line after each block keeps paragraphs apart
         tag.append("\n\n")
-    return [Page(images.source, None, title, clean_paragraphs(soup.get_text()), found)]
+    return [Page(images.source, None, title, place_images(soup.get_text(), len(found)), found)]
 
 
 def _local_image(images: _Images, doc: Path, src: str, alt: str) -> dict:
@@ -193,12 +236,12 @@ def _markdown(path: Path, images: _Images) -> list[Page]:
     text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)  # YAML front matter
     found = [_local_image(images, path, src, alt) for alt, src in _MD_IMAGE.findall(text)]
     heading = re.search(r"^#\s+(.+)$", text, flags=re.M)
-    text = _MD_IMAGE.sub("", text)  # the alt text is kept with the image entry
+    text = _MD_IMAGE.sub(f" {IMAGE_REF} ", text)  # the alt text is kept with the image entry
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links keep their words
     text = re.sub(r"^\s{0,3}(#{1,6}|[-*+]|\d+[.)]|>)\s+", "", text, flags=re.M)  # heading, list, quote marks
     text = re.sub(r"(\*\*|__|`)", "", text)
     title = heading.group(1).strip() if heading else path.stem
-    return [Page(images.source, None, title, clean_paragraphs(text), found)]
+    return [Page(images.source, None, title, place_images(text, len(found)), found)]
 
 
 def _text(path: Path, images: _Images) -> list[Page]:
@@ -218,30 +261,53 @@ def docling_installed() -> bool:
     return importlib.util.find_spec("docling") is not None
 
 
+def _png(image) -> bytes | None:
+    """A PIL image (Docling's picture crop) as PNG bytes, None when there is none."""
+    if image is None:
+        return None
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 class _Docling:
-    """Docling's converter, made once; pages from its document model (page_no from provenance)."""
+    """Docling's converter, made once; pages from its document model (page_no from provenance).
 
-    def __init__(self):
-        from docling.document_converter import DocumentConverter
+    Pictures come with their pixels (``generate_picture_images``; ``PictureItem.get_image``) and
+    a placeholder where they sit in the Markdown export, so they can be described in place."""
 
-        self.converter = DocumentConverter()
+    def __init__(self, options: DoclingOptions = DoclingOptions()):
+        from docling.datamodel.base_models import InputFormat
+        from docling.datamodel.pipeline_options import PdfPipelineOptions, TableFormerMode
+        from docling.document_converter import DocumentConverter, PdfFormatOption
+
+        pdf = PdfPipelineOptions(images_scale=options.images_scale, generate_picture_images=options.picture_images,
+                                 do_ocr=options.do_ocr, do_table_structure=options.do_table_structure,
+                                 document_timeout=options.timeout)
+        pdf.table_structure_options.mode = TableFormerMode(options.table_mode)
+        self.converter = DocumentConverter(format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=pdf)})
 
     def __call__(self, path: Path, images: _Images) -> list[Page]:
+        from docling_core.types.doc import PictureItem
+
         document = self.converter.convert(str(path)).document
         title = getattr(document, "name", "") or path.stem
-        pictures: dict[int | None, list[dict]] = {}
-        for picture in getattr(document, "pictures", []):
-            page_no = picture.prov[0].page_no if picture.prov else None
-            pictures.setdefault(page_no, []).append(images.add(f"picture-{images.count}"))
+
+        def page(page_no: int | None) -> Page:
+            # the export walks the same items in the same order: the k-th placeholder is the k-th picture
+            found = [images.add(f"picture-{images.count}.png", _png(item.get_image(document)))
+                     for item, _ in document.iterate_items(page_no=page_no) if isinstance(item, PictureItem)]
+            text = document.export_to_markdown(page_no=page_no, image_placeholder=IMAGE_REF,
+                                               escape_underscores=False)
+            return Page(images.source, page_no, title, place_images(text, len(found)), found)
+
         page_numbers = sorted(getattr(document, "pages", {}) or {})
-        if not page_numbers:  # flowing formats (DOCX, HTML) have no pages
-            return [Page(images.source, None, title, clean_paragraphs(document.export_to_markdown()),
-                         [p for ps in pictures.values() for p in ps])]
-        return [Page(images.source, n, title, clean_paragraphs(document.export_to_markdown(page_no=n)),
-                     pictures.get(n, [])) for n in page_numbers]
+        return [page(n) for n in page_numbers] if page_numbers else [page(None)]  # DOCX, HTML: no pages
 
 
-def _choose_docling(use_docling: str):
+def _choose_docling(use_docling: str, options: DoclingOptions = DoclingOptions()):
     """``(converter or None, description)``; ``use_docling`` is ``auto``, ``yes`` or ``no``."""
     if use_docling not in ("auto", "yes", "no"):
         raise ValueError(f"use_docling must be 'auto', 'yes' or 'no', got {use_docling!r}")
@@ -252,7 +318,7 @@ def _choose_docling(use_docling: str):
             raise ModuleNotFoundError("docling is not installed: pip install docling")
         return None, "light extractors (docling not installed)"
     try:
-        return _Docling(), "docling (layout-aware; light extractors for Markdown and text)"
+        return _Docling(options), "docling (layout-aware; light extractors for Markdown and text)"
     except Exception as err:  # installed but unusable (models missing, incompatible version)
         if use_docling == "yes":
             raise
@@ -269,8 +335,8 @@ def extract_file(path: str | Path, root: str | Path | None = None, *, images_dir
     source = str(path.relative_to(root)) if root is not None else path.name
     images = _Images(source, Path(images_dir) if images_dir is not None else None)
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return [Page(source, None, path.stem, "", [{"name": path.name, "index": 0, "path": str(path.resolve())}])]
+    if suffix in IMAGE_SUFFIXES:  # a page of its own: the description will be its whole text
+        return [Page(source, None, path.stem, IMAGE_REF, [{"name": path.name, "index": 0, "path": str(path.resolve())}])]
     if suffix not in EXTRACTORS:
         raise Unreadable(f"unsupported file type {suffix or '(none)'}")
     pages = None
@@ -287,13 +353,17 @@ def extract_file(path: str | Path, root: str | Path | None = None, *, images_dir
     return pages
 
 
-def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = None,
-                   use_docling: str = "auto") -> Extraction:
+def _lone_image(page: Page) -> bool:
+    return page.text == IMAGE_REF and Path(page.source).suffix.lower() in IMAGE_SUFFIXES
+
+
+def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = None, use_docling: str = "auto",
+                   docling_options: DoclingOptions = DoclingOptions()) -> Extraction:
     """Every document under ``input_dir`` (recursively, in sorted order), never stopping on a bad one."""
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder not found: {root}")
-    docling, description = _choose_docling(use_docling)
+    docling, description = _choose_docling(use_docling, docling_options)
     result = Extraction(description)
     log.info("extracting %s with %s", root, description)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -313,6 +383,6 @@ def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = Non
             continue
         result.pages += [p for p in pages if p.text.strip() or p.images]
     # an image file a document shows is recorded there (with its place), not again on its own
-    shown = {i.get("path") for p in result.pages if p.text for i in p.images}
-    result.pages = [p for p in result.pages if p.text or p.images[0].get("path") not in shown]
+    shown = {i.get("path") for p in result.pages if not _lone_image(p) for i in p.images}
+    result.pages = [p for p in result.pages if not _lone_image(p) or p.images[0].get("path") not in shown]
     return result

@@ -51,7 +51,15 @@ class Generator(Protocol):
 
 
 class GeneratorError(RuntimeError):
-    """The endpoint refused or kept failing; the message never holds the API key."""
+    """The endpoint refused or kept failing; the message never holds the API key.
+
+    ``status`` is the HTTP status of a refusal (None for network errors and unusable replies):
+    a 400 about an image is that image's fault, a 401 is the whole run's.
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -112,11 +120,16 @@ class OpenAICompatible:
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         return content or ""
 
-    def describe_image(self, path: str | Path, prompt: str, *, max_tokens: int = 512) -> str:
-        """A vision model's answer about an image (sent inline as a data URL)."""
-        path = Path(path)
-        mime = mimetypes.guess_type(path.name)[0] or "image/png"
-        url = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    def describe_image(self, image: str | Path | bytes, prompt: str, *, max_tokens: int = 512,
+                       mime: str | None = None) -> str:
+        """A vision model's answer about an image file or its bytes (sent inline as a data URL).
+
+        Send what :func:`.images.prepare_image` returns, with its ``mime``: the file's own bytes
+        under a name-guessed type are what endpoints refuse."""
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        if mime is None:
+            mime = (mimetypes.guess_type(Path(image).name)[0] if not isinstance(image, bytes) else None) or "image/png"
+        url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
         content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
         return self.chat([{"role": "user", "content": content}], max_tokens=max_tokens)
 
@@ -127,7 +140,7 @@ class OpenAICompatible:
             headers["Authorization"] = f"Bearer {self.api_key}"
         payload = json.dumps(body).encode("utf-8")
         for attempt in range(self.max_retries + 1):
-            wait, problem = None, ""
+            wait, problem, status = None, "", None
             try:
                 request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -138,16 +151,16 @@ class OpenAICompatible:
                     problem = f"not JSON: {self._redact(raw[:200].decode('utf-8', 'replace'))!r}"
             except urllib.error.HTTPError as err:
                 detail = self._redact(err.read()[:300].decode("utf-8", "replace"))
-                problem = f"HTTP {err.code}: {detail}"
+                problem, status = f"HTTP {err.code}: {detail}", err.code
                 if err.code not in RETRY_STATUSES:
                     hint = " (check the API key)" if err.code in (401, 403) else ""
-                    raise GeneratorError(f"POST {url}: {problem}{hint}") from None
+                    raise GeneratorError(f"POST {url}: {problem}{hint}", err.code) from None
                 wait = _retry_after(err.headers.get("Retry-After"))
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:  # refused, reset, timeout
                 reason = getattr(err, "reason", err)
                 problem = f"network error: {self._redact(str(reason))}"
             if attempt == self.max_retries:
-                raise GeneratorError(f"POST {url}: {problem} (gave up after {attempt + 1} attempts)")
+                raise GeneratorError(f"POST {url}: {problem} (gave up after {attempt + 1} attempts)", status)
             wait = min(self.backoff * 2**attempt if wait is None else wait, self.max_wait)
             log.warning("POST %s: %s; retrying in %.1f s (%d/%d)", url, problem, wait, attempt + 1, self.max_retries)
             self.sleep(wait)

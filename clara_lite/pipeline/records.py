@@ -11,21 +11,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+IMAGE_REF = "[IMAGE_REF]"  # where an image sits in a page's text; the k-th one is the page's k-th image
+
+
+def clean_paragraphs(text: str) -> str:
+    """Paragraphs (split on blank lines) with their inner whitespace collapsed, joined by blank lines."""
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def fill_images(text: str, fills: list[str | None] = ()) -> str:
+    """``text`` with its k-th :data:`IMAGE_REF` replaced by ``fills[k]`` (removed when None or missing)."""
+    if IMAGE_REF not in text:
+        return text
+    parts = text.split(IMAGE_REF)
+    out = [parts[0]]
+    for k, part in enumerate(parts[1:]):
+        out += [(fills[k] if k < len(fills) else None) or "", part]
+    return clean_paragraphs("".join(out))
+
 
 @dataclass
 class Page:
-    """Text of one page (PDF page, slide) or of a whole flowing document (``page`` None)."""
+    """Text of one page (PDF page, slide) or of a whole flowing document (``page`` None).
+
+    Each image of the page has an :data:`IMAGE_REF` in ``text`` where it is (at the end of the
+    page when the format does not say where): the description step puts what a vision model
+    says in its place, the chunker removes the ones left.
+    """
 
     source: str  # path relative to the input folder
     page: int | None
     title: str
     text: str  # paragraphs separated by blank lines
-    images: list[dict] = field(default_factory=list)  # {"name", "index"[, "path"]} on this page
+    images: list[dict] = field(default_factory=list)  # {"name", "index"[, "path", "alt"]} on this page
 
 
 @dataclass
@@ -37,10 +62,8 @@ class Chunk:
     page: int | None  # first page the passage comes from
     title: str
     index: int  # position within its source
-    text: str  # empty for an image chunk until a vision model describes it
+    text: str  # image descriptions included, in place (see describe)
     n_tokens: int = 0
-    kind: str = "text"  # "text" or "image"
-    image: str | None = None  # path of the image file, for image chunks
 
 
 @dataclass(frozen=True)

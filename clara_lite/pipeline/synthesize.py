@@ -1,7 +1,10 @@
-"""Chunks -> a dense summary and a few question/answer pairs each, resumably.
+"""Chunks -> a dense summary and a few question/answer pairs each (in one or more languages), resumably.
 
-Each chunk costs two generator calls: a summary (the stage1 paraphrase target) and 3-5 QA pairs
-(stage1 QA rows and the stage2/3 questions). Two small prompts instead of one combined JSON
+Each chunk costs a summary call (the stage1 paraphrase target) and one QA call per question
+language (3-5 pairs each: stage1 QA rows and the stage2/3 questions). With ``question_language``
+``"en,zh"`` every chunk gets English and Chinese pairs, each answer in its question's language;
+both are questions about the same chunk, so the split keeps them on the same side. The prompts
+are files (:mod:`.prompts`): the shipped defaults, or your own. Two small prompts instead of one combined JSON
 request because small local models follow them (measured on smollm2-135m: the combined prompt
 produced no usable pairs). The QA prompt asks for a JSON list (``qa_format="json"``, API models)
 or ``Q:``/``A:`` lines (``"lines"``, small local models); either reply is parsed by both routes:
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import prompts
 from .records import Chunk, dumps, recover_appended
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,21 @@ log = logging.getLogger(__name__)
 class SynthesisConfig:
     """What to ask the generator for, per chunk."""
 
-    n_questions: int = 3  # QA pairs asked for (3-5 recommended); at most this many are kept
-    question_language: str | None = None  # e.g. "German": cross-lingual questions and answers
+    n_questions: int = 3  # QA pairs asked for per language (3-5 recommended); at most this many are kept
+    # None: the text's language; "German" or "de": cross-lingual; "en,zh": both, for every chunk
+    question_language: str | None = None
     qa_format: str = "auto"  # "json" (a JSON list), "lines" ("Q:/A:" lines) or "auto": the generator's choice
     max_tokens: int = 512  # per QA reply
     summary_max_tokens: int = 256
     summary: bool = True  # ask for a summary (stage1 paraphrase rows)
+    summary_prompt: str | None = None  # prompt files; None: the shipped prompts/summary.txt, qa.txt
+    qa_prompt: str | None = None
+
+    @property
+    def languages(self) -> tuple[str | None, ...]:
+        """The question languages as given (``("en", "zh")``), or ``(None,)``: the text's own."""
+        given = tuple(x.strip() for x in (self.question_language or "").split(",") if x.strip())
+        return given or (None,)
 
     def __post_init__(self):
         if not 1 <= self.n_questions <= 10:
@@ -49,28 +62,36 @@ class SynthesisConfig:
 
 # --------------------------------------------------------------------------- prompts
 
-SUMMARY_PROMPT = ("Summarize this text in two or three dense sentences that keep every name, number and "
-                  "fact. Reply with the summary only.\n\nText:\n{text}")
-QA_PROMPT = ("Write {n} questions that the text below answers, each with a short answer taken from the text. "
-             "Each question must make sense without seeing the text.{language} {format}\n\nText:\n{text}")
+LANGUAGE_NAMES = {  # codes people write in --question-language -> what the prompt says
+    "en": "English", "zh": "Chinese", "zh-cn": "Simplified Chinese", "zh-tw": "Traditional Chinese",
+    "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
+    "ru": "Russian", "uk": "Ukrainian", "pl": "Polish", "tr": "Turkish", "ar": "Arabic", "hi": "Hindi",
+    "ja": "Japanese", "ko": "Korean", "vi": "Vietnamese", "id": "Indonesian", "th": "Thai", "sv": "Swedish",
+}
 QA_FORMATS = {
     "json": 'Reply with a JSON list only, like [{"question": "...", "answer": "..."}].',
     "lines": "Write each pair on two lines:\nQ: <question>\nA: <answer>",
 }
 LANGUAGE = " Write the questions and answers in {language}, whatever the language of the text."
-IMAGE_PROMPT = ("Describe this image for a search index: what it shows, every label, number and text in it, "
-                "in plain sentences.")
 
 
-def summary_messages(text: str) -> list[dict]:
-    return [{"role": "user", "content": SUMMARY_PROMPT.format(text=text)}]
+def language_name(language: str) -> str:
+    return LANGUAGE_NAMES.get(language.lower(), language)
 
 
-def qa_messages(text: str, config: SynthesisConfig, qa_format: str = "json") -> list[dict]:
-    """The QA prompt; ``qa_format`` is used when the config says ``auto``."""
-    language = LANGUAGE.format(language=config.question_language) if config.question_language else ""
+def summary_messages(text: str, template: str | None = None) -> list[dict]:
+    return [{"role": "user", "content": prompts.fill(template or prompts.default("summary"), text=text)}]
+
+
+def qa_messages(text: str, config: SynthesisConfig, qa_format: str = "json", language: str | None = None,
+                template: str | None = None) -> list[dict]:
+    """The QA prompt in ``language`` (default: the config's first); ``qa_format`` is used when the config
+    says ``auto``."""
+    language = language or config.languages[0]
+    instruction = LANGUAGE.format(language=language_name(language)) if language else ""
     qa_format = qa_format if config.qa_format == "auto" else config.qa_format
-    prompt = QA_PROMPT.format(n=config.n_questions, language=language, format=QA_FORMATS[qa_format], text=text)
+    prompt = prompts.fill(template or prompts.default("qa"), n=config.n_questions, language=instruction,
+                          format=QA_FORMATS[qa_format], text=text)
     return [{"role": "user", "content": prompt}]
 
 
@@ -202,47 +223,58 @@ class SynthesisReport:
     chunks: int = 0  # chunks in the input
     done_before: int = 0  # already in the output (resumed)
     generated: int = 0  # chunk rows written by this run
-    pairs: int = 0  # QA pairs written by this run
+    pairs: int = 0  # QA pairs written by this run (all languages)
     dropped: int = 0  # malformed pairs dropped by this run
     without_qa: int = 0  # rows written by this run with no usable pair
-    images_described: int = 0
-    images_skipped: int = 0  # image chunks left out: no vision model configured
+    empty: int = 0  # chunks without text, left out (image chunks of an older chunks.jsonl)
 
     def format(self) -> str:
         text = (f"{self.generated} chunks synthesized ({self.done_before} already done, {self.chunks} in all): "
                 f"{self.pairs} QA pairs, {self.dropped} malformed pairs dropped, "
                 f"{self.without_qa} chunks without a usable pair")
-        if self.images_described or self.images_skipped:
-            text += f"; images: {self.images_described} described, {self.images_skipped} skipped (no vision model)"
-        return text
+        return text + (f"; {self.empty} chunks without text left out" if self.empty else "")
 
 
-def synthesize_chunk(chunk: Chunk, generator, config: SynthesisConfig = SynthesisConfig(), vision=None) -> dict:
-    """One output row: the chunk's text (an image's description), summary and QA pairs."""
+@dataclass(frozen=True)
+class _Templates:
+    summary: str
+    qa: str
+
+    @classmethod
+    def of(cls, config: SynthesisConfig) -> _Templates:
+        return cls(prompts.load("summary", config.summary_prompt), prompts.load("qa", config.qa_prompt))
+
+
+def synthesize_chunk(chunk: Chunk, generator, config: SynthesisConfig = SynthesisConfig(),
+                     templates: _Templates | None = None) -> dict:
+    """One output row: the chunk's text, summary and QA pairs in every question language."""
+    templates = templates or _Templates.of(config)
     text = chunk.text
-    if chunk.kind == "image":
-        text = " ".join(vision.describe_image(chunk.image, IMAGE_PROMPT, max_tokens=config.max_tokens).split())
-    summary = parse_summary(generator.chat(summary_messages(text), max_tokens=config.summary_max_tokens)) \
-        if config.summary and text else None
+    summary = parse_summary(generator.chat(summary_messages(text, templates.summary),
+                                           max_tokens=config.summary_max_tokens)) if config.summary else None
     # auto: the generator's preferred format (LocalModel says "lines": small models follow Q:/A: lines)
-    messages = qa_messages(text, config, getattr(generator, "qa_format", "json"))
-    pairs, dropped = parse_qa(generator.chat(messages, max_tokens=config.max_tokens), config.n_questions) \
-        if text else ([], 0)
-    return {"id": chunk.id, "source": chunk.source, "page": chunk.page, "title": chunk.title, "kind": chunk.kind,
-            "doc": text, "summary": summary, "qa": [{"question": q, "answer": a} for q, a in pairs],
-            "dropped": dropped, "language": config.question_language, "generator": generator.name}
+    qa_format = getattr(generator, "qa_format", "json")
+    qa, dropped = [], 0
+    for language in config.languages:
+        messages = qa_messages(text, config, qa_format, language, templates.qa)
+        pairs, n_dropped = parse_qa(generator.chat(messages, max_tokens=config.max_tokens), config.n_questions)
+        qa += [{"question": q, "answer": a, **({"language": language} if language else {})} for q, a in pairs]
+        dropped += n_dropped
+    languages = [x for x in config.languages if x]
+    return {"id": chunk.id, "source": chunk.source, "page": chunk.page, "title": chunk.title, "doc": text,
+            "summary": summary, "qa": qa, "dropped": dropped, "language": languages or None,
+            "generator": generator.name}
 
 
 def synthesize(chunks: list[Chunk], out: str | Path, generator, config: SynthesisConfig = SynthesisConfig(), *,
-               vision=None, progress: Callable[[int, int], None] | None = None) -> SynthesisReport:
+               progress: Callable[[int, int], None] | None = None) -> SynthesisReport:
     """Append one row per chunk not yet in ``out``; each row is on disk before the next call.
 
-    Image chunks need ``vision`` (an :class:`OpenAICompatible` vision model); without one they
-    are skipped and counted. A generator error propagates after the rows so far are saved:
-    rerun to go on.
+    A generator error propagates after the rows so far are saved: rerun to go on.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    templates = _Templates.of(config)  # a bad prompt file fails before any call
     done = {row.get("id") for row in recover_appended(out)}
     report = SynthesisReport(chunks=len(chunks), done_before=sum(c.id in done for c in chunks))
     todo = [c for c in chunks if c.id not in done]
@@ -251,10 +283,10 @@ def synthesize(chunks: list[Chunk], out: str | Path, generator, config: Synthesi
                     out, len(done) - report.done_before)
     with out.open("a", encoding="utf-8") as fh:
         for i, chunk in enumerate(todo):
-            if chunk.kind == "image" and vision is None:
-                report.images_skipped += 1
+            if not chunk.text.strip():
+                report.empty += 1
                 continue
-            row = synthesize_chunk(chunk, generator, config, vision)
+            row = synthesize_chunk(chunk, generator, config, templates)
             fh.write(dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())  # a killed run loses at most the chunk in flight
@@ -262,7 +294,6 @@ def synthesize(chunks: list[Chunk], out: str | Path, generator, config: Synthesi
             report.pairs += len(row["qa"])
             report.dropped += row["dropped"]
             report.without_qa += not row["qa"]
-            report.images_described += chunk.kind == "image"
             if progress is not None:
                 progress(i + 1, len(todo))
     log.info("%s", report.format())

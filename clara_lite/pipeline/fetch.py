@@ -1,0 +1,107 @@
+"""A Drive share link or URL -> documents, a dataset file or ready stage files in a local folder.
+
+People keep their material on Drive and share a link: a zip of documents, a folder, or one
+JSONL/Parquet dataset file. :func:`fetch` downloads it (:func:`clara_lite.io.drive.download`:
+resumable, never overwriting other content), unpacks a zip safely (no member outside the folder,
+a size cap against zip bombs) and says what it got, so the next step is the right one
+(``data build`` for documents, ``data convert`` for a dataset, training for stage files). A rerun
+with the same link reuses what was fetched.
+
+>>> fetch("https://drive.google.com/file/d/<id>/view", "drive/fetched").kind  # doctest: +SKIP
+'documents'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_UNPACKED_BYTES = 20 << 30
+MAX_MEMBERS = 100_000
+DATASET_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".arrow"}
+LAYOUT_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm"}  # formats no dataset comes as
+
+
+@dataclass
+class Fetched:
+    path: Path  # the folder (or single file) to use
+    kind: str  # "stage files", "dataset" or "documents"
+
+    def format(self) -> str:
+        nxt = {"stage files": f"train on it: --data-dir {self.path}",
+               "dataset": f"convert it: clara-lite data convert --dataset {self.path} --out-dir DATA_DIR",
+               "documents": f"build from it: clara-lite data build --input {self.path} --out DATA_DIR"}[self.kind]
+        return f"{self.kind}: {self.path}\nnext, {nxt}"
+
+
+def classify(path: str | Path) -> str:
+    """``stage files`` (a stage1.jsonl), ``dataset`` (data files, no PDF/Office/HTML) or ``documents``."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    names = {p.name for p in files}
+    suffixes = {p.suffix.lower() for p in files}
+    if "stage1.jsonl" in names:
+        return "stage files"
+    if suffixes & DATASET_SUFFIXES and not suffixes & LAYOUT_SUFFIXES:
+        return "dataset"
+    return "documents"
+
+
+def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """``archive`` unpacked into ``folder`` (all or nothing); member names may not leave it."""
+    with zipfile.ZipFile(archive) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if len(infos) > MAX_MEMBERS:
+            raise ValueError(f"{archive.name}: {len(infos)} files; more than {MAX_MEMBERS} is not a document set")
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            raise ValueError(f"{archive.name} unpacks to {total / 1e9:.1f} GB, more than {max_bytes / 1e9:.0f} GB")
+        bad = [i.filename for i in infos if Path(i.filename).is_absolute() or ".." in Path(i.filename).parts]
+        if bad:
+            raise ValueError(f"{archive.name}: members outside the folder ({', '.join(bad[:3])}); not unpacked")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            zf.extractall(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    # a zip of one folder: use that folder
+    entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def fetch(url_or_id: str, dest: str | Path) -> Fetched:
+    """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result."""
+    from ..io.drive import download
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    marker = dest / f".clara-fetch-{hashlib.sha256(url_or_id.strip().encode()).hexdigest()[:12]}.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if Path(done["path"]).exists():
+            log.info("already fetched: %s", done["path"])
+            return Fetched(Path(done["path"]), done["kind"])
+    got = download(url_or_id, dest)
+    if got.is_file() and zipfile.is_zipfile(got):
+        path = unpack(got, got.with_suffix(""))
+        got.unlink()
+    else:
+        path = got
+    fetched = Fetched(path, classify(path))
+    marker.write_text(json.dumps({"path": str(path), "kind": fetched.kind}) + "\n", encoding="utf-8")
+    log.info("fetched %s", fetched.format().splitlines()[0])
+    return fetched
