@@ -57,6 +57,13 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
+BEST_DIR = "best"  # a stage's checkpoint with the best held-out metric (TrainConfig.best_metric)
+
+# a comparison of systems on the same questions (clara-lite eval --systems)
+COMPARE_MARKDOWN = "comparison.md"
+COMPARE_JSON = "comparison.json"
+COMPARE_CHART = "comparison.png"
+COMPARE_PREDICTIONS = "predictions.jsonl"
 RUNS_DIR = "runs"
 EXPORTS_DIR = "exports"
 
