@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 LAYOUTS = ("compact", "upstream")
 QUANTIZATIONS = ("4bit", "8bit")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
 
 
 @dataclass
@@ -152,12 +153,25 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard"})
     retry_attempts: int = field(default=4, metadata={"help": "attempts at writing a checkpoint"})
     retry_delay_s: float = field(default=2.0, metadata={"help": "first back-off between attempts (doubles)"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "held-out rows (this stage's format, or questions) scored into metrics.jsonl and the loss plot"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate --eval-data every N optimizer steps "
+                                                                   "(default: at the end only)"})
+    eval_questions: int = field(default=64, metadata={"help": "held-out questions answered per evaluation "
+                                                                "(0: all); the loss uses every row"})
+    best_metric: str | None = field(default=None, metadata={
+        "help": "keep the step with the best held-out metric in <stage>/best: em, f1, cover_em, recall_at_1 "
+                "(higher is better) or loss (lower)", "choices": BEST_METRICS})
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
     RESULT_KEYS = ("lr", "max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "warmup_ratio",
                    "scheduler", "weight_decay", "max_grad_norm", "seed")
 
     def __post_init__(self):
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError("eval_steps must be >= 1")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.micro_batch_size < 1 or self.grad_accum_steps < 1:

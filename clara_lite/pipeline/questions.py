@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..data import ANSWER_KEYS, DOC_KEYS, QAExample, read_jsonl
+from ..data import ANSWER_KEYS, DOC_KEYS, QAExample, questions_of, read_jsonl
 from ..stages import ORDER, STAGES, get_stage
 from .convert import convert
 from .negatives import nearest
@@ -52,17 +52,6 @@ def questions_from_corpus(corpus: Corpus) -> list[QAExample]:
     return rows
 
 
-def expand_pretrain_rows(examples) -> list[QAExample]:
-    """Stage1 QA rows -> one question per (question, answer) pair, reading the row's documents."""
-    rows = []
-    for ex in examples:
-        if ex.data_type != "qa":
-            continue
-        gold = tuple(range(len(ex.docs)))
-        rows += [QAExample(q, ex.docs, (a,), gold) for q, a in zip(ex.questions, ex.answers, strict=True)]
-    return rows
-
-
 def load_questions(source: str | Path, *, limit: int = 0, fmt: str | None = None, split: str | None = None,
                    config: str | None = None) -> list[QAExample]:
     """Up to ``limit`` questions (0: all) of ``source`` (a file, a dataset folder or a Hub name; see the
@@ -71,7 +60,7 @@ def load_questions(source: str | Path, *, limit: int = 0, fmt: str | None = None
     if path.is_file() and path.suffix.lower() == ".jsonl" and fmt is None:
         records, _ = load_records(path, limit=1, progress=False)
         if _is_pretrain_row(records[0]):
-            return expand_pretrain_rows(read_jsonl(path, PRETRAIN))[: limit or None]
+            return questions_of(read_jsonl(path, PRETRAIN))[: limit or None]
         if _is_qa_row(records[0]):  # our rows, upstream's eval files: read (and checked) as rows
             return read_jsonl(path, QA)[: limit or None]
     records, description = load_records(source, split=split, config=config, limit=limit, progress=False)
