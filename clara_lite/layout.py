@@ -57,6 +57,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
+BENCHMARKS_DIR = "benchmarks"  # <run>/benchmarks/<name>-<setting>/: comparisons on benchmark files (05_inference)
 BEST_DIR = "best"  # a stage's checkpoint with the best held-out metric (TrainConfig.best_metric)
 
 # a comparison of systems on the same questions (clara-lite eval --systems)
@@ -122,6 +123,10 @@ class RunLayout:
     @property
     def heldout_eval(self) -> Path:
         return self.root / HELDOUT_EVAL
+
+    def benchmark(self, name: str) -> Path:
+        """Where a comparison named ``name`` (a data file and setting) writes its report."""
+        return self.root / BENCHMARKS_DIR / name
 
     def default_export(self, stage: str) -> Path:
         """``<root>/exports/<run>-<stage>.zip`` for a run in a ``runs/`` folder (the Drive layout:

@@ -12,10 +12,12 @@ from test_pipeline_convert import hotpot
 from test_pipeline_datasets import musique, two_wiki
 
 from clara_lite import inputs
+from clara_lite import notebook as nb
 from clara_lite.cli import main
 from clara_lite.data import read_jsonl
 from clara_lite.pipeline.questions import load_questions, pool_retriever
 from clara_lite.serve.compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, TEXT_RAG, compare, reading_sets
+from clara_lite.serve.paper import paper_scores
 
 CONFIG = dict(doc_max_length=16, compr_rate=4, generation_top_k=2, lora_r=4)
 
@@ -139,3 +141,38 @@ def test_stage1_rows_become_one_question_per_pair(tmp_path, shared_dir):
     assert [r.question for r in rows[: len(first["question"])]] == first["question"]
     assert rows[0].docs == tuple(first["docs"]) and rows[0].answers == (first["answers"][0],)
     assert rows[0].pos_index == (0,)
+
+
+def test_paper_scores_match_the_upstream_tables():
+    assert paper_scores("mistralai/Mistral-7B-Instruct-v0.2", 16, "normal", "nq_eval_no_pos.jsonl") == {
+        TEXT_RAG: 54.58, CLARA: 55.56}
+    assert paper_scores("mistral-7b", 32, "oracle", "musique") == {TEXT_RAG: 45.72, CLARA: 38.31}
+    assert paper_scores("mistral-7b", 4, "oracle", "2WikiMultihopQA/dev.json")[CLARA] == 70.48
+    assert paper_scores("smollm2-135m", 16, "oracle", "nq") == {}  # the paper has no such model
+    assert paper_scores("mistral-7b", 8, "oracle", "nq") == {}  # nor that compression rate
+    assert paper_scores("mistral-7b", 16, "oracle", "squad") == {}
+
+
+def test_notebook_compare_and_benchmark_show_the_table_and_write_the_report(tmp_path, capsys):
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(run_name="cmp", base_model="tiny-random", compr_rate=4,
+                                                   doc_max_length=16, lora_r=4))
+    ws = nb.Workspace(drive, settings)
+    ws.prepare_data("example")
+    model = tiny_model(**CONFIG)
+    result = ws.compare(model, [CLOSED_BOOK, CLARA], limit=6, max_new_tokens=2)
+    assert result.count == 6 and list(result.scores) == [CLOSED_BOOK, CLARA]
+    report = drive / "runs" / "cmp" / "benchmarks" / "heldout-oracle"
+    assert {p.name for p in report.iterdir()} == {"comparison.md", "comparison.json", "comparison.png",
+                                                  "predictions.jsonl"}
+    hotpot_file = drive / "hotpot_dev_distractor.json"
+    hotpot_file.write_text(json.dumps(hotpot(hf_layout=False)))
+    model = tiny_model(**{**CONFIG, "compr_rate": 16})  # the paper's compression rate
+    model.config.base_model = "mistral-7b"  # as an official CLaRa-7B checkpoint's config names its base
+    capsys.readouterr()
+    results = ws.benchmark(hotpot_file.name, model=model, limit=4, max_new_tokens=2)
+    assert set(results) == {"oracle", "normal"} and results["normal"].scores[CLARA]["recall_at_k"] is not None
+    out = capsys.readouterr().out
+    assert "paper: apple/ml-clara README" in out
+    table = (drive / "runs" / "cmp" / "benchmarks" / "hotpot_dev_distractor-normal" / "comparison.md").read_text()
+    assert "| paper |" in table and "| 0.437 |" in table  # CLaRa CR=16 HotpotQA normal: 43.72

@@ -22,7 +22,8 @@ def _number(value, digits: int = 3) -> str:
 
 
 def markdown_table(result: Comparison, paper: dict[str, float] | None = None) -> str:
-    """One row per system; ``paper`` adds a column with the paper's figure for the same system, if any."""
+    """One row per system; ``paper`` (``{system: score in %}``, :mod:`clara_lite.serve.paper`) adds a
+    column with the paper's figure for the same system, as a fraction like ours."""
     head = ["system", "EM", "F1", "cover-EM", f"Recall@{result.top_k}", "prompt tokens", "s / question"]
     if paper:
         head.append("paper")
@@ -32,7 +33,7 @@ def markdown_table(result: Comparison, paper: dict[str, float] | None = None) ->
         cells = [name, _number(s["em"]), _number(s["f1"]), _number(s["cover_em"]), _number(s.get("recall_at_k")),
                  f"{s['prompt_tokens']:.0f}", f"{s['seconds_per_question']:.2f}"]
         if paper:
-            cells.append(_number(paper.get(name), 2))
+            cells.append(_number(paper[name] / 100 if name in paper else None))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
