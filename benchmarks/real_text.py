@@ -73,6 +73,10 @@ def main() -> None:
     p.add_argument("--lr1", type=float, default=1e-3)
     p.add_argument("--lr2", type=float, default=5e-4)
     p.add_argument("--compr-rate", type=int, default=16)
+    p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
+                   help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
+    p.add_argument("--chunk-loss-weight", type=float, default=1.0)
+    p.add_argument("--mse-weight", type=float, default=0.0)
     p.add_argument("--doc-max-length", type=int, default=256)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--systems", default="closed-book,text-rag,clara,clara-zeroed")
@@ -94,7 +98,9 @@ def main() -> None:
     layout = RunLayout(run_dir)
     files = prepare(run_dir / "data", Path(args.data), args.train_rows, args.heldout_rows, args.questions_per_doc)
     model_options = {"base_model": "smollm2-135m", "doc_max_length": args.doc_max_length,
-                     "compr_rate": args.compr_rate, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0}
+                     "compr_rate": args.compr_rate, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
+                     "memory_space": args.memory_space, "chunk_loss_weight": args.chunk_loss_weight,
+                     "mse_weight": args.mse_weight}
     common = {"micro_batch_size": 1, "grad_accum_steps": args.rows_per_step, "warmup_ratio": 0.05, "log_steps": 4,
               "save_minutes": 10.0, "eval_questions": 12}
     plans = {

@@ -17,6 +17,7 @@ from .layout import CONFIG_FILE, write_json
 FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
+MEMORY_SPACES = ("hidden", "tokens")
 QUANTIZATIONS = ("4bit", "8bit")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
@@ -55,6 +56,19 @@ class ClaraConfig:
                                                              "(unset: the hardware plan decides)",
                                                              "choices": QUANTIZATIONS})
     mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
+    memory_space: str = field(
+        default="hidden",
+        metadata={
+            "help": "'hidden': memory vectors are the encoder's last hidden states (upstream CLaRa); 'tokens': each "
+            "is read through the LM head and replaced by the mixture of token embeddings it predicts, so the "
+            "decoder reads it like text from the first step (learns in minutes where 'hidden' needs far more "
+            "data; not upstream's format)",
+            "choices": MEMORY_SPACES,
+        },
+    )
+    chunk_loss_weight: float = field(default=0.0, metadata={
+        "help": "weight of a loss that has memory vector i, read through the LM head, predict the i-th "
+                "compr_rate tokens of its document (0: upstream's recipe)"})
     retrieval_temperature: float = field(default=0.02, metadata={"help": "softmax temperature of the top-k"})
     contrastive_weight: float = field(
         default=0.0, metadata={"help": "stage3: weight of the retrieval loss on rows carrying pos_index"}
@@ -72,6 +86,8 @@ class ClaraConfig:
             )
         if self.encoder_layout not in LAYOUTS:
             raise ValueError(f"encoder_layout must be one of {LAYOUTS}, got {self.encoder_layout!r}")
+        if self.memory_space not in MEMORY_SPACES:
+            raise ValueError(f"memory_space must be one of {MEMORY_SPACES}, got {self.memory_space!r}")
         if self.generation_top_k < 1:
             raise ValueError("generation_top_k must be >= 1")
         if self.quantization in ("no", "none", ""):

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 # the demo's recipe (see the module doc)
 MODEL = {"doc_max_length": 32, "compr_rate": 4, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
-         "contrastive_weight": 1.0}
-DATA = {"n_facts": 176, "heldout": 16, "n_candidates": 4}  # 160 people to learn from, 16 never seen
-STEPS = dict(zip(ORDER, (30, 60, 20), strict=True))
-LR = dict(zip(ORDER, (1e-3, 1e-3, 5e-4), strict=True))
+         "memory_space": "tokens", "chunk_loss_weight": 1.0, "mse_weight": 0.0, "contrastive_weight": 2.0}
+# 384 people to learn from, 16 never seen; stage2 reads each question's own document, stage3 picks it among 4
+DATA = {"n_facts": 400, "heldout": 16, "n_candidates": 4, "stage2_candidates": 1}
+STEPS = dict(zip(ORDER, (40, 60, 30), strict=True))
+LR = dict(zip(ORDER, (2e-3, 2e-3, 2e-3), strict=True))
 ROWS_PER_STEP = 8
 HELDOUT = "heldout"
 SYSTEMS = (CLARA, CLOSED_BOOK, CLARA_ZEROED)

@@ -20,7 +20,7 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from .stages import STAGES
+from .stages import ORDER, STAGES
 
 ATTRIBUTES = ("place", "job", "colour")
 BLOCK = 16  # people per balanced block
@@ -69,11 +69,13 @@ def _rows_with_candidates(facts, pool, n_candidates, rng):
 
 
 def write_example_data(folder: str | Path, *, n_facts: int = 24, heldout: int = 4, n_candidates: int = 4,
-                       seed: int = 0) -> dict:
+                       stage2_candidates: int | None = None, seed: int = 0) -> dict:
     """Write ``stage1.jsonl``, ``stage2.jsonl``, ``stage3.jsonl`` and ``heldout.jsonl`` into ``folder``.
 
     The last ``heldout`` people appear in no training file (held-out evaluation on unseen documents);
-    their candidate lists draw negatives from all documents. Returns ``{name: path}``.
+    their candidate lists draw negatives from all documents. Stage2 rows hold ``stage2_candidates``
+    documents (default ``n_candidates``; 1: the question's own document, what a top-1 reader gets after
+    retrieval). Returns ``{name: path}``.
     """
     rng = random.Random(seed)
     facts = load_facts(n_facts, seed)
@@ -87,6 +89,8 @@ def write_example_data(folder: str | Path, *, n_facts: int = 24, heldout: int = 
     qa_rows = _rows_with_candidates(train, [f["doc"] for f in train], n_candidates, rng)
     files = {**{s.name: stage1 if s.row == "pretrain" else qa_rows for s in STAGES.values()},
              "heldout": _rows_with_candidates(held, pool, n_candidates, rng)}
+    if stage2_candidates not in (None, n_candidates):
+        files[ORDER[1]] = _rows_with_candidates(train, [f["doc"] for f in train], stage2_candidates, rng)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

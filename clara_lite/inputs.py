@@ -118,7 +118,25 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     input_ids = torch.cat([enc["input_ids"], mem], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(mem)], dim=1)
     position_ids = None if upstream else mask_positions(attention_mask)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if config.chunk_loss_weight:
+        out["chunks"] = chunk_targets(tokenizer, config, texts)
+    return out
+
+
+def chunk_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.Tensor:
+    """(B, n_mem, compr_rate) token ids: memory vector i's share of its text, the i-th ``compr_rate`` tokens
+    (of the first ``doc_max_length``); IGNORE_INDEX where a text is shorter. The targets of ``chunk_loss_weight``.
+
+    >>> chunk_targets(tokenizer, ClaraConfig(doc_max_length=4, compr_rate=2), ["a b c"])  # doctest: +SKIP
+    tensor([[[ 64,  275], [ 272, -100]]])
+    """
+    m, rate = config.n_mem, config.compr_rate
+    out = torch.full((len(texts), m * rate), IGNORE_INDEX, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: m * rate]
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out.view(len(texts), m, rate)
 
 
 def _chat(tokenizer, system: str, user: str, answer: str | None) -> tuple[int, str]:

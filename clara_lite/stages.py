@@ -141,13 +141,18 @@ class _CompressAndAnswer(Stage):
     def loss(self, model, batch, totals=None):
         own = StepTotals.of([batch])
         totals = totals or own
-        memory, mse = model.compress(batch["enc"])  # (B*K, M, H)
+        memory, mse, chunk = model.compress_for_training(batch["enc"])  # (B*K, M, H)
         embeds = model.decoder_embeds(batch["dec"]["input_ids"], memory)
         lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
         lm = _part(lm, own.answer_tokens, totals.answer_tokens)
         mse = _part(mse, own.docs, totals.docs)
         total = lm + model.config.mse_weight * mse
-        return total, {"lm_loss": lm.item(), "mse_loss": mse.item()}
+        metrics = {"lm_loss": lm.item(), "mse_loss": mse.item()}
+        if chunk is not None:  # chunk_loss_weight: every batch of the step has the targets
+            chunk = _part(chunk, own.docs, totals.docs)
+            total = total + model.config.chunk_loss_weight * chunk
+            metrics["chunk_loss"] = chunk.item()
+        return total, metrics
 
 
 class Stage1(_CompressAndAnswer):

@@ -1,0 +1,75 @@
+"""memory_space="tokens" and chunk_loss_weight: memory vectors the decoder can read from the first step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_model
+
+from clara_lite import ClaraConfig, inputs
+from clara_lite.data import QAExample
+from clara_lite.stages import get_stage
+
+DOCS = ["Orla Vennimark is a cook who lives in Japan.", "Tavi Brask lives in Rome and works as a guard."]
+
+
+def test_chunk_targets_are_each_memory_vectors_share_of_the_text():
+    model = tiny_model(doc_max_length=8, compr_rate=4)
+    ids = model.tokenizer(DOCS[0], add_special_tokens=False)["input_ids"]
+    targets = inputs.chunk_targets(model.tokenizer, model.config, [DOCS[0], "Rome"])  # (2, 2, 4)
+    assert targets.shape == (2, 2, 4)
+    assert targets[0].flatten().tolist() == ids[:8]
+    rome = model.tokenizer("Rome", add_special_tokens=False)["input_ids"]
+    assert targets[1].flatten().tolist() == rome + [inputs.IGNORE_INDEX] * (8 - len(rome))
+
+
+def test_token_memory_is_the_embedding_mixture_the_lm_head_predicts():
+    hidden = tiny_model(doc_max_length=16, compr_rate=4)
+    tokens = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens")  # the same seed: same weights
+    enc = tokens._encode(DOCS)
+    states, _ = hidden.compress_documents(DOCS)  # (2, 4, H): last hidden states
+    memory, _ = tokens.compress_documents(DOCS)
+    table = tokens.lm.get_input_embeddings().weight
+    expected = F.softmax(tokens.causal_lm.get_output_embeddings()(states).float(), -1) @ table
+    assert torch.allclose(memory, expected, atol=1e-5)
+    assert memory.norm(dim=-1).max() <= table.norm(dim=-1).max() + 1e-5  # inside the embeddings' hull
+    assert states.norm(dim=-1).mean() > memory.norm(dim=-1).mean()
+    tokens.add_query_reasoner()  # a copy of the encoder: its query vectors are the documents' memory vectors
+    assert torch.allclose(tokens.embed_queries(enc).view(2, 4, -1), memory, atol=1e-5)
+    with pytest.raises(ValueError, match="memory_space must be one of"):
+        ClaraConfig(memory_space="latent")
+
+
+def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lowers_it():
+    model = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens", chunk_loss_weight=1.0, mse_weight=0.0)
+    enc = model._encode(DOCS)
+    assert enc["chunks"].shape == (2, 4, 4)
+    model.eval()
+    with torch.no_grad():
+        _, _, chunk = model.compress_for_training(enc)
+        states, _ = model._states(enc)
+        logp = F.log_softmax(model.causal_lm.get_output_embeddings()(states).float(), -1)
+        per_doc = []
+        for b in range(2):
+            picked = [logp[b, i, t] for i in range(4) for t in enc["chunks"][b, i].tolist() if t >= 0]
+            per_doc.append(-torch.stack(picked).mean())
+    assert chunk.item() == pytest.approx(torch.stack(per_doc).mean().item(), rel=1e-5)
+
+    stage = get_stage("stage2")
+    stage.prepare(model)
+    model.train()
+    rows = [QAExample("Where does Orla Vennimark live?", (DOCS[0],), ("Japan",)),
+            QAExample("Where does Tavi Brask live?", (DOCS[1],), ("Rome",))]
+    batch = stage.collator(model)(rows)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    history = []
+    for _ in range(8):
+        loss, metrics = stage.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        history.append(metrics["chunk_loss"])
+    assert history[-1] < history[0]
+    assert loss.item() == pytest.approx(metrics["lm_loss"] + metrics["chunk_loss"], rel=1e-4)
