@@ -36,7 +36,7 @@ RETRIES = 2  # further tries after a transfer breaks off, stalls or meets a busy
 CHUNK = 64 << 10  # small: when a connection drops, urllib3 discards the chunk it was filling
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 DRIVE_FILE_URL = "https://drive.google.com/uc?id={id}&export=download"
-# gdown's file user agent: Drive answers some other agents with a page instead of the file
+# the agent gdown sends when it fetches a Drive file
 USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_10_1) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/39.0.2171.95 Safari/537.36")
 VALIDATOR = ".validator"  # beside a partial file: the ETag / Last-Modified its bytes came with
