@@ -20,7 +20,7 @@ from .. import inputs
 from ..config import ClaraConfig
 from ..inputs import SpecialTokens
 from ..stages import QUERY_REASONER
-from .adapters import lora_config, prepare_base
+from .adapters import lora_config, prepare_base, share_dropout
 from .base import load_base_model
 from .saving import load_model, save_model
 
@@ -60,6 +60,7 @@ class ClaraModel(nn.Module):
         self.config = config
         self.tokens = tokens
         self.generation_top_k = config.generation_top_k
+        share_dropout(lm)  # one dropout mask per distinct LoRA input (see SharedDropout)
 
     # ------------------------------------------------------------------ construction
 
@@ -115,6 +116,7 @@ class ClaraModel(nn.Module):
         if self.has_retriever:
             return
         self.lm.add_adapter(QUERY_REASONER, lora_config(self.config))
+        share_dropout(self.lm)
         if init_from in self.adapter_names:
             self.copy_adapter(init_from, QUERY_REASONER)
         self.freeze_all_adapters()
