@@ -20,7 +20,6 @@ from ..data import DataError, read_jsonl, validate_file
 from ..evaluation import evaluate_model
 from ..examples import write_example_data
 from ..hardware import detect_hardware
-from ..io import drive as drive_links
 from ..layout import RunLayout, write_json
 from ..model.modeling import ClaraModel
 from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
@@ -187,12 +186,6 @@ class Workspace:
         for skipped in extract["skipped"]:
             print(f"  skipped {skipped['source']}: {skipped['reason']}")
         return target
-
-    def fetch(self, link: str, dest: str = DATA_DIR) -> Path:
-        """A file or folder shared by Drive link (or any http(s) URL) into ``dest`` on Drive."""
-        path = drive_links.download(link, self.on_drive(dest))
-        print(f"Fetched {drive_links.redact(link)} -> {path}")
-        return path
 
     def check_data(self) -> dict:
         """Validate every data file of the run; print counts, problems and one sample row each.
