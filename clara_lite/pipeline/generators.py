@@ -35,6 +35,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 
+from ..hardware import detect_hardware
+from ..model.base import load_base_model
+
 log = logging.getLogger(__name__)
 
 ENV_BASE_URL = "CLARA_LLM_BASE_URL"
@@ -181,8 +184,6 @@ class LocalModel:
         import torch
 
         if model is None:
-            from ..hardware import detect_hardware
-            from ..model.base import load_base_model
 
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             # the training plan's dtype: fp32 on CPU, bf16 from Ampere on, fp16 on a T4 (whose bf16
