@@ -17,7 +17,10 @@ from .layout import CONFIG_FILE, write_json
 FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
-QUANTIZATIONS = ("4bit", "8bit")
+QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset (None): the hardware plan decides
+# every spelling a user or an upstream config may use, -> ours (bitsandbytes nf4 is our 4-bit)
+_QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
+                       "8-bit": "8bit", "int8": "8bit", "none": "none", "no": "none", "full": "none"}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -50,9 +53,10 @@ class ClaraConfig:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout while training"})
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules",
                                                                                  "cli": False})
-    quantization: str | None = field(default=None, metadata={"help": "None, '4bit' (nf4 QLoRA) or '8bit' "
-                                                             "(unset: the hardware plan decides)",
-                                                             "choices": QUANTIZATIONS})
+    quantization: str | None = field(default=None, metadata={"help": "'4bit' (nf4 QLoRA; also 'nf4', 'int4'), "
+                                                             "'8bit' ('int8') or 'none' (default: the hardware plan "
+                                                             "decides each session: 4-bit only when the model would "
+                                                             "not fit)"})
     mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
     retrieval_temperature: float = field(default=0.02, metadata={"help": "softmax temperature of the top-k"})
     contrastive_weight: float = field(
@@ -73,10 +77,7 @@ class ClaraConfig:
             raise ValueError(f"encoder_layout must be one of {LAYOUTS}, got {self.encoder_layout!r}")
         if self.generation_top_k < 1:
             raise ValueError("generation_top_k must be >= 1")
-        if self.quantization in ("no", "none", ""):
-            self.quantization = None
-        if self.quantization not in (None, *QUANTIZATIONS):
-            raise ValueError(f"quantization must be None, '4bit' or '8bit', got {self.quantization!r}")
+        self.quantization = normalize_quantization(self.quantization)
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"This model was written by a newer clara_lite (format {self.format_version}); "
@@ -116,6 +117,27 @@ class ClaraConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
         return cls.from_dict(data)
+
+
+def normalize_quantization(name: str | None) -> str | None:
+    """``'nf4'``/``'int4'``/``'4bit'`` -> ``'4bit'``, ``'int8'``/``'8bit'`` -> ``'8bit'``, ``'no'``/``'none'`` ->
+    ``'none'``; None, ``''`` and ``'auto'`` -> None (the plan decides). Anything else is refused, never ignored.
+
+    >>> normalize_quantization("NF4"), normalize_quantization("int8"), normalize_quantization("auto")
+    ('4bit', '8bit', None)
+    """
+    if name is None or str(name).strip().lower() in ("", "auto"):
+        return None
+    try:
+        return _QUANTIZATION_NAMES[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"Unknown quantization {name!r}: use '4bit' (or 'nf4', 'int4'), '8bit' (or 'int8'), "
+                         "'none', or leave it unset for the hardware plan") from None
+
+
+def is_quantized(name: str | None) -> bool:
+    """Whether ``name`` (normalized) loads the base through bitsandbytes."""
+    return normalize_quantization(name) in ("4bit", "8bit")
 
 
 DEFAULT_LR = 1e-4  # stages define their own default (``stages.Stage.default_lr``); this is the fallback

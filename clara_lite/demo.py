@@ -14,8 +14,8 @@ from .evaluation import evaluate_model
 from .examples import write_example_data
 from .hardware import describe, detect_hardware
 from .layout import RunLayout, write_json
-from .model.base import resolve
 from .model.modeling import ClaraModel
+from .model.size import model_params_b
 from .serve.export import export_zip
 from .stages import ORDER, get_stage
 from .train.recipe import train
@@ -34,7 +34,7 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
     layout = RunLayout(run_dir)
     steps = {**STEPS, **(steps or {})}
     last = get_stage(ORDER[-1])  # the held-out rows are questions over candidates, as the last stage reads
-    print(describe(detect_hardware(model_params_b=resolve(base).params_b)), flush=True)
+    print(describe(detect_hardware(model_params_b=model_params_b(base))), flush=True)
 
     paths = write_example_data(run_dir / "data")
     for name, path in paths.items():

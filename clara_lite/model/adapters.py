@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ClaraConfig
+from ..config import ClaraConfig, is_quantized
 
 
 def lora_config(config: ClaraConfig):
@@ -33,7 +33,7 @@ def prepare_base(base, tokenizer, config: ClaraConfig, *, mean_resizing: bool = 
     and set greedy generation. Shared by fresh models and reloads so both end up the same."""
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
-    if config.quantization:
+    if is_quantized(config.quantization):
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)

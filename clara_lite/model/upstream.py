@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 ADAPTER_NAMES = {"encoder_adapter": "encoder", "decoder_adapter": "decoder", "query_reasoner_adapter": QUERY_REASONER}
 # upstream training_stage -> our stages completed by a checkpoint of that stage
 STAGES = {"stage1": list(ORDER[:1]), "stage1_2": list(ORDER[:2]), "stage2": list(ORDER[:3])}
-QUANT = {"no": None, "int4": "4bit", "int8": "8bit"}
 
 
 def config_from_upstream(data: dict, overrides: dict) -> ClaraConfig:
@@ -45,7 +44,8 @@ def config_from_upstream(data: dict, overrides: dict) -> ClaraConfig:
         encoder_layout="upstream",
         lora_r=int(data.get("lora_r", 16)),
         lora_dropout=0.1,
-        quantization=QUANT.get(data.get("quantization", "no"), None),
+        # upstream's "no" is its default, not a choice: unset, so the hardware plan decides (4-bit on a T4 for 7B)
+        quantization=None if data.get("quantization", "no") in ("no", None) else data["quantization"],
         trained_stages=list(STAGES[stage]),
     )
 
@@ -69,6 +69,8 @@ def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
     if unknown:
         log.warning("Ignoring upstream options clara_lite does not use: %s", sorted(unknown))
     config = config_from_upstream(raw, {k: v for k, v in overrides.items() if k in known})
+    if config.quantization is None and opts.get("plan_quantization"):
+        config.quantization = opts["plan_quantization"]  # e.g. a 7B release on a 15 GB T4
 
     lm, tokenizer = load_base_model(config.base_model, dtype=opts["dtype"], device_map=opts["device_map"],
                                     quantization=config.quantization,

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..config import ClaraConfig, TrainConfig
 from ..hardware import describe, detect_hardware
 from ..layout import RUN_FILE, RUNS_DIR
-from ..model.base import resolve
+from ..model.size import model_params_b
 from ..stages import STAGES
 from ..train.run import Run
 
@@ -204,8 +204,7 @@ def load_settings(drive: Path, run_name: str = "") -> Settings:
 
 
 def _profile(settings: Settings):
-    params = resolve(settings.base_model or ClaraConfig().base_model).params_b
-    return detect_hardware(model_params_b=params or None)
+    return detect_hardware(model_params_b=model_params_b(settings.base_model or ClaraConfig().base_model))
 
 
 def show_plan(settings: Settings | None) -> None:
