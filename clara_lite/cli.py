@@ -15,19 +15,20 @@ import sys
 
 import torch
 
+from . import __version__, source
 from .config import ClaraConfig, TrainConfig, add_flags, given
 from .data import read_jsonl, validate_file
 from .demo import run_demo
 from .evaluation import evaluate_model
 from .hardware import cpu_threads_note, describe, detect_hardware
-from .model.base import resolve
 from .model.modeling import ClaraModel
+from .model.size import model_params_b
 from .pipeline.commands import add_data_commands
 from .serve.ask import answer, load, read_docs
 from .serve.export import export_zip
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
-from .train.trainer import TrainingInterrupted
+from .train.trainer import OutOfMemory, TrainingInterrupted
 
 log = logging.getLogger("clara_lite")
 
@@ -36,7 +37,8 @@ QA_STAGES = tuple(name for name in ORDER if get_stage(name).previous)  # rows of
 
 
 def _doctor(args) -> int:
-    profile = detect_hardware(model_params_b=resolve(args.base).params_b)
+    profile = detect_hardware(model_params_b=model_params_b(args.base))
+    print(f"clara_lite    {__version__} ({source.describe()})")
     print(describe(profile))
     if profile.device.kind == "cpu":
         print("cpu threads   " + cpu_threads_note(torch.get_num_threads(), os.cpu_count() or 1,
@@ -72,6 +74,9 @@ def _train(args) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return 130
+    except OutOfMemory as oom:
+        log.error("%s", oom)
+        return 3
     for stage, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
         print(f"{stage}: {done} -> {args.run_dir}/{stage}/final")

@@ -157,6 +157,10 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step "
                                                                "(default: the hardware plan)",
                                                        "aliases": ("--grad-accum",)})
+    rows_per_step: int | None = field(default=None, metadata={
+        "help": "rows per optimizer step over all processes, fixed for a stage once it started; each session "
+                "cuts it into micro-batch x accumulation for its own GPU (default: the first session's "
+                "micro-batch x accumulation x processes)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -176,8 +180,10 @@ class TrainConfig:
     retry_delay_s: float = field(default=2.0, metadata={"help": "first back-off between attempts (doubles)"})
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
-    RESULT_KEYS = ("lr", "max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "warmup_ratio",
-                   "scheduler", "weight_decay", "max_grad_norm", "seed")
+    RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
+                   "max_grad_norm", "seed")
+    # what each session's hardware plan decides again (a value given on the command line wins for that session)
+    HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
 
     def __post_init__(self):
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -186,6 +192,12 @@ class TrainConfig:
             raise ValueError("micro_batch_size and grad_accum_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.rows_per_step is not None and self.rows_per_step < 1:
+            raise ValueError("rows_per_step must be >= 1")
+
+    def step_rows(self, processes: int = 1) -> int:
+        """Rows per optimizer step: ``rows_per_step``, or what the micro-batches add up to."""
+        return self.rows_per_step or self.micro_batch_size * self.grad_accum_steps * processes
 
     def learning_rate(self, stage) -> float:
         """``lr``, or the stage's own default."""

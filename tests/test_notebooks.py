@@ -137,7 +137,8 @@ def test_settings_round_trip_and_options(tmp_path):
     settings = nb.Settings(run_name="a", base_model="tiny-random", compr_rate=4, doc_max_length=16,
                            stage2_steps=0, epochs=2.0, save_steps=3)
     saved = nb.save_settings(tmp_path, settings)
-    assert saved.quantization == "none"  # 'auto' resolved by the CPU plan
+    assert saved.quantization == "auto"  # kept: each training session plans 4-bit for the GPU it gets
+    assert "quantization" not in saved.model_options()
     assert nb.current_run(tmp_path) == "a"
     assert nb.saved_settings(tmp_path, "a") == saved
     assert saved.train_options("stage1") == {"max_steps": 40, "epochs": 2.0, "save_steps": 3}  # the rest: defaults
@@ -145,6 +146,8 @@ def test_settings_round_trip_and_options(tmp_path):
     assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
     record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
     assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
+    explicit = nb.save_settings(tmp_path / "q", nb.Settings(run_name="q", quantization="none"))
+    assert explicit.model_options()["quantization"] == "none"  # an explicit full-precision choice is kept
     with pytest.raises(nb.SettingsError, match="unknown settings"):
         nb.Settings.from_dict({**saved.to_dict(), "typo": 1})
     with pytest.raises(nb.SettingsError, match="compr_rate"):

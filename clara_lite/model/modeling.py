@@ -206,6 +206,11 @@ class ClaraModel(nn.Module):
     def causal_lm(self):
         return self.lm.get_base_model()
 
+    @property
+    def attn_implementation(self) -> str:
+        """The attention the loaded base runs (``sdpa``, ``flash_attention_2``, ``eager``): what ran."""
+        return str(self.causal_lm.config._attn_implementation)
+
     def _last_hidden(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None):
         """Last-layer states only: no LM head, no per-layer hidden states (most of the memory)."""
         body = self.causal_lm.base_model  # e.g. LlamaModel inside LlamaForCausalLM

@@ -32,7 +32,7 @@ from ..serve.export import export_zip
 from ..stages import ORDER, STAGES, get_stage
 from ..train.recipe import train
 from ..train.run import Run
-from ..train.trainer import TrainingInterrupted
+from ..train.trainer import OutOfMemory, TrainingInterrupted
 from . import colab
 from .settings import NOTEBOOKS, Settings, SettingsError, load_settings, run_dir, save_settings
 
@@ -244,6 +244,9 @@ class Workspace:
             except TrainingInterrupted as stop:
                 print(stop)
                 self.show_loss_curve(stage.name)
+                return None
+            except OutOfMemory as oom:  # what to change, not a traceback
+                print(oom)
                 return None
         self.show_loss_curve(stage.name)
         final = self.layout.final(stage.name)

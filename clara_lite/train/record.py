@@ -9,7 +9,9 @@ Reading it needs no training code (export reads it for the model card).
      "model": {ClaraConfig without trained_stages},
      "stages": {"stage1": {"data": {"path", "sha256", "rows"}, "train": {TrainConfig},
                            "init_from": "...", "final": {summary}}, ...},
-     "sessions": [{"stage", "started", "hardware": {HardwareProfile}, "versions": {...}}, ...],
+     "sessions": [{"stage", "started", "hardware": {HardwareProfile}, "versions": {...},
+                   "training": {what the session ran: quantization, dtype, attention, micro-batch x accumulation,
+                                rows per step, warnings; see train.plan.SessionPlan.record}}, ...],
      "settings": {notebook settings} | null}
 """
 
@@ -69,12 +71,14 @@ class StageRecord:
 
 @dataclass
 class SessionRecord:
-    """One process that trained a stage: when, on which hardware plan, with which libraries."""
+    """One process that trained a stage: when, on which hardware plan, with which libraries, and what it
+    ran (each session re-plans the hardware choices; older run.json files have no ``training``)."""
 
     stage: str
     started: str
     hardware: dict
     versions: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
 
 
 @dataclass

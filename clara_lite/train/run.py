@@ -103,27 +103,31 @@ class Run:
     # ----------------------------------------------------------- settings
 
     def model_config(self, explicit: dict) -> ClaraConfig:
-        """Model settings: from run.json when present (explicit options must agree), else new."""
+        """Model settings: from run.json when present (explicit options must agree), else new.
+        ``quantization`` is a session's choice (see :mod:`.plan`): never a conflict, kept as first given."""
         saved = self.record.model
         if saved is None:
             self.record.model = ClaraConfig(**explicit)
             return replace(self.record.model, trained_stages=[])
-        _check_same("model setting", saved.to_dict(), explicit, self.root)
+        _check_same("model setting", saved.to_dict(), _without_session_keys(explicit), self.root)
         return replace(saved, trained_stages=[])
 
-    def train_config(self, stage: str, explicit: dict, defaults: dict) -> TrainConfig:
+    def train_config(self, stage: str, explicit: dict, session: dict) -> TrainConfig:
+        """The stage's training settings for this session: the result-changing ones from run.json (given
+        options must agree), the hardware ones (``session``: micro-batch, accumulation, precision,
+        checkpointing, planned to keep run.json's rows per step) from this session's plan."""
         entry = self.record.stage(stage)
         if entry.train is None:
-            entry.train = TrainConfig(**{**defaults, **explicit})
+            entry.train = TrainConfig(**{**explicit, **session})
             return entry.train
         self._check_train(stage, entry.train, explicit)
-        entry.train = replace(entry.train, **explicit)
+        entry.train = replace(entry.train, **{**explicit, **session})
         return entry.train
 
     def check(self, stages, model_options: dict, train_options: dict) -> None:
         """Fail early (before skipping finished stages) when options contradict run.json."""
         if self.record.model is not None:
-            _check_same("model setting", self.record.model.to_dict(), model_options, self.root)
+            _check_same("model setting", self.record.model.to_dict(), _without_session_keys(model_options), self.root)
         for stage in stages:
             saved = self.record.stages.get(stage)
             if saved is not None and saved.train is not None:
@@ -131,6 +135,7 @@ class Run:
 
     def _check_train(self, stage: str, saved: TrainConfig, explicit: dict) -> None:
         result = {k: v for k, v in saved.to_dict().items() if k in TrainConfig.RESULT_KEYS}
+        result["rows_per_step"] = saved.step_rows()  # run.json files before rows_per_step: micro x accumulation
         _check_same(f"{stage} training setting", result,
                     {k: v for k, v in explicit.items() if k in TrainConfig.RESULT_KEYS}, self.root)
 
@@ -139,6 +144,8 @@ class Run:
         saved = entry.data
         if data is None and data_dir is not None:
             data = str(Path(data_dir) / stage.data_file)
+        if data is None and saved is None:
+            data = self._beside_other_stages(stage)  # the data folder is kept across stages
         if data is None:
             if saved is None:
                 raise RunError(f"No data for {stage.name}: pass --data FILE.jsonl or --data-dir DIR "
@@ -155,9 +162,22 @@ class Run:
         entry.data = DataRecord(path=str(path), sha256=digest, rows=saved.rows if saved else None)
         return path
 
-    def record_session(self, stage: str, profile, versions: dict) -> None:
-        self.record.sessions.append(SessionRecord(stage=stage, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                  hardware=profile.to_dict(), versions=versions))
+    def _beside_other_stages(self, stage: Stage) -> str | None:
+        """``stage``'s file in the folder another stage of this run trained from, when it is there."""
+        for other in self.record.stages.values():
+            if other.data is not None:
+                candidate = Path(other.data.path).parent / stage.data_file
+                if candidate.is_file():
+                    log.info("%s data: %s (the folder of the run's other stages)", stage.name, candidate)
+                    return str(candidate)
+        return None
+
+    def record_session(self, stage: str, profile, versions: dict, training: dict | None = None) -> SessionRecord:
+        """Append this session to run.json's history (saved by the caller) and return its record."""
+        session = SessionRecord(stage=stage, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                hardware=profile.to_dict(), versions=versions, training=dict(training or {}))
+        self.record.sessions.append(session)
+        return session
 
 
 def _check_same(what: str, saved: dict, explicit: dict, root: Path) -> None:
@@ -166,6 +186,11 @@ def _check_same(what: str, saved: dict, explicit: dict, root: Path) -> None:
     if diffs:
         raise RunError(f"{what}s conflict with {RunLayout(root).run_file}:\n  " + "\n  ".join(diffs)
                        + "\nDrop those options to continue this run, or use a new --run-dir.")
+
+
+def _without_session_keys(options: dict) -> dict:
+    """Model options minus what each session may choose for itself (the 4-bit load)."""
+    return {k: v for k, v in options.items() if k != "quantization"}
 
 
 def stages_to_train(stage: str) -> list[Stage]:

@@ -2,8 +2,10 @@
 gradient sync come from the library; this module adds what Colab needs: checkpoints by steps and
 minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a loss curve.
 
-Data order is a pure function of (seed, epoch): micro-batch ``i`` of the run is always the same
-rows, so resuming at micro-batch ``i`` needs no data-loader state and skips seen rows instantly.
+Data order is a pure function of (seed, epoch): the run reads one stream of rows (epoch after epoch,
+each a seeded permutation) and optimizer step ``s`` always takes rows ``s*R .. (s+1)*R - 1`` of it (R
+rows per step), however they are cut into micro-batches. So a resume needs no data-loader state,
+skips seen rows instantly, and may use another micro-batch size than the session before (another GPU).
 
 An optimizer step's loss is averaged over the whole step, on every process (see
 ``stages.StepTotals`` and :func:`optimizer_step`), so how a step is cut into micro-batches and
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, is_quantized
 from ..layout import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
@@ -49,6 +51,10 @@ class TrainingInterrupted(RuntimeError):
     """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
 
 
+class OutOfMemory(RuntimeError):
+    """Even one row at a time does not fit; the message lists the exact next options."""
+
+
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -56,11 +62,10 @@ def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * n_rows / per_step))
 
 
-def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
-    """Row indices of global micro-batch ``i``: epochs are seeded permutations, cut into batches."""
-    per_epoch = math.ceil(n_rows / size)
-    epoch, within = divmod(i, per_epoch)
-    return list(_epoch_order(n_rows, seed, epoch)[within * size : (within + 1) * size])
+def stream_rows(first: int, count: int, n_rows: int, seed: int) -> list[int]:
+    """Row indices at positions ``first .. first+count-1`` of the run's row stream: epochs are seeded
+    permutations of the rows, one after the other."""
+    return [_epoch_order(n_rows, seed, p // n_rows)[p % n_rows] for p in range(first, first + count)]
 
 
 @functools.lru_cache(maxsize=2)
@@ -175,10 +180,11 @@ class Trainer:
     >>> summary = Trainer(model, get_stage("stage1"), rows, Path("runs/x/stage1"), TrainConfig()).train()  # doctest: +SKIP
     """
 
-    def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig):
+    def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig, on_replan=None):
         if not examples:
             raise ValueError("no training rows")
         self.model, self.stage, self.examples, self.cfg = model, stage, examples, cfg
+        self.on_replan = on_replan  # called with the new TrainConfig after an out-of-memory split
         self.stage_dir = Path(stage_dir)
         self.checkpoints = self.stage_dir / CHECKPOINTS_DIR
         self.metrics_log = MetricsLog(self.stage_dir / METRICS_FILE, stage.name)
@@ -267,20 +273,55 @@ class Trainer:
         return summary
 
     def step(self) -> tuple[dict, int]:
-        """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens)."""
-        acc, progress, cfg = self.acc, self.progress, self.cfg
-        world, rank = acc.num_processes, acc.process_index
+        """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens).
+        Out of GPU memory, the same step is tried again as twice as many half-size micro-batches
+        (same rows, same update), down to one row at a time."""
+        while True:
+            batches, tokens = self._step_batches()
+            try:
+                metrics = optimizer_step(self.acc, self.wrapped, self.stage, batches, self.params, self.optimizer,
+                                         self.cfg.max_grad_norm)
+                break
+            except torch.OutOfMemoryError as err:
+                del batches
+                self._split_step(err)
+        self.scheduler.step()
+        self.progress.step += 1
+        self.progress.micro_batches += self.cfg.grad_accum_steps * self.acc.num_processes
+        return metrics, tokens
+
+    def _step_batches(self) -> tuple[list[dict], int]:
+        """This process's micro-batches of the current step: its share of the step's rows of the stream."""
+        cfg, world, rank = self.cfg, self.acc.num_processes, self.acc.process_index
+        size = cfg.micro_batch_size
+        start = self.progress.step * size * cfg.grad_accum_steps * world
         batches, tokens = [], 0
-        for _ in range(cfg.grad_accum_steps):
-            rows = micro_batch_rows(progress.micro_batches + rank, len(self.examples), cfg.micro_batch_size, cfg.seed)
-            progress.micro_batches += world
+        for j in range(cfg.grad_accum_steps):
+            rows = stream_rows(start + (j * world + rank) * size, size, len(self.examples), cfg.seed)
             batches.append(self.collate([self.examples[i] for i in rows]))
             tokens += _count_tokens(batches[-1]) * world
-        metrics = optimizer_step(acc, self.wrapped, self.stage, batches, self.params, self.optimizer,
-                                 cfg.max_grad_norm)
-        self.scheduler.step()
-        progress.step += 1
-        return metrics, tokens
+        return batches, tokens
+
+    def _split_step(self, err: BaseException) -> None:
+        """After an out-of-memory error: half the micro-batch, twice the accumulation, or the next options."""
+        from .plan import oom_advice, smaller_micro
+
+        self.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg, world = self.cfg, self.acc.num_processes
+        per_process = cfg.micro_batch_size * cfg.grad_accum_steps
+        smaller = smaller_micro(cfg.micro_batch_size, per_process) if world == 1 else None  # DDP: all or none
+        if smaller is None:
+            advice = oom_advice(self.model.config, self.stage, quantized=is_quantized(self.model.config.quantization),
+                                rows_per_step=per_process * world)
+            raise OutOfMemory(advice) from err
+        self.cfg = dataclasses.replace(cfg, micro_batch_size=smaller, grad_accum_steps=per_process // smaller)
+        log.warning("Out of GPU memory at step %d with %d row(s) per pass: trying the step again as %d x %d "
+                    "(the same %d rows, the same update)", self.progress.step + 1, cfg.micro_batch_size, smaller,
+                    per_process // smaller, per_process)
+        if self.on_replan is not None:
+            self.on_replan(self.cfg)
 
     def log_window(self, window: list[dict], tokens_per_s: float) -> None:
         progress, acc = self.progress, self.acc
