@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.clara-installed
 
-.PHONY: demo test test-colab lint clean-venv
+.PHONY: demo test test-colab lint wheel clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ $(COLAB_STAMP): pyproject.toml Makefile $(COLAB_CONSTRAINTS)
 
 test-colab: $(COLAB_STAMP)
 	$(COLAB_PY) -m pytest -q
+
+# dist/clara_lite-<version>-py3-none-any.whl: put it into MyDrive/clara_lite/wheels/ and the Colab notebooks
+# install it first (`clara-lite bundle` writes it into <drive>/wheels directly)
+wheel: $(STAMP)
+	$(PY) -m clara_lite.cli bundle --out dist
 
 clean-venv:
 	rm -rf $(VENV) $(COLAB_VENV)

@@ -23,6 +23,7 @@ from .evaluation import evaluate_model
 from .hardware import cpu_threads_note, describe, detect_hardware
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
+from .notebook.colab import drive_root
 from .pipeline.commands import add_data_commands
 from .serve.ask import answer, load, read_docs
 from .serve.export import export_zip
@@ -94,12 +95,18 @@ def _export(args) -> int:
     return 0
 
 
+def _bundle(args) -> int:
+    out = args.out or drive_root(mount=False) / source.WHEELS_DIR
+    wheel = source.build_wheel(out)
+    print(f"{wheel} ({wheel.stat().st_size / 1e3:.0f} kB). In Colab the notebooks install it first when it is in "
+          f"MyDrive/clara_lite/{source.WHEELS_DIR}/ (Google Drive for desktop syncs a local Drive folder: "
+          f"`clara-lite bundle --out '<your Drive>/clara_lite/{source.WHEELS_DIR}'`).")
+    return 0
+
+
 def _ask(args) -> int:
     kwargs = {"base_path": args.base_path} if args.base_path else {}
-    profile = detect_hardware()
-    if profile.device.kind == "cuda":  # else float32 on CPU
-        kwargs.update(device_map=profile.device.torch_device, dtype=profile.dtype)
-    docs = read_docs(args.docs)
+    docs = read_docs(args.docs)  # a GPU load follows the plan (dtype, attention, 4-bit when needed)
     model = load(args.model, **kwargs)
     text, retrieved = answer(model, args.question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     print(f"answer: {text}")
@@ -166,8 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, help="zip to write (default: exports/<run>-<stage>.zip beside runs/)")
     x.set_defaults(func=_export)
 
+    b = sub.add_parser("bundle", help="build this checkout's wheel into <drive>/wheels, where Colab installs it from")
+    b.add_argument("--out", default=None, help="folder for the wheel (default: $CLARA_DRIVE/wheels or ./drive/wheels)")
+    b.set_defaults(func=_bundle)
+
     a = sub.add_parser("ask", help="answer a question from documents with a saved model (zip or folder)")
-    a.add_argument("--model", required=True, help="exported zip or model folder")
+    a.add_argument("--model", required=True, help="exported zip, model folder or Hugging Face id "
+                   "(org/name[/subfolder], e.g. apple/CLaRa-7B-E2E/compression-16)")
     a.add_argument("--question", required=True)
     a.add_argument("--docs", required=True, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
     a.add_argument("--top-k", type=int, default=None, help="documents retrieved (models with a retriever)")

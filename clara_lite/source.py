@@ -14,6 +14,10 @@ Standard library only: a runtime reads this before anything is installed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from . import __version__
 
 GITHUB_REPO = "clara-lite/clara_lite"  # THE setting: owner/name of the repository on GitHub
@@ -59,3 +63,27 @@ def describe() -> str:
     """One line for ``doctor``: where a Colab runtime gets this version from."""
     return (f"Colab installs it from <drive>/{WHEELS_DIR}/{wheel_glob()}, else {git_requirement()}, "
             f"else {index_requirement()}")
+
+
+def checkout() -> Path | None:
+    """The source checkout this clara_lite runs from (an editable install), None for an installed wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def build_wheel(out_dir: str | Path) -> Path:
+    """This checkout as ``clara_lite-<version>-py3-none-any.whl`` in ``out_dir`` (``make wheel``,
+    ``clara-lite bundle``): what a Colab runtime installs first when it finds it in ``<drive>/wheels``."""
+    root = checkout()
+    if root is None:
+        raise FileNotFoundError("a wheel is built from a clara_lite checkout, and this clara_lite is installed "
+                                f"from one: `git clone {git_url()}`, then `make wheel` there")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+           "--disable-pip-version-check", "-w", str(out), str(root)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheel = out / f"{DIST}-{__version__}-py3-none-any.whl"
+    if done.returncode != 0 or not wheel.is_file():
+        raise RuntimeError(f"pip wheel failed; pip said:\n{done.stdout}{done.stderr}")
+    return wheel

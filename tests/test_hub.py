@@ -8,33 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from helpers import lay_out_cache
 
 from clara_lite.config import ClaraConfig, normalize_quantization
 from clara_lite.model import hub
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SECRET = "hf_NOT_A_REAL_TOKEN_but_secret_1234567890"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def lay_out_cache(cache: Path, fixture: Path, repo: str = "apple/CLaRa-7B-Instruct",
-                  subfolder: str = "compression-16") -> Path:
-    """A Hugging Face hub cache holding ``repo`` at ``main``: the upstream checkpoint in ``subfolder``
-    and its base model ``tiny_base`` beside it (as in the fixture)."""
-    storage = cache / ("models--" + repo.replace("/", "--"))
-    snapshot = storage / "snapshots" / COMMIT
-    shutil.copytree(fixture / "upstream_ckpt", snapshot / subfolder)
-    shutil.copytree(fixture / "tiny_base", snapshot / "tiny_base")
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text(COMMIT)
-    return snapshot
 
 
 SCRIPT = r'''

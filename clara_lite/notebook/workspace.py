@@ -19,7 +19,6 @@ from ..config import ClaraConfig
 from ..data import DataError, read_jsonl, validate_file
 from ..evaluation import evaluate_model
 from ..examples import write_example_data
-from ..hardware import detect_hardware
 from ..layout import RunLayout, write_json
 from ..model.modeling import ClaraModel
 from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
@@ -221,11 +220,23 @@ class Workspace:
         if png.is_file():
             display(Image(filename=str(png)))
 
-    def train(self, stage: str) -> Path | None:
+    def train(self, stage: str, then_next: bool = False) -> Path | None:
         """02-04: train ``stage`` of the run; resume from its newest checkpoint; show the loss curve.
+        ``then_next``: go on with the following stages in this runtime (no new runtime, no reinstall).
 
-        Returns the final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
+        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
         """
+        final = self._train_one(stage)
+        if not then_next or final is None:
+            return final
+        for later in ORDER[ORDER.index(get_stage(stage).name) + 1:]:
+            print(f"\n--- continuing with {later} in this runtime (CONTINUE_STAGES) ---")
+            final = self._train_one(later)
+            if final is None:
+                return None
+        return final
+
+    def _train_one(self, stage: str) -> Path | None:
         stage = get_stage(stage)
         run = self.run
         status = run.stage_status(stage.name)
@@ -261,13 +272,9 @@ class Workspace:
         if final is None:
             raise SettingsError(f"Run {self.settings.run_name!r} has no final stage yet: run "
                                 f"{STAGES[ORDER[0]].notebook}.ipynb")
-        kwargs = {}
-        profile = detect_hardware()
-        if profile.device.kind == "cuda":
-            kwargs = {"device_map": profile.device.torch_device, "dtype": profile.dtype}
-        model = ClaraModel.from_pretrained(final, **kwargs)
+        model = ClaraModel.from_pretrained(final)  # on a GPU: its plan's dtype, attention, 4-bit when needed
         print(f"Loaded {final} (trained: {', '.join(model.config.trained_stages)}; adapters: "
-              f"{', '.join(model.adapter_names)})")
+              f"{', '.join(model.adapter_names)}; attention {model.attn_implementation})")
         return model
 
     def heldout(self) -> list:
