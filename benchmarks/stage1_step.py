@@ -47,7 +47,8 @@ from clara_lite.data import read_jsonl
 from clara_lite.hardware import detect_hardware
 from clara_lite.inputs import IGNORE_INDEX, mask_positions
 from clara_lite.model.adapters import SharedDropout
-from clara_lite.model.base import load_base_model, resolve
+from clara_lite.model.base import load_base_model
+from clara_lite.model.size import model_params_b
 from clara_lite.stages import Stage1, StepTotals, _part
 from clara_lite.train.trainer import make_accelerator, optimizer_step
 
@@ -113,7 +114,7 @@ def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1
         independent_dropout(model)
     stage.prepare(model)
     model.train()
-    micro = len(rows) if reference else detect_hardware(model_params_b=resolve(model_name).params_b).micro_batch_size
+    micro = len(rows) if reference else detect_hardware(model_params_b=model_params_b(model_name)).micro_batch_size
     cfg = TrainConfig(lr=lr, micro_batch_size=micro)
     acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
     collate = stage.collator(model)

@@ -22,6 +22,7 @@ from synthetic_data import write_run_data
 from clara_lite.data import QAExample, read_jsonl
 from clara_lite.hardware import DeviceInfo
 from clara_lite.model.modeling import ClaraModel
+from clara_lite.serve.export import model_card
 from clara_lite.stages import get_stage
 from clara_lite.train.plan import plan_session, split_rows, tokens_per_row
 from clara_lite.train.recipe import train
@@ -108,6 +109,23 @@ def test_cpu_then_t4_then_a100_each_planned_for_itself(tmp_path, data_dir, caplo
     steps = [json.loads(line)["step"] for line in (run_dir / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert Run(run_dir).is_final("stage1")
+    # the model card lists each session with what it ran
+    card = model_card(Run(run_dir), "stage1", "x.zip")
+    assert "cpu x86_64; float32, mixed precision no, attention sdpa, base none, 1 x 4 = 4 rows per step" in card
+    assert "Tesla T4, 15.83 GB; float16, mixed precision fp16, attention sdpa, base none, 4 x 1 = 4 rows" in card
+    assert "A100-SXM4-40GB, 42.5 GB; bfloat16, mixed precision bf16, attention sdpa" in card
+
+
+def test_later_stages_find_their_data_beside_the_first_ones(tmp_path, data_dir, capsys):
+    from clara_lite.cli import main
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--run-dir", str(run_dir), "--max-steps", "1", "--base", "tiny-random", "--doc-max-length",
+            "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
+    assert main([*args, "--stage", "stage1", "--data-dir", str(data_dir)]) == 0
+    assert main([*args[:5], "--stage", "stage2"]) == 0  # no --data, no --data-dir
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["stages"]["stage2"]["data"]["path"] == str((data_dir / "stage2.jsonl").resolve())
 
 
 def test_7b_plans_4bit_on_a_t4_only_and_says_so(tmp_path, data_dir):

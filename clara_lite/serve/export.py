@@ -154,7 +154,7 @@ def model_card(run: Run, stage: str, zip_name: str) -> str:
                     f"| `{data.path if data else '?'}` | {data.rows if data and data.rows is not None else '?'} "
                     f"| `{data.sha256[:16] if data else '?'}` |")
     sessions = run.record.sessions
-    hardware = [f"- {s.stage}, session of {s.started}: {_device(s.hardware)}" for s in sessions]
+    hardware = [f"- {s.stage}, session of {s.started}: {_device(s.hardware, s.training)}" for s in sessions]
     versions = sorted({", ".join(f"{k} {v}" for k, v in s.versions.items()) for s in sessions})
     base = config.base_model
     qr = QUERY_REASONER in adapters
@@ -213,8 +213,14 @@ def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _device(hw: dict) -> str:
-    d = hw.get("device", {})
+def _device(hw: dict, ran: dict | None = None) -> str:
+    """One session's device and what it ran (``ran``: the session's ``training`` record, when there is one)."""
+    d, ran = hw.get("device", {}), ran or {}
     mem = f", {d['total_mem_gb']} GB" if d.get("total_mem_gb") else ""
-    return (f"{d.get('kind', '?')} {d.get('name', '?')}{mem}; {hw.get('dtype', '?')}, mixed precision "
-            f"{hw.get('mixed_precision', '?')}, attention {hw.get('attn_implementation', '?')}")
+    line = (f"{d.get('kind', '?')} {d.get('name', '?')}{mem}; {ran.get('dtype', hw.get('dtype', '?'))}, mixed precision "
+            f"{ran.get('mixed_precision', hw.get('mixed_precision', '?'))}, attention "
+            f"{ran.get('attn_implementation', hw.get('attn_implementation', '?'))}")
+    if ran:
+        line += (f", base {ran.get('quantization', 'none')}, {ran.get('micro_batch_size')} x "
+                 f"{ran.get('grad_accum_steps')} = {ran.get('rows_per_step')} rows per step")
+    return line
