@@ -18,10 +18,15 @@ import logging
 from pathlib import Path
 
 from ..layout import CONFIG_FILE, UPSTREAM_ADAPTERS, UPSTREAM_CONFIG
-from .base import REGISTRY, resolve
+from .base import REGISTRY
 from .hub import hub_token, split_hub_path
 
 log = logging.getLogger(__name__)
+
+# the architecture of registered models, for what depends on it (fp16 notes) without a download
+_REGISTERED_FAMILY = {"smollm2-135m": "llama", "tiny-random": "llama", "qwen2.5-0.5b": "qwen2",
+                      "qwen2.5-1.5b": "qwen2", "qwen2.5-3b": "qwen2", "qwen3-4b": "qwen3", "mistral-7b": "mistral",
+                      "llama-3.2-1b": "llama", "llama-3.2-3b": "llama", "phi-2": "phi"}
 
 
 def params_from_config(config: dict) -> float:
@@ -44,16 +49,17 @@ def model_family(name: str, subfolder: str | None = None) -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def model_params_b(name: str, subfolder: str | None = None) -> float | None:
-    """Billions of parameters of a registry name, a local folder or a Hub id; None when it cannot be told
-    (an unreachable Hub, an architecture this transformers does not know): the plan then says so."""
-    if name in REGISTRY:
-        return REGISTRY[name].params_b
-    spec = resolve(name) if split_hub_path(name, subfolder) is None else None
-    if spec is not None and spec.params_b is not None:  # a registered Hub id
-        return spec.params_b
+    """Billions of parameters of a registry name, a local folder or a Hub id (a CLaRa model counts its base
+    model); None when it cannot be told (an unreachable Hub, an architecture this transformers does not
+    know): the plan then says so."""
+    known = _registered(name) if not subfolder else None
+    if known is not None:  # a registry name or a registered Hub id: no download
+        return known
     config = _base_config(name, subfolder)
     if config is None:
         return None
+    if "_registered_params_b" in config:
+        return config["_registered_params_b"]
     try:
         return round(params_from_config(config), 4)
     except Exception as err:  # unknown architecture (trust_remote_code models), a broken config
@@ -61,8 +67,19 @@ def model_params_b(name: str, subfolder: str | None = None) -> float | None:
         return None
 
 
+def _registered(name: str) -> float | None:
+    if name in REGISTRY:
+        return REGISTRY[name].params_b
+    return next((s.params_b for s in REGISTRY.values() if s.source == name), None)
+
+
 def _base_config(name: str, subfolder: str | None) -> dict | None:
-    """The transformers config.json of ``name``; for a CLaRa model folder, its base model's."""
+    """The transformers config.json of ``name``; for a CLaRa model folder, its base model's (a registered
+    base answers from the registry, so a 7B release is sized without its gated base's files)."""
+    known = _registered(name) if not subfolder else None
+    if known is not None:
+        spec = REGISTRY.get(name) or next(s for s in REGISTRY.values() if s.source == name)
+        return {"_registered_params_b": known, "model_type": _REGISTERED_FAMILY.get(spec.name)}
     hub = split_hub_path(name, subfolder)
     if hub is not None:
         return _hub_config(*hub)
