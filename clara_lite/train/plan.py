@@ -245,8 +245,9 @@ def fp16_note(family: str) -> str:
             "gradient are skipped, but a GPU with bf16 (L4, A100) or fp32 (--mixed-precision no) avoids it")
 
 
-def oom_advice(config: ClaraConfig, stage: Stage, *, quantized: bool, rows_per_step: int) -> str:
-    """The exact next options once even one row at a time does not fit."""
+def oom_advice(config: ClaraConfig, stage: Stage, *, quantized: bool, rows_per_step: int, micro: int = 1) -> str:
+    """The exact next options once even one row at a time does not fit (or, with several processes,
+    which cannot split a step on their own, at ``micro`` rows per pass)."""
     options = []
     if not quantized:
         options.append("load the base in 4-bit: quantization '4bit' (--quantization 4bit; in 00_setup "
@@ -264,5 +265,7 @@ def oom_advice(config: ClaraConfig, stage: Stage, *, quantized: bool, rows_per_s
     options.append(f"a smaller base model ({', '.join(smaller)}) {new_run}")
     options.append("a GPU with more memory: Runtime > Change runtime type (L4 24 GB, A100 40/80 GB); this run "
                    "continues there from its last checkpoint")
-    return (f"{stage.name} runs out of GPU memory even one row at a time ({rows_per_step} rows per step, "
-            "micro-batch 1). Next options:\n  - " + "\n  - ".join(options))
+    where = ("even one row at a time" if micro == 1 else
+             f"at {micro} rows per pass (several processes: give --batch-size {max(1, micro // 2)} to split further)")
+    return (f"{stage.name} runs out of GPU memory {where} ({rows_per_step} rows per step). Next options:\n  - "
+            + "\n  - ".join(options))

@@ -314,7 +314,7 @@ class Trainer:
         smaller = smaller_micro(cfg.micro_batch_size, per_process) if world == 1 else None  # DDP: all or none
         if smaller is None:
             advice = oom_advice(self.model.config, self.stage, quantized=is_quantized(self.model.config.quantization),
-                                rows_per_step=per_process * world)
+                                rows_per_step=per_process * world, micro=cfg.micro_batch_size)
             raise OutOfMemory(advice) from err
         self.cfg = dataclasses.replace(cfg, micro_batch_size=smaller, grad_accum_steps=per_process // smaller)
         log.warning("Out of GPU memory at step %d with %d row(s) per pass: trying the step again as %d x %d "
