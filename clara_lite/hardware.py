@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import __version__
+
 log = logging.getLogger(__name__)
 
 GB = 1e9  # decimal GB: params_b * bytes_per_param is then directly in GB
@@ -312,8 +314,6 @@ _OPTIONAL = ("bitsandbytes", "flash-attn")  # listed only when installed
 
 def library_versions() -> dict[str, str]:
     """Versions of clara_lite, python and the training stack; optional packages only when installed."""
-    from . import __version__
-
     versions = {"clara_lite": __version__, "python": platform.python_version()}
     for dist in ("torch", "transformers", "peft", "accelerate", *_OPTIONAL):
         try:

@@ -22,6 +22,7 @@ import torch
 
 from ..config import is_quantized, normalize_quantization
 from ..layout import cache_dir
+from .hub import hub_token, split_hub_path, token_help
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
 
 def _load_pretrained(path, *, dtype, device_map, quantization, attn_implementation, trust_remote_code):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hub import hub_token, split_hub_path, token_help
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     hub = split_hub_path(path)

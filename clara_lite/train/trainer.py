@@ -43,6 +43,7 @@ from ..model.saving import save_model
 from ..stages import StepTotals
 from . import checkpoint as ckpt
 from .metrics_log import MetricsLog
+from .plan import oom_advice, smaller_micro
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +305,6 @@ class Trainer:
 
     def _split_step(self, err: BaseException) -> None:
         """After an out-of-memory error: half the micro-batch, twice the accumulation, or the next options."""
-        from .plan import oom_advice, smaller_micro
-
         self.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
