@@ -8,7 +8,8 @@ download lands in a staging folder beside ``dest`` and moves into place only whe
 rerun after an interruption continues the partial file (where the server allows byte ranges); an
 existing ``dest`` with other content is kept unless ``overwrite=True``.
 
-URLs are logged without credentials or query strings (signed links carry tokens there).
+URLs are logged without credentials or query strings (signed links carry tokens there), through
+:func:`clara_lite.secrets.redact`, the one redaction every layer uses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
+
+from ..secrets import redact  # noqa: F401  (one redaction for every layer; re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +31,10 @@ TIMEOUT_S = (10, 120)  # (connect, between bytes): offline fails in seconds, a s
 RETRIES = 2  # gdown continues a dropped transfer this many times before giving up
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com")
 _DRIVE_ID = re.compile(r"^[-\w]{25,}$")
-_SHOWN_PARAMS = ("id", "export", "usp")  # query parameters safe to show; any other may be a token
 
 
 class DownloadFailed(OSError):
     """A download that could not be done; the message names the link and what to do."""
-
-
-def redact(url: str) -> str:
-    """``url`` without user:password and with query values other than a Drive ``id`` hidden.
-
-    >>> redact("https://user:pw@example.com/f.zip?sig=abc&id=1")
-    'https://example.com/f.zip?id=1&…'
-    """
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return url  # a bare Drive id
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    shown = [f"{k}={v}" for k, v in params if k in _SHOWN_PARAMS]
-    if len(shown) < len(params):
-        shown.append("…")
-    return f"{parts.scheme}://{host}{parts.path}" + (f"?{'&'.join(shown)}" if shown else "")
 
 
 def download(url_or_id: str, dest: str | Path, *, overwrite: bool = False, quiet: bool = False) -> Path:
@@ -179,8 +164,7 @@ def _fetch(gdown, shown: str, staging: Path, call, **kwargs):
     except failed as err:
         if isinstance(err.__cause__, offline):  # gdown wraps the last error after retries
             raise _unreachable(shown, err.__cause__) from None
-        text = re.sub(r"\?\S*", "?…", str(err))
-        raise DownloadFailed(f"Downloading {shown} failed: {text}\nRun the same download again to continue.") from None
+        raise DownloadFailed(f"Downloading {shown} failed: {redact(str(err))}\nRun the same download again to continue.") from None
 
 
 def _unreachable(shown: str, err: Exception) -> DownloadFailed:
