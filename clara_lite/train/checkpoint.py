@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import ClaraConfig
 from ..layout import (
     ADAPTER_WEIGHTS,
     ADAPTERS_DIR,
+    CONFIG_FILE,
     KIND_CHECKPOINT,
     MODEL_DIR,
     OPTIMIZER_META,
@@ -72,6 +74,30 @@ def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     found = complete_checkpoints(checkpoints)
     return found[-1][1] if found else None
+
+
+def model_config_file(folder: Path) -> Path:
+    """The ``clara_config.json`` a step checkpoint (under ``model/``) or a final folder carries."""
+    nested = Path(folder) / MODEL_DIR / CONFIG_FILE
+    return nested if nested.is_file() else Path(folder) / CONFIG_FILE
+
+
+def config_differences(saved: ClaraConfig, wanted: ClaraConfig, ignore=("trained_stages",)) -> list[str]:
+    """``name: saved there, wanted here`` for every model setting that differs (``trained_stages``
+    aside: it grows as stages finish)."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    return [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in a if k not in ignore and a[k] != b.get(k)]
+
+
+def check_same_model(folder: Path, config: ClaraConfig) -> None:
+    """A ValueError naming ``folder``'s config file when the model it was saved from had other
+    settings than ``config``: its adapters would load into the wrong model without a word. The
+    base model's name is not compared (``--base-path`` may name a local copy of it)."""
+    path = model_config_file(folder)
+    diffs = config_differences(ClaraConfig.load(path.parent), config, ignore=("trained_stages", "base_model"))
+    if diffs:
+        raise ValueError(f"{folder} was saved from a model with other settings ({path}):\n  " + "\n  ".join(diffs)
+                         + "\nResume with that checkpoint's settings (drop those options), or use a new --run-dir.")
 
 
 # --------------------------------------------------------------------------- state <-> files
@@ -123,8 +149,12 @@ def _restore_rng(folder: Path, meta: dict) -> None:
     np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress) -> Path:
-    """Write a complete checkpoint into ``folder`` (any previous content there is discarded)."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress,
+                    train: dict | None = None) -> Path:
+    """Write a complete checkpoint into ``folder`` (any previous content there is discarded).
+
+    ``train`` (the stage's TrainConfig) is kept in ``state.json``: with the model's own
+    ``clara_config.json`` it lets a run whose run.json is lost be rebuilt from its checkpoints."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -139,6 +169,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_meta,
+        "train": train,
     }
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     write_manifest(folder, KIND_CHECKPOINT, {"step": progress.step, "stage": progress.stage})

@@ -81,7 +81,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
     defaults = {"micro_batch_size": profile.micro_batch_size, "grad_accum_steps": accum,
                 "mixed_precision": profile.mixed_precision, "gradient_checkpointing": profile.gradient_checkpointing}
     cfg = run.train_config(stage.name, train_options, defaults)
-    run.record_session(stage.name, profile, library_versions())
+    run.record_session(stage.name, profile, library_versions(), cfg)
     if state.is_main_process:  # several processes (DDP) share one run folder: one writer
         run.save()
 

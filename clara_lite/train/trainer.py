@@ -206,6 +206,7 @@ class Trainer:
     def resume(self) -> None:
         latest = ckpt.latest_checkpoint(self.checkpoints)
         if latest is not None:
+            ckpt.check_same_model(latest, self.model.config)
             self.progress = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.acc.scaler)
             if self.progress.total_steps != self.steps:
                 raise ValueError(f"{latest} was made for {self.progress.total_steps} steps, this run plans "
@@ -304,7 +305,7 @@ class Trainer:
         self.progress.elapsed_s = self.elapsed()
         saved = ckpt.with_retries(
             lambda: ckpt.save_checkpoint(target, self.model, self.optimizer, self.scheduler, self.acc.scaler,
-                                         self.progress),
+                                         self.progress, train=self.cfg.to_dict()),
             attempts=self.cfg.retry_attempts, delay_s=self.cfg.retry_delay_s, cleanup=lambda: _remove(target),
         )
         if saved is not None:
