@@ -44,6 +44,7 @@ from ..layout import (
     write_manifest,
 )
 from ..model.saving import save_model
+from .faults import as_write_error
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +198,18 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progre
 
 def with_retries(action: Callable[[], Path], *, attempts: int = 4, delay_s: float = 2.0,
                  cleanup: Callable[[], None] | None = None) -> Path | None:
-    """Run ``action``; on OSError (ENOSPC, a Drive hiccup) clean up and retry with back-off.
+    """Run ``action``; on a failed write (ENOSPC, a Drive hiccup, however the writer words it:
+    :func:`.faults.as_write_error`) clean up and retry with back-off. Other exceptions propagate.
 
     Returns None when every attempt failed: the caller keeps training on its last good checkpoint.
     """
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except OSError as err:
+        except Exception as exc:
+            err = as_write_error(exc)
+            if err is None:
+                raise
             hint = " (disk full: free space on Drive)" if err.errno == errno.ENOSPC else ""
             log.warning("Checkpoint write failed (attempt %d/%d): %s%s", attempt, attempts, err, hint)
             if cleanup is not None:

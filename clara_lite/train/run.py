@@ -77,7 +77,12 @@ class Run:
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_keeping_copy(self.layout.run_file, self.layout.run_backup, self.record.to_dict())
+        try:
+            write_json_keeping_copy(self.layout.run_file, self.layout.run_backup, self.record.to_dict())
+        except OSError as err:  # a full Drive: nothing is lost, the previous record is in the copy
+            raise OSError(err.errno, f"could not write {self.layout.run_file} ({err.strerror or err}); its previous "
+                          f"version is kept in {self.layout.run_backup}, which the next run reads: free space "
+                          "(on Colab: empty Drive's bin), then run the same command again") from None
 
     # ----------------------------------------------------------- reading run.json, or what replaces it
 

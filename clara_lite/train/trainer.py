@@ -31,15 +31,19 @@ from ..layout import (
     FINAL_DIR,
     KIND_CHECKPOINT,
     LOSS_PLOT,
+    MANIFEST,
     METRICS_FILE,
+    MODEL_DIR,
     SUMMARY_FILE,
     step_dir,
+    step_folders,
     write_json,
     write_manifest,
 )
 from ..model.saving import save_model
 from ..stages import StepTotals
 from . import checkpoint as ckpt
+from .faults import folder_bytes, space_note
 from .metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -252,14 +256,17 @@ class Trainer:
                     stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
                 due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
                     cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                saved = None
                 if (due or stopping) and progress.step < steps:
-                    self.save()
+                    saved = self.save()
                     last_save = time.monotonic()
                 if stopping and progress.step < steps:  # at the last step, finishing is the better checkpoint
                     bar.close()
+                    where = f"checkpoint in {saved}" if saved or not acc.is_main_process else \
+                        f"this step's checkpoint could not be written; the newest complete one in {self.checkpoints} is kept"
                     raise TrainingInterrupted(
                         f"{self.stage.name} stopped by {stopping} at step {progress.step}/{steps}; "
-                        f"checkpoint in {self.checkpoints}. Run the same command again to resume.")
+                        f"{where}. Run the same command again to resume.")
         bar.close()
         if cfg.report_to:
             acc.end_training()
@@ -303,15 +310,28 @@ class Trainer:
             return None
         target = step_dir(self.checkpoints, self.progress.step)
         self.progress.elapsed_s = self.elapsed()
+        self.metrics_log.flush()  # rows up to this step reach the disk before a checkpoint claims the step
         saved = ckpt.with_retries(
             lambda: ckpt.save_checkpoint(target, self.model, self.optimizer, self.scheduler, self.acc.scaler,
                                          self.progress, train=self.cfg.to_dict()),
             attempts=self.cfg.retry_attempts, delay_s=self.cfg.retry_delay_s, cleanup=lambda: _remove(target),
         )
         if saved is not None:
+            log.info("Checkpoint %s saved", saved)
             ckpt.prune(self.checkpoints, self.cfg.keep)
+            self.metrics_log.flush()
             self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
+        else:
+            log.error("%s was not written: %s. Training goes on; the newest complete checkpoint is kept",
+                      target, space_note(self.checkpoints, self._save_bytes()))
         return saved
+
+    def _save_bytes(self, model_only: bool = False) -> int:
+        """What a save writes, from the newest checkpoint on disk (its model part for a final)."""
+        with_manifest = [f for _, f in step_folders(self.checkpoints) if (f / MANIFEST).is_file()]
+        if not with_manifest:
+            return 0
+        return folder_bytes(with_manifest[-1] / MODEL_DIR if model_only else with_manifest[-1])
 
     def finish(self) -> dict:
         """Write ``final`` (model, summary, manifest) on the main process; return the summary."""
@@ -335,8 +355,12 @@ class Trainer:
 
         if ckpt.with_retries(write, attempts=max(cfg.retry_attempts, 6), delay_s=cfg.retry_delay_s,
                              cleanup=lambda: _remove(final)) is None:
-            raise OSError(f"could not write {final}; the last checkpoint in {self.checkpoints} is intact: "
-                          "free space / check Drive, then rerun to finish")
+            newest = ckpt.latest_checkpoint(self.checkpoints)
+            raise OSError(f"could not write {final}: {space_note(self.stage_dir, self._save_bytes(model_only=True))}. "
+                          + (f"The newest complete checkpoint, {newest}, is intact" if newest else
+                             "No checkpoint was written yet") + ": free space (on Colab: empty Drive's bin), then "
+                          "run the same command again to finish")
+        self.metrics_log.flush()
         self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
         log.info("%s finished: %d steps, final model in %s", progress.stage, progress.step, final)
         return summary
