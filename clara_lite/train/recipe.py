@@ -17,9 +17,11 @@ from pathlib import Path
 from ..config import ClaraConfig
 from ..data import read_jsonl
 from ..hardware import detect_hardware, library_versions
+from ..layout import RunLayout
 from ..model.base import resolve
 from ..model.modeling import ClaraModel
 from ..stages import ALL, Stage
+from .lock import hold
 from .run import Run, stages_to_train
 from .trainer import Trainer, process_state
 
@@ -35,8 +37,16 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
 
     ``model_options`` are :class:`~clara_lite.config.ClaraConfig` fields, ``train_options``
     :class:`~clara_lite.config.TrainConfig` fields; only the ones given override run.json or the
-    hardware plan. Returns ``{stage: summary or "already final"}``.
+    hardware plan. Returns ``{stage: summary or "already final"}``. The run folder is locked
+    meanwhile (:mod:`.lock`): a second trainer there stops with a message naming this one.
     """
+    with hold(RunLayout(run_dir).lock_file, stage=stage, enabled=process_state().is_main_process):
+        return _train(run_dir, stage, data=data, data_dir=data_dir, model_options=model_options,
+                      train_options=train_options, init_from=init_from, base_path=base_path)
+
+
+def _train(run_dir, stage: str, *, data, data_dir, model_options, train_options, init_from, base_path) -> dict:
+    """:func:`train`, with the run folder's lock held."""
     run = Run(run_dir)
     every = stage == ALL
     stages = stages_to_train(stage)
