@@ -27,7 +27,7 @@ from .serve.ask import answer, load, read_docs
 from .serve.export import export_zip
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
-from .train.trainer import TrainingInterrupted
+from .train.trainer import TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("clara_lite")
 
@@ -72,6 +72,9 @@ def _train(args) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return 130
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        return 3
     for stage, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
         print(f"{stage}: {done} -> {args.run_dir}/{stage}/final")

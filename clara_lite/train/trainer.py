@@ -53,6 +53,10 @@ class TrainingInterrupted(RuntimeError):
     """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Raised after ``max_nonfinite_steps`` skipped steps in a row, once the last good weights are saved."""
+
+
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -113,10 +117,14 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
     return acc
 
 
+SKIPPED = "skipped_steps"  # a metrics key: steps skipped for a non-finite loss or gradient
+
+
 def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
     """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
     but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
-    as one forward over all rows of all processes would give.
+    as one forward over all rows of all processes would give; with ``skipped_steps: 1`` when a
+    non-finite loss or gradient skipped the update.
 
     Under DDP the loss terms' denominators are counted over every process, and each process's
     loss is multiplied by their number, because DDP averages gradients where a one-batch loss
@@ -134,14 +142,30 @@ def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, ma
             acc.backward(loss * world if world > 1 else loss)
         for key, value in {"loss": loss.item(), **metrics}.items():
             summed[key] = summed.get(key, 0.0) + value
-    if max_grad_norm:
-        acc.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    # A non-finite loss or gradient skips the step, as GradScaler does for fp16 overflows: one bad
+    # batch must not turn every weight into NaN. A non-finite loss (a row with nothing to score,
+    # an overflow in the forward pass) is skipped before anything touches the gradients; non-finite
+    # gradients of a finite loss (fp16's overflow in backward) go to the scaler, which skips the
+    # step and lowers its scale. Losses are each process's own, so that vote is collective.
+    loss_ok = all(math.isfinite(v) for v in summed.values())
+    if world > 1:
+        loss_ok = not _any_process(acc, not loss_ok)
+    skipped = not loss_ok
+    if loss_ok:
+        if max_grad_norm:
+            acc.clip_grad_norm_(params, max_grad_norm)
+        # the same on every process: DDP all-reduced them
+        grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        if grads_ok or acc.scaler is not None:
+            optimizer.step()  # with a scaler and inf/NaN gradients: skipped by the scaler, scale lowered
+        skipped = not grads_ok or bool(getattr(optimizer, "step_was_skipped", False))
     optimizer.zero_grad(set_to_none=True)
     if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
         keys = sorted(summed)
         values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
         summed = dict(zip(keys, values.tolist(), strict=True))
+    if skipped:
+        summed[SKIPPED] = 1.0
     return summed
 
 
@@ -241,9 +265,18 @@ class Trainer:
         window: list[dict] = []
         tokens, window_start = 0, time.monotonic()
         self.wrapped.train()
+        bad_in_a_row = 0
         with _StopFlag() as stop:
             while progress.step < steps:
                 step_metrics, step_tokens = self.step()
+                bad_in_a_row = bad_in_a_row + 1 if step_metrics.get(SKIPPED) else 0
+                if bad_in_a_row:
+                    log.warning("%s step %d: non-finite loss or gradient (loss %s): step skipped (%d in a row)",
+                                self.stage.name, progress.step, step_metrics.get("loss"), bad_in_a_row)
+                if bad_in_a_row >= cfg.max_nonfinite_steps:
+                    self.log_window([*window, step_metrics], 0.0)
+                    bar.close()
+                    raise TrainingDiverged(self._diverged(bad_in_a_row, self.save()))
                 window.append(step_metrics)
                 tokens += step_tokens
                 bar.update(1)
@@ -274,6 +307,16 @@ class Trainer:
         acc.wait_for_everyone()  # the next stage, on every process, starts from the final main wrote
         return summary
 
+    def _diverged(self, n: int, saved: Path | None) -> str:
+        step = self.progress.step
+        kept = (f"saved in {saved}" if saved else "not saved (see the log); the newest complete checkpoint in "
+                f"{self.checkpoints} is kept")
+        return (f"{self.stage.name} stopped at step {step}/{self.steps}: {n} steps in a row had a non-finite loss or "
+                f"gradient and were skipped, so the weights are those of step {step - n}, {kept}. Likely causes: "
+                "a learning rate too high (--lr; a new --run-dir to change it), fp16 overflowing on a T4 "
+                "(--mixed-precision no), or rows whose answer does not fit the decoder (clara-lite data validate "
+                "FILE --stage STAGE). Fix the cause, then run the same command again to resume.")
+
     def step(self) -> tuple[dict, int]:
         """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens)."""
         acc, progress, cfg = self.acc, self.progress, self.cfg
@@ -293,12 +336,16 @@ class Trainer:
     def log_window(self, window: list[dict], tokens_per_s: float) -> None:
         progress, acc = self.progress, self.acc
         row = _mean(window)
+        skipped = sum(1 for r in window if r.get(SKIPPED))
+        row.pop(SKIPPED, None)
+        if skipped:
+            row[SKIPPED] = skipped
         row.update(step=progress.step, lr=self.scheduler.get_last_lr()[0], elapsed_s=round(self.elapsed(), 2),
                    tokens_per_s=round(tokens_per_s, 1))
         if acc.is_main_process:
             self.metrics_log.append(row)
         log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", self.stage.name, progress.step, self.steps,
-                 row["loss"], row["lr"], row["tokens_per_s"])
+                 row.get("loss", math.nan), row["lr"], row["tokens_per_s"])
         if self.cfg.report_to:
             acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
 
@@ -393,5 +440,11 @@ def _count_tokens(batch: dict) -> int:
 
 
 def _mean(rows: list[dict]) -> dict:
+    """Each key's mean over the rows with a finite value for it (a skipped step's NaN stays out)."""
     keys = {k for r in rows for k in r}
-    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        values = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if values:
+            out[k] = sum(values) / len(values)
+    return out
