@@ -196,7 +196,10 @@ def test_validate_file_top_k(tmp_path):
             qa_row(question=""),  # bad row, not counted in the doc histogram
         ],
     )
-    assert validate_file(path, "stage2").problems == [Problem(5, "question", "empty string")]
+    # unequal doc counts stop any step that batches them together: reported even without top_k
+    assert [(p.line, p.field) for p in validate_file(path, "stage2").problems] == [(2, "docs"), (3, "docs"),
+                                                                                  (5, "question")]
+    assert "rows batched together need equal counts" in validate_file(path, "stage2").problems[0].reason
 
     report = validate_file(path, "stage2", top_k=3)
     assert not report.ok

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from ..config import ClaraConfig
-from ..data import read_jsonl
+from ..data import check_training_file, read_jsonl
 from ..hardware import detect_hardware, library_versions
 from ..layout import RunLayout
 from ..model.base import resolve
@@ -84,6 +84,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
     config = run.model_config(model_options)
     path = run.data_file(stage, data, data_dir)
     examples = read_jsonl(path, stage)
+    check_training_file(path, stage, config)  # rows that would stop a step, found before run.json is written
     entry.data.rows = len(examples)
 
     # the plan's rows per step are for the whole step: N processes share them
@@ -96,6 +97,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
         run.save()
 
     model = build_model(config, profile, seed=cfg.seed, start_dir=start_dir, base_path=base_path)
+    check_training_file(path, stage, model.config, model.tokenizer, model.tokens)  # prompts, in its tokens
     log.info("Training %s in %s on %d rows of %s", stage.name, run.layout.stage_dir(stage.name), len(examples), path)
     summary = Trainer(model, stage, examples, run.layout.stage_dir(stage.name), cfg).train()
     entry.final = summary
