@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import saved_adapters
+from safetensors.torch import load_file, save_file
 from synthetic_data import write_run_data
 
 from clara_lite.cli import main
+from clara_lite.layout import KIND_CHECKPOINT, verify, write_manifest
 from clara_lite.serve.export import export_zip
 from clara_lite.stages import get_stage
 from clara_lite.train.recipe import train
@@ -167,3 +171,18 @@ def test_a_session_with_another_precision_adds_to_the_record(trained, tmp_path, 
     sessions = Run(run).record.sessions
     assert [(s.step, s.train["mixed_precision"]) for s in sessions] == [(0, "no"), (2, "fp16")]
     assert "mixed precision changes from no to fp16 at step 2" in caplog.text
+
+
+def test_a_checkpoint_that_matches_its_manifest_but_does_not_fit_falls_back_to_the_older(trained, tmp_path, caplog):
+    run = _copy(trained, tmp_path, final=False)
+    newest = run / "stage1" / "checkpoints" / "step-000002"
+    weights = newest / "model" / "adapters" / "encoder" / "adapter_model.safetensors"
+    save_file({k: v.t().contiguous() for k, v in load_file(weights).items()}, weights)  # another shape
+    write_manifest(newest, KIND_CHECKPOINT, {"step": 2, "stage": "stage1"})  # ... under a manifest that matches
+    assert verify(newest) is None
+    with caplog.at_level(logging.INFO):
+        assert train(run, "stage1", model_options={}, train_options={})["stage1"]["steps"] == 3
+    assert f"Skipping checkpoint {newest}: its manifest matches but it cannot be used" in caplog.text
+    assert "another shape" in caplog.text and "step-000001 (step 1/3)" in caplog.text
+    got, want = saved_adapters(run / "stage1" / "final"), saved_adapters(trained / "stage1" / "final")
+    assert all(torch.equal(got[k], want[k]) for k in want)  # resumed from step 1, exactly

@@ -116,10 +116,9 @@ def _optimizer_files(optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "other": other}
 
 
-def _load_optimizer(optimizer, folder: Path) -> None:
-    meta = json.loads((folder / OPTIMIZER_META).read_text())
+def _load_optimizer(optimizer, meta: dict, tensors: dict) -> None:
     state: dict[int, dict] = {}
-    for name, value in load_file(folder / OPTIMIZER_TENSORS).items():
+    for name, value in tensors.items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, extra in meta["other"].items():
@@ -177,15 +176,66 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
     return folder
 
 
+class CheckpointUnusable(ValueError):
+    """A checkpoint whose manifest matches but whose content does not fit the model being trained."""
+
+
+def _read_checkpoint(folder: Path, model, optimizer) -> tuple[dict, dict, dict, dict]:
+    """Everything a resume needs, read and checked against ``model`` and ``optimizer`` before any
+    of it is applied, so a checkpoint that does not fit leaves them untouched (the caller then
+    tries an older one). Raises :class:`CheckpointUnusable` naming the file."""
+    from peft import get_peft_model_state_dict
+
+    where = folder
+    try:
+        adapters = {}
+        for name in model.adapter_names:
+            where = folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS
+            weights = load_file(where)
+            expected = get_peft_model_state_dict(model.lm, adapter_name=name, save_embedding_layers=False)
+            wrong = sorted(k for k in expected.keys() | weights.keys()
+                           if k not in weights or k not in expected or weights[k].shape != expected[k].shape)
+            if wrong:
+                raise CheckpointUnusable(f"{where}: {len(wrong)} tensors missing, extra or of another shape "
+                                         f"(first: {wrong[0]})")
+            if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+                raise CheckpointUnusable(f"{where}: holds non-finite weights")
+            adapters[name] = weights
+        where = folder / STATE_FILE
+        state = json.loads(where.read_text())
+        Progress(**state["progress"])  # the keys it must have
+        where = folder / OPTIMIZER_META
+        meta = json.loads(where.read_text())
+        where = folder / OPTIMIZER_TENSORS
+        tensors = load_file(where)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if len(meta["param_groups"]) != len(optimizer.param_groups):
+            raise CheckpointUnusable(f"{folder / OPTIMIZER_META}: {len(meta['param_groups'])} parameter groups, "
+                                     f"the optimizer has {len(optimizer.param_groups)}")
+        for key, value in tensors.items():
+            idx, name = key.split(".", 1)
+            if not 0 <= int(idx) < len(params) or (value.dim() and value.shape != params[int(idx)].shape):
+                raise CheckpointUnusable(f"{where}: {key} does not fit the optimizer's parameters")
+        where = folder / RNG_FILE
+        rng = load_file(where)
+        if "torch" not in rng or "numpy" not in rng:
+            raise CheckpointUnusable(f"{where}: no torch/numpy RNG state")
+    except CheckpointUnusable:
+        raise
+    except Exception as err:  # a file that matches its hash but is not what we wrote: SafetensorError, KeyError...
+        raise CheckpointUnusable(f"{where}: {type(err).__name__}: {err}") from None
+    return adapters, state, {"meta": meta, "tensors": tensors}, rng
+
+
 def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progress:
-    """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint."""
+    """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint
+    (:class:`CheckpointUnusable`, with nothing changed, when its content does not fit)."""
     from peft import set_peft_model_state_dict
 
-    for name in model.adapter_names:
-        weights = load_file(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
+    adapters, state, opt, _ = _read_checkpoint(folder, model, optimizer)
+    for name, weights in adapters.items():
         set_peft_model_state_dict(model.lm, weights, adapter_name=name)
-    state = json.loads((folder / STATE_FILE).read_text())
-    _load_optimizer(optimizer, folder)
+    _load_optimizer(optimizer, opt["meta"], opt["tensors"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])

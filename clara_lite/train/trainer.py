@@ -232,10 +232,18 @@ class Trainer:
         self.progress = ckpt.Progress(stage=self.stage.name, step=0, micro_batches=0, total_steps=self.steps)
 
     def resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.checkpoints)
+        latest = None
+        for _, folder in reversed(ckpt.complete_checkpoints(self.checkpoints)):  # newest first
+            ckpt.check_same_model(folder, self.model.config)
+            try:
+                self.progress = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+                                                     self.acc.scaler)
+            except ckpt.CheckpointUnusable as err:  # nothing was applied: an older one may do
+                log.warning("Skipping checkpoint %s: its manifest matches but it cannot be used (%s)", folder, err)
+                continue
+            latest = folder
+            break
         if latest is not None:
-            ckpt.check_same_model(latest, self.model.config)
-            self.progress = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.acc.scaler)
             if self.progress.total_steps != self.steps:
                 raise ValueError(f"{latest} was made for {self.progress.total_steps} steps, this run plans "
                                  f"{self.steps}: keep max_steps/epochs/batch settings when resuming")
