@@ -152,10 +152,9 @@ def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, ma
         loss_ok = not _any_process(acc, not loss_ok)
     skipped = not loss_ok
     if loss_ok:
-        if max_grad_norm:
-            acc.clip_grad_norm_(params, max_grad_norm)
-        # the same on every process: DDP all-reduced them
-        grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+        # the same on every process (DDP all-reduced them); the clipping norm says it for free
+        grads_ok = bool(torch.isfinite(norm)) if torch.is_tensor(norm) else _finite_grads(params)
         if grads_ok or acc.scaler is not None:
             optimizer.step()  # with a scaler and inf/NaN gradients: skipped by the scaler, scale lowered
         skipped = not grads_ok or bool(getattr(optimizer, "step_was_skipped", False))
@@ -167,6 +166,12 @@ def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, ma
     if skipped:
         summed[SKIPPED] = 1.0
     return summed
+
+
+def _finite_grads(params) -> bool:
+    """Whether every gradient is finite: one device sync per device, not one per tensor."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return all(bool(torch.stack([f for f in flags if f.device == d]).all()) for d in {f.device for f in flags})
 
 
 class _StopFlag:
