@@ -21,15 +21,17 @@ from .data import read_jsonl, validate_file
 from .demo import run_demo
 from .evaluation import evaluate_model
 from .hardware import cpu_threads_note, describe, detect_hardware
+from .inputs import add_special_tokens
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
 from .notebook.colab import drive_root
+from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
 from .serve.ask import answer, load, read_docs
 from .serve.export import export_zip
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
-from .train.trainer import OutOfMemory, TrainingInterrupted
+from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("clara_lite")
 
@@ -48,7 +50,16 @@ def _doctor(args) -> int:
 
 
 def _validate(args) -> int:
-    report = validate_file(args.file, args.stage, top_k=args.top_k)
+    defaults = ClaraConfig()
+    config = ClaraConfig(doc_max_length=args.doc_max_length or defaults.doc_max_length,
+                         compr_rate=args.compr_rate or defaults.compr_rate,
+                         max_decoder_length=args.max_decoder_length or defaults.max_decoder_length,
+                         generation_top_k=args.top_k or defaults.generation_top_k)
+    tokenizer = tokens = None
+    if args.base:  # prompts measured in the base model's tokens, with its chat template
+        tokenizer = load_tokenizer(args.base)
+        tokens = add_special_tokens(tokenizer, config)
+    report = validate_file(args.file, args.stage, top_k=args.top_k, config=config, tokenizer=tokenizer, tokens=tokens)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -77,6 +88,8 @@ def _train(args) -> int:
         return 130
     except OutOfMemory as oom:
         log.error("%s", oom)
+    except TrainingDiverged as err:
+        log.error("%s", err)
         return 3
     for stage, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
@@ -136,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--stage", required=True, choices=ORDER)
     v.add_argument("--top-k", type=int, default=None, help="also check each row's document count against top-k")
+    v.add_argument("--doc-max-length", type=int, default=None, help="as training will use it (default 256)")
+    v.add_argument("--compr-rate", type=int, default=None, help="as training will use it (default 32)")
+    v.add_argument("--max-decoder-length", type=int, default=None, help="as training will use it (default 1024)")
+    v.add_argument("--base", default=None, help="also measure each prompt in this base model's tokens")
     v.set_defaults(func=_validate)
     add_data_commands(data)  # extract, chunk, synthesize, negatives, split, convert, build
 

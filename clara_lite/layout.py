@@ -7,6 +7,8 @@ disk is a change here.
 A run folder (``RunLayout``)::
 
     <run>/run.json                          the run's record (``train.record.RunRecord``)
+    <run>/run.json.bak                      its previous version, copied before each rewrite
+    <run>/train.lock                        who is training in the folder now (``train.lock``)
     <run>/<stage>/checkpoints/step-NNNNNN/  complete only with a valid manifest.json
     <run>/<stage>/final/                    the stage's model + summary.json + manifest.json
     <run>/<stage>/metrics.jsonl             <run>/<stage>/loss.png
@@ -51,6 +53,8 @@ STEP_PREFIX = "step-"
 
 # a run folder
 RUN_FILE = "run.json"
+RUN_BACKUP = "run.json.bak"
+LOCK_FILE = "train.lock"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 SUMMARY_FILE = "summary.json"
@@ -96,6 +100,14 @@ class RunLayout:
     @property
     def run_file(self) -> Path:
         return self.root / RUN_FILE
+
+    @property
+    def run_backup(self) -> Path:
+        return self.root / RUN_BACKUP
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -168,6 +180,30 @@ def write_json(path: str | Path, data, *, indent: int | None = 2) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_bytes_synced(path: str | Path, data: bytes) -> None:
+    """Write bytes in place, flushed and fsync'd."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_keeping_copy(path: str | Path, backup: str | Path, data, *, indent: int | None = 2) -> None:
+    """Rewrite the JSON file ``path`` in place, its current content (when it is valid JSON) first
+    copied to ``backup``: without renames, a kill or a full disk during either write still leaves
+    one whole copy (``path`` during the copy, ``backup`` during the rewrite)."""
+    path, backup = Path(path), Path(backup)
+    if path.is_file():
+        old = path.read_bytes()
+        try:
+            json.loads(old)
+        except (ValueError, RecursionError):  # a torn file is never copied over a good one
+            pass
+        else:
+            write_bytes_synced(backup, old)
+    write_json(path, data, indent=indent)
 
 
 # --------------------------------------------------------------------------- the manifest

@@ -13,7 +13,8 @@ server hangs the notebook) and no retries, while gdown 6.3+ has all three. One t
 behaves the same on every gdown the requirements allow. gdown still does what is Drive's own: reading
 the "can't scan this file for viruses" confirmation page and listing a shared folder.
 
-URLs are logged without credentials or query strings (signed links carry tokens there).
+URLs are logged without credentials or query strings (signed links carry tokens there), through
+:func:`clara_lite.secrets.redact`, the one redaction every layer uses.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import re
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..secrets import redact  # one redaction for every layer (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +48,10 @@ HINTS = {404: "not found: check the link", 401: "access denied: the link is priv
          403: "access denied: the link is private or expired", 410: "gone: the file was deleted"}
 _DRIVE_ID = re.compile(r"^[-\w]{25,}$")
 _DRIVE_PATH_ID = re.compile(r"/d/([-\w]{25,})")
-_SHOWN_PARAMS = ("id", "export", "usp")  # query parameters safe to show; any other may be a token
 
 
 class DownloadFailed(OSError):
     """A download that could not be done; the message names the link and what to do."""
-
-
-def redact(url: str) -> str:
-    """``url`` without user:password and with query values other than a Drive ``id`` hidden.
-
-    >>> redact("https://user:pw@example.com/f.zip?sig=abc&id=1")
-    'https://example.com/f.zip?id=1&…'
-    """
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return url  # a bare Drive id
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    shown = [f"{k}={v}" for k, v in params if k in _SHOWN_PARAMS]
-    if len(shown) < len(params):
-        shown.append("…")
-    return f"{parts.scheme}://{host}{parts.path}" + (f"?{'&'.join(shown)}" if shown else "")
 
 
 def download(url_or_id: str, dest: str | Path, *, overwrite: bool = False, quiet: bool = False,

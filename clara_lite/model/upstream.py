@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -58,6 +60,19 @@ def _resolve_base(name: str, ckpt: Path) -> str:
     return name
 
 
+def _load_tensors(file: Path):
+    """A .pth of tensors (``weights_only``); anything else in it is refused as untrusted, without
+    torch's advice to retry with ``weights_only=False`` (which would run whatever the pickle holds)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported|Unsupported global:?) (?:GLOBAL )?([\w.]+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "objects other than tensors"
+        raise ValueError(f"{file} is not trusted: it holds {what}, and unpickling it could run "
+                         "any code. clara_lite reads only plain tensors from .pth files: get the checkpoint from its "
+                         "original source, or convert it to safetensors where you trust it") from None
+
+
 def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
     """An upstream checkpoint as a ``model_cls`` (ClaraModel) with our adapter names."""
     from peft import get_peft_model, set_peft_model_state_dict
@@ -76,7 +91,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
                                     quantization=config.quantization,
                                     attn_implementation=opts["attn_implementation"])
     tokens = inputs.add_special_tokens(tokenizer, config)
-    layers = torch.load(path / UPSTREAM_LAYERS, map_location="cpu", weights_only=True)
+    layers = _load_tensors(path / UPSTREAM_LAYERS)
     emb_rows = layers["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in layers else len(tokenizer)
     lm.resize_token_embeddings(max(emb_rows, len(tokenizer)), mean_resizing=False)
     state = lm.state_dict()
@@ -87,7 +102,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
     lm.load_state_dict({k: v.to(state[k].dtype) for k, v in layers.items()}, strict=False)
     greedy_generation(lm, tokenizer)
 
-    adapters = torch.load(path / UPSTREAM_ADAPTERS, map_location="cpu", weights_only=True)
+    adapters = _load_tensors(path / UPSTREAM_ADAPTERS)
     names = [ADAPTER_NAMES.get(k, k) for k in adapters]
     if "encoder" not in names:
         raise ValueError(f"{path / UPSTREAM_ADAPTERS} has no encoder_adapter (has {list(adapters)})")

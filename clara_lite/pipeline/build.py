@@ -77,7 +77,7 @@ def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildCo
     write_jsonl(out / CHUNKS, (row_of(c) for c in chunks))
 
     synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, progress=progress)
-    corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks})
+    corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks}, where=str(out / SYNTH))
     paths, split = write_stage_files(corpus, out, k=config.k, strategy=config.strategy, heldout=config.heldout,
                                      seed=config.seed)
     report = {"config": asdict(config), "extract": extraction.report(), "images": asdict(images),

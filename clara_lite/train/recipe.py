@@ -16,10 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ClaraConfig, TrainConfig
-from ..data import read_jsonl
+from ..data import check_training_file, read_jsonl
 from ..hardware import DeviceInfo, dtype_name, library_versions
+from ..layout import RunLayout
 from ..model.modeling import ClaraModel
 from ..stages import ALL, Stage
+from .lock import hold
 from .plan import SessionPlan, plan_session
 from .record import SessionRecord
 from .run import Run, stages_to_train
@@ -38,8 +40,17 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
     ``model_options`` are :class:`~clara_lite.config.ClaraConfig` fields, ``train_options``
     :class:`~clara_lite.config.TrainConfig` fields; only the ones given override run.json or the
     hardware plan. ``device`` plans for that device instead of the one probed (tests simulate GPUs).
-    Returns ``{stage: summary or "already final"}``.
+    Returns ``{stage: summary or "already final"}``. The run folder is locked meanwhile
+    (:mod:`.lock`): a second trainer there stops with a message naming this one.
     """
+    with hold(RunLayout(run_dir).lock_file, stage=stage, enabled=process_state().is_main_process):
+        return _train(run_dir, stage, data=data, data_dir=data_dir, model_options=model_options,
+                      train_options=train_options, init_from=init_from, base_path=base_path, device=device)
+
+
+def _train(run_dir, stage: str, *, data, data_dir, model_options, train_options, init_from, base_path,
+           device) -> dict:
+    """:func:`train`, with the run folder's lock held."""
     run = Run(run_dir)
     every = stage == ALL
     stages = stages_to_train(stage)
@@ -72,6 +83,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
     config = run.model_config(model_options)
     path = run.data_file(stage, data, data_dir)
     examples = read_jsonl(path, stage)
+    check_training_file(path, stage, config)  # rows that would stop a step, found before run.json is written
     entry.data.rows = len(examples)
 
     session = plan_session(run, stage, examples, config, train_options, base=base_path or config.base_model,
@@ -81,7 +93,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
     for note in session.notes:
         log.warning("%s", note)
     cfg = run.train_config(stage.name, train_options, session.train_values())
-    record = run.record_session(stage.name, session.profile, library_versions(), session.record())
+    record = run.record_session(stage.name, session.profile, library_versions(), session.record(), cfg)
 
     def save() -> None:
         if state.is_main_process:  # several processes (DDP) share one run folder: one writer
@@ -92,6 +104,7 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
                         start_dir=start_dir, base_path=base_path)
     _record_attention(record, model, session)
     save()
+    check_training_file(path, stage, model.config, model.tokenizer, model.tokens)  # prompts, in its tokens
 
     def replanned(new: TrainConfig) -> None:  # out of memory: the trainer split the step further
         entry.train = replace(entry.train, micro_batch_size=new.micro_batch_size,

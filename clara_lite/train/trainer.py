@@ -33,15 +33,19 @@ from ..layout import (
     FINAL_DIR,
     KIND_CHECKPOINT,
     LOSS_PLOT,
+    MANIFEST,
     METRICS_FILE,
+    MODEL_DIR,
     SUMMARY_FILE,
     step_dir,
+    step_folders,
     write_json,
     write_manifest,
 )
 from ..model.saving import save_model
 from ..stages import StepTotals
 from . import checkpoint as ckpt
+from .faults import folder_bytes, space_note
 from .metrics_log import MetricsLog
 from .plan import oom_advice, smaller_micro
 
@@ -54,6 +58,10 @@ class TrainingInterrupted(RuntimeError):
 
 class OutOfMemory(RuntimeError):
     """Even one row at a time does not fit; the message lists the exact next options."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``max_nonfinite_steps`` skipped steps in a row, once the last good weights are saved."""
 
 
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
@@ -115,10 +123,14 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
     return acc
 
 
+SKIPPED = "skipped_steps"  # a metrics key: steps skipped for a non-finite loss or gradient
+
+
 def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
     """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
     but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
-    as one forward over all rows of all processes would give.
+    as one forward over all rows of all processes would give; with ``skipped_steps: 1`` when a
+    non-finite loss or gradient skipped the update.
 
     Under DDP the loss terms' denominators are counted over every process, and each process's
     loss is multiplied by their number, because DDP averages gradients where a one-batch loss
@@ -136,15 +148,36 @@ def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, ma
             acc.backward(loss * world if world > 1 else loss)
         for key, value in {"loss": loss.item(), **metrics}.items():
             summed[key] = summed.get(key, 0.0) + value
-    if max_grad_norm:
-        acc.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    # A non-finite loss or gradient skips the step, as GradScaler does for fp16 overflows: one bad
+    # batch must not turn every weight into NaN. A non-finite loss (a row with nothing to score,
+    # an overflow in the forward pass) is skipped before anything touches the gradients; non-finite
+    # gradients of a finite loss (fp16's overflow in backward) go to the scaler, which skips the
+    # step and lowers its scale. Losses are each process's own, so that vote is collective.
+    loss_ok = all(math.isfinite(v) for v in summed.values())
+    if world > 1:
+        loss_ok = not _any_process(acc, not loss_ok)
+    skipped = not loss_ok
+    if loss_ok:
+        norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+        # the same on every process (DDP all-reduced them); the clipping norm says it for free
+        grads_ok = bool(torch.isfinite(norm)) if torch.is_tensor(norm) else _finite_grads(params)
+        if grads_ok or acc.scaler is not None:
+            optimizer.step()  # with a scaler and inf/NaN gradients: skipped by the scaler, scale lowered
+        skipped = not grads_ok or bool(getattr(optimizer, "step_was_skipped", False))
     optimizer.zero_grad(set_to_none=True)
     if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
         keys = sorted(summed)
         values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
         summed = dict(zip(keys, values.tolist(), strict=True))
+    if skipped:
+        summed[SKIPPED] = 1.0
     return summed
+
+
+def _finite_grads(params) -> bool:
+    """Whether every gradient is finite: one device sync per device, not one per tensor."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return all(bool(torch.stack([f for f in flags if f.device == d]).all()) for d in {f.device for f in flags})
 
 
 class _StopFlag:
@@ -211,9 +244,18 @@ class Trainer:
         self.progress = ckpt.Progress(stage=self.stage.name, step=0, micro_batches=0, total_steps=self.steps)
 
     def resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.checkpoints)
+        latest = None
+        for _, folder in reversed(ckpt.complete_checkpoints(self.checkpoints)):  # newest first
+            ckpt.check_same_model(folder, self.model.config)
+            try:
+                self.progress = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+                                                     self.acc.scaler)
+            except ckpt.CheckpointUnusable as err:  # nothing was applied: an older one may do
+                log.warning("Skipping checkpoint %s: its manifest matches but it cannot be used (%s)", folder, err)
+                continue
+            latest = folder
+            break
         if latest is not None:
-            self.progress = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.acc.scaler)
             if self.progress.total_steps != self.steps:
                 raise ValueError(f"{latest} was made for {self.progress.total_steps} steps, this run plans "
                                  f"{self.steps}: keep max_steps/epochs/batch settings when resuming")
@@ -243,9 +285,18 @@ class Trainer:
         window: list[dict] = []
         tokens, window_start = 0, time.monotonic()
         self.wrapped.train()
+        bad_in_a_row = 0
         with _StopFlag() as stop:
             while progress.step < steps:
                 step_metrics, step_tokens = self.step()
+                bad_in_a_row = bad_in_a_row + 1 if step_metrics.get(SKIPPED) else 0
+                if bad_in_a_row:
+                    log.warning("%s step %d: non-finite loss or gradient (loss %s): step skipped (%d in a row)",
+                                self.stage.name, progress.step, step_metrics.get("loss"), bad_in_a_row)
+                if bad_in_a_row >= cfg.max_nonfinite_steps:
+                    self.log_window([*window, step_metrics], 0.0)
+                    bar.close()
+                    raise TrainingDiverged(self._diverged(bad_in_a_row, self.save()))
                 window.append(step_metrics)
                 tokens += step_tokens
                 bar.update(1)
@@ -258,20 +309,33 @@ class Trainer:
                     stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
                 due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
                     cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                saved = None
                 if (due or stopping) and progress.step < steps:
-                    self.save()
+                    saved = self.save()
                     last_save = time.monotonic()
                 if stopping and progress.step < steps:  # at the last step, finishing is the better checkpoint
                     bar.close()
+                    where = f"checkpoint in {saved}" if saved or not acc.is_main_process else \
+                        f"this step's checkpoint could not be written; the newest complete one in {self.checkpoints} is kept"
                     raise TrainingInterrupted(
                         f"{self.stage.name} stopped by {stopping} at step {progress.step}/{steps}; "
-                        f"checkpoint in {self.checkpoints}. Run the same command again to resume.")
+                        f"{where}. Run the same command again to resume.")
         bar.close()
         if cfg.report_to:
             acc.end_training()
         summary = self.finish()
         acc.wait_for_everyone()  # the next stage, on every process, starts from the final main wrote
         return summary
+
+    def _diverged(self, n: int, saved: Path | None) -> str:
+        step = self.progress.step
+        kept = (f"saved in {saved}" if saved else "not saved (see the log); the newest complete checkpoint in "
+                f"{self.checkpoints} is kept")
+        return (f"{self.stage.name} stopped at step {step}/{self.steps}: {n} steps in a row had a non-finite loss or "
+                f"gradient and were skipped, so the weights are those of step {step - n}, {kept}. Likely causes: "
+                "a learning rate too high (--lr; a new --run-dir to change it), fp16 overflowing on a T4 "
+                "(--mixed-precision no), or rows whose answer does not fit the decoder (clara-lite data validate "
+                "FILE --stage STAGE). Fix the cause, then run the same command again to resume.")
 
     def step(self) -> tuple[dict, int]:
         """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens).
@@ -325,12 +389,16 @@ class Trainer:
     def log_window(self, window: list[dict], tokens_per_s: float) -> None:
         progress, acc = self.progress, self.acc
         row = _mean(window)
+        skipped = sum(1 for r in window if r.get(SKIPPED))
+        row.pop(SKIPPED, None)
+        if skipped:
+            row[SKIPPED] = skipped
         row.update(step=progress.step, lr=self.scheduler.get_last_lr()[0], elapsed_s=round(self.elapsed(), 2),
                    tokens_per_s=round(tokens_per_s, 1))
         if acc.is_main_process:
             self.metrics_log.append(row)
         log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", self.stage.name, progress.step, self.steps,
-                 row["loss"], row["lr"], row["tokens_per_s"])
+                 row.get("loss", math.nan), row["lr"], row["tokens_per_s"])
         if self.cfg.report_to:
             acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
 
@@ -342,15 +410,28 @@ class Trainer:
             return None
         target = step_dir(self.checkpoints, self.progress.step)
         self.progress.elapsed_s = self.elapsed()
+        self.metrics_log.flush()  # rows up to this step reach the disk before a checkpoint claims the step
         saved = ckpt.with_retries(
             lambda: ckpt.save_checkpoint(target, self.model, self.optimizer, self.scheduler, self.acc.scaler,
-                                         self.progress),
+                                         self.progress, train=self.cfg.to_dict()),
             attempts=self.cfg.retry_attempts, delay_s=self.cfg.retry_delay_s, cleanup=lambda: _remove(target),
         )
         if saved is not None:
+            log.info("Checkpoint %s saved", saved)
             ckpt.prune(self.checkpoints, self.cfg.keep)
+            self.metrics_log.flush()
             self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
+        else:
+            log.error("%s was not written: %s. Training goes on; the newest complete checkpoint is kept",
+                      target, space_note(self.checkpoints, self._save_bytes()))
         return saved
+
+    def _save_bytes(self, model_only: bool = False) -> int:
+        """What a save writes, from the newest checkpoint on disk (its model part for a final)."""
+        with_manifest = [f for _, f in step_folders(self.checkpoints) if (f / MANIFEST).is_file()]
+        if not with_manifest:
+            return 0
+        return folder_bytes(with_manifest[-1] / MODEL_DIR if model_only else with_manifest[-1])
 
     def finish(self) -> dict:
         """Write ``final`` (model, summary, manifest) on the main process; return the summary."""
@@ -374,8 +455,12 @@ class Trainer:
 
         if ckpt.with_retries(write, attempts=max(cfg.retry_attempts, 6), delay_s=cfg.retry_delay_s,
                              cleanup=lambda: _remove(final)) is None:
-            raise OSError(f"could not write {final}; the last checkpoint in {self.checkpoints} is intact: "
-                          "free space / check Drive, then rerun to finish")
+            newest = ckpt.latest_checkpoint(self.checkpoints)
+            raise OSError(f"could not write {final}: {space_note(self.stage_dir, self._save_bytes(model_only=True))}. "
+                          + (f"The newest complete checkpoint, {newest}, is intact" if newest else
+                             "No checkpoint was written yet") + ": free space (on Colab: empty Drive's bin), then "
+                          "run the same command again to finish")
+        self.metrics_log.flush()
         self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
         log.info("%s finished: %d steps, final model in %s", progress.stage, progress.step, final)
         return summary
@@ -408,5 +493,11 @@ def _count_tokens(batch: dict) -> int:
 
 
 def _mean(rows: list[dict]) -> dict:
+    """Each key's mean over the rows with a finite value for it (a skipped step's NaN stays out)."""
     keys = {k for r in rows for k in r}
-    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        values = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if values:
+            out[k] = sum(values) / len(values)
+    return out
