@@ -64,6 +64,22 @@ EXPORTS_DIR = "exports"
 CARD = "README.md"
 MANIFEST = "manifest.json"
 
+# a compressed document index (``clara-lite index build``; clara_lite.serve.index)
+INDEX_FILE = "index.json"  # settings, model fingerprint, parts; identical for the same build
+INDEX_CHUNKS = "chunks.jsonl"  # one row per chunk: text, source, page, character span
+INDEX_MEMORY_DIR = "memory"  # memory vectors (and MiniLM keys), one safetensors file per part of a document group
+INDEX_SHARDS_DIR = "shards"  # shard-IIIII-of-NNNNN/: one process's part of a sharded build
+
+
+def index_part_file(group: int, sub: int) -> str:
+    """A memory part's path inside the index folder: the ``sub``-th slice of document group ``group``."""
+    return f"{INDEX_MEMORY_DIR}/part-{group:06d}-{sub:03d}.safetensors"
+
+
+def index_shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
+    return Path(root) / INDEX_SHARDS_DIR / f"shard-{shard:05d}-of-{n_shards:05d}"
+
+
 # where converted models and unpacked zips are cached
 CACHE_ENV = "CLARA_LITE_CACHE"
 ZIPS_DIR = "zips"
@@ -175,6 +191,7 @@ def write_json(path: str | Path, data, *, indent: int | None = 2) -> None:
 MANIFEST_VERSION = 1
 KIND_CHECKPOINT = "clara_lite-checkpoint"  # a step checkpoint or a stage's final folder
 KIND_MODEL = "clara_lite-model"  # an exported zip (and the folder it unpacks to)
+KIND_INDEX = "clara_lite-index"  # a compressed document index (serve.index)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -213,7 +230,7 @@ def parse_manifest(raw: bytes | str, where: str, kind: str) -> dict:
     legacy = kind == KIND_CHECKPOINT and "kind" not in manifest and manifest.get("format") == MANIFEST_VERSION
     if not legacy:
         if manifest.get("kind") != kind:
-            what = "model export" if kind == KIND_MODEL else "checkpoint"
+            what = {KIND_MODEL: "model export", KIND_INDEX: "document index"}.get(kind, "checkpoint")
             raise ManifestError(f"{where}: kind is {manifest.get('kind')!r}, not {kind!r}: not a clara_lite {what}")
         version = manifest.get("format_version")
         if version != MANIFEST_VERSION:
