@@ -9,7 +9,7 @@ value the index refuses), never a traceback; the model answers one request at a 
 one model on one device does anyway. Loopback by default: the API has no authentication.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the request models from the annotations of local functions
 
 import logging
 import threading
@@ -28,6 +28,7 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
     from pydantic import BaseModel, ConfigDict, Field
 
     lock = threading.Lock()
+    default_tokens = max_new_tokens  # (a class body assigning a name cannot read the argument of that name)
 
     class Search(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -35,7 +36,7 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
         k: int | None = Field(default=None, ge=1, le=100)
 
     class Ask(Search):
-        max_new_tokens: int = Field(default=max_new_tokens, ge=1, le=1024)
+        max_new_tokens: int = Field(default=default_tokens, ge=1, le=1024)
 
     app = FastAPI(title="clara_lite index", docs_url=None, redoc_url=None, openapi_url=None)
 
