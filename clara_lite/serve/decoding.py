@@ -102,8 +102,10 @@ class ServingDecoder:
         return copy.deepcopy(cache)
 
     @torch.no_grad()
-    def generate(self, questions: list[str], memory: torch.Tensor, k: int, max_new_tokens: int = 64) -> Generation:
-        """Answer ``questions`` (B) from ``memory`` (B*k, M, H): k compressed documents per question."""
+    def generate(self, questions: list[str], memory: torch.Tensor, k: int, max_new_tokens: int = 64, *,
+                 stop_at_eos: bool = True) -> Generation:
+        """Answer ``questions`` (B) from ``memory`` (B*k, M, H): k compressed documents per question.
+        ``stop_at_eos=False`` decodes exactly ``max_new_tokens`` (benchmarks compare equal work)."""
         from transformers import DynamicCache
 
         m, b = self.model, len(questions)
@@ -135,7 +137,7 @@ class ServingDecoder:
                 for i, t in enumerate(nxt.tolist()):
                     if not done[i]:
                         out_tokens[i].append(t)
-                        done[i] = t in self.eos
+                        done[i] = stop_at_eos and t in self.eos
                 if all(done) or step == max_new_tokens - 1:
                     break
                 nxt = torch.where(torch.tensor(done, device=self.device), torch.full_like(nxt, pad), nxt)

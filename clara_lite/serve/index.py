@@ -163,6 +163,7 @@ class IndexAnswer:
     hits: list[Hit] = field(default_factory=list)
     prompt_tokens: int = 0
     first_token_at: float = 0.0  # time.perf_counter() of the first new token (benchmarks)
+    new_tokens: int = 0
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.text, "sources": [h.to_dict() for h in self.hits]}
@@ -343,7 +344,7 @@ class ClaraIndex:
         return self._decoder
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, *, max_new_tokens: int = 64,
-                 batch_size: int = 8) -> list[IndexAnswer]:
+                 batch_size: int = 8, stop_at_eos: bool = True) -> list[IndexAnswer]:
         """Answer each question from the memory of its k retrieved chunks, ``batch_size`` at a time."""
         questions = list(questions)
         out = []
@@ -352,13 +353,14 @@ class ClaraIndex:
             hits = self.search_many(batch, k)
             kk = min(len(h) for h in hits)
             memory = self.memory_rows([h.row for hs in hits for h in hs[:kk]])
-            gen = self.decoder.generate(batch, memory, kk, max_new_tokens)
-            out += [IndexAnswer(q, t, h[:kk], n, gen.first_token_at)
-                    for q, t, h, n in zip(batch, gen.texts, hits, gen.prompt_tokens, strict=True)]
+            gen = self.decoder.generate(batch, memory, kk, max_new_tokens, stop_at_eos=stop_at_eos)
+            out += [IndexAnswer(q, t, h[:kk], n, gen.first_token_at, len(ids))
+                    for q, t, h, n, ids in zip(batch, gen.texts, hits, gen.prompt_tokens, gen.token_ids, strict=True)]
         return out
 
-    def ask(self, question: str, k: int | None = None, *, max_new_tokens: int = 64) -> IndexAnswer:
-        return self.ask_many([question], k, max_new_tokens=max_new_tokens)[0]
+    def ask(self, question: str, k: int | None = None, *, max_new_tokens: int = 64,
+            stop_at_eos: bool = True) -> IndexAnswer:
+        return self.ask_many([question], k, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)[0]
 
     # ------------------------------------------------------------------ changing it
 
