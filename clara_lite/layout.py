@@ -59,6 +59,7 @@ LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
 RUNS_DIR = "runs"
 EXPORTS_DIR = "exports"
+INDEXES_DIR = "indexes"  # <run>/indexes/<documents>-<model fingerprint>/: document indexes (05_inference)
 
 # an exported zip
 CARD = "README.md"
@@ -131,6 +132,10 @@ class RunLayout:
     @property
     def heldout_eval(self) -> Path:
         return self.root / HELDOUT_EVAL
+
+    def index(self, name: str) -> Path:
+        """A document index built from the run's model (``serve.index``)."""
+        return self.root / INDEXES_DIR / name
 
     def default_export(self, stage: str) -> Path:
         """``<root>/exports/<run>-<stage>.zip`` for a run in a ``runs/`` folder (the Drive layout:

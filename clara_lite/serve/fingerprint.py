@@ -19,6 +19,7 @@ import math
 import torch
 
 from ..model.saving import added_rows
+from ..stages import QUERY_REASONER
 
 SETTINGS = ("base_model", "doc_max_length", "compr_rate", "different_mem_tokens", "encoder_layout")
 RTOL = 2e-3  # relative to the tensor's absolute sum: fp16 rounds each weight by <= 2^-11 (5e-4)
@@ -56,10 +57,11 @@ def fingerprint(model) -> dict:
     parts["base_embeddings"] = _sums([model.causal_lm.get_input_embeddings().weight])
     settings = {k: config[k] for k in SETTINGS} | {"n_mem": model.config.n_mem,
                                                    "hidden_size": model.causal_lm.config.hidden_size}
-    digest = hashlib.sha256(json.dumps({"settings": settings, "parts": {k: {a: b for a, b in v.items()
-                                        if isinstance(b, int)} for k, v in parts.items()}},
-                                       sort_keys=True).encode()).hexdigest()[:16]
-    return {"settings": settings, "parts": parts, "id": digest}
+    # a short name for people and folder names: sizes and each part's absolute sum to 3 digits (a
+    # retrained model gets another id; fp16/fp32 copies of one model almost always the same)
+    rounded = {k: [v["tensors"], v["params"], f"{v['abs_sum']:.3g}"] for k, v in parts.items() if k != QUERY_REASONER}
+    digest = hashlib.sha256(json.dumps({"settings": settings, "parts": rounded}, sort_keys=True).encode())
+    return {"settings": settings, "parts": parts, "id": digest.hexdigest()[:16]}
 
 
 def differences(saved: dict, current: dict) -> list[str]:
@@ -70,7 +72,7 @@ def differences(saved: dict, current: dict) -> list[str]:
            if saved["settings"].get(k) != current["settings"].get(k)]
     for part in sorted(set(saved["parts"]) | set(current["parts"])):
         a, b = saved["parts"].get(part), current["parts"].get(part)
-        if part == "query_reasoner":
+        if part == QUERY_REASONER:
             continue
         if a is None or b is None:
             out.append(f"{part}: {'only the index' if b is None else 'only the model'} has it")
