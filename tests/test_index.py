@@ -326,3 +326,17 @@ def test_a_pool_of_2000_documents_answers_in_bounded_memory(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n2,000 documents: peak RSS {start / 1024:.0f} MB before, {after_pool / 1024:.0f} MB after "
               f"generate_from_questions, {peak / 1024:.0f} MB after the index (build + ask)")
+
+
+def test_an_interrupted_add_is_finished_by_resume(tmp_path):
+    model = served_model()
+    index = ClaraIndex.build(tmp_path / "kb", model, corpus(6, seed=30), keys=(), part_rows=4, progress=False)
+    index.add(corpus(4, seed=31), progress=False)
+    complete = folder_files(tmp_path / "kb")
+    newest = sorted((tmp_path / "kb" / "memory").glob("*.safetensors"))[-1]
+    newest.unlink()  # as if the add had been killed before compressing its last part
+    (tmp_path / "kb" / "manifest.json").unlink()
+    with pytest.raises(IndexFolderError, match="interrupted.*ClaraIndex.resume"):
+        ClaraIndex.load(tmp_path / "kb", model)
+    resumed = ClaraIndex.resume(tmp_path / "kb", model, progress=False)
+    assert folder_files(tmp_path / "kb") == complete and len(resumed.chunks) == len(index.chunks)

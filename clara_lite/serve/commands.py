@@ -72,7 +72,7 @@ def _build(args) -> int:
 
 
 def _add(args) -> int:
-    index = ClaraIndex.load(args.index, load_model(args.model, args.base_path))
+    index = ClaraIndex.resume(args.index, load_model(args.model, args.base_path))  # finishes an interrupted add
     result = index.add(args.input, replace=args.replace, batch_size=args.batch_size, use_docling=args.docling,
                        progress=not args.no_progress)
     print(json.dumps(result | {"chunks": len(index.chunks)}, indent=2))
@@ -80,7 +80,7 @@ def _add(args) -> int:
 
 
 def _remove(args) -> int:
-    index = ClaraIndex.load(args.index, load_model(args.model, args.base_path))
+    index = ClaraIndex.resume(args.index, load_model(args.model, args.base_path))
     print(f"removed {index.remove(args.sources)} chunks; {len(index.chunks)} left")
     return 0
 

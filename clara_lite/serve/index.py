@@ -240,14 +240,36 @@ class ClaraIndex:
         meta = _read_meta(path)
         problem = verify(path, KIND_INDEX) if verify_files else _sizes_problem(path)
         if problem:
-            raise IndexFolderError(f"{path} is not a complete index: {problem}. Rerun the build (it resumes) "
-                              f"or `clara-lite index add` that was interrupted")
+            raise IndexFolderError(f"{path} is not a complete index: {problem}. Rerun the build (it resumes), "
+                              "or the `clara-lite index add|remove` that was interrupted (ClaraIndex.resume)")
         fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
         chunks = _read_chunks(path)
         if len(chunks) != meta["n_chunks"]:
             raise IndexFolderError(f"{path / INDEX_CHUNKS}: {len(chunks)} chunks, index.json says {meta['n_chunks']}")
         return cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
                    hybrid_candidates=hybrid_candidates)
+
+    @classmethod
+    def resume(cls, path, model, *, batch_size: int | None = None, progress: bool = True, **load_options) -> ClaraIndex:
+        """Finish an index whose build or update (add, remove) was interrupted: compress the parts still
+        missing, then write the manifest. A complete index is simply loaded."""
+        path = Path(path)
+        meta = _read_meta(path)
+        if _sizes_problem(path) is None:
+            return cls.load(path, model, **load_options)
+        fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
+        chunks, parts, start = _read_chunks(path), [], 0
+        for row in meta["parts"]:
+            part = Part(**row)
+            rows = chunks[start:start + part.rows]
+            if _ids_sha(rows) != part.ids:
+                raise IndexFolderError(f"{path}: {INDEX_CHUNKS} and {INDEX_FILE} disagree (interrupted while writing "
+                                       "them): build the index again into a new folder")
+            parts.append((part, rows))
+            start += part.rows
+        _materialize(path, model, parts, meta["settings"], batch_size=batch_size, progress=progress)
+        write_manifest(path, KIND_INDEX)
+        return cls.load(path, model, **load_options)
 
     def info(self) -> dict:
         """What ``clara-lite index info`` prints."""
