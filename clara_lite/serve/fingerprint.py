@@ -32,12 +32,13 @@ class FingerprintMismatch(ValueError):
 def _sums(tensors) -> dict:
     n_tensors, n_params, total, absolute, squares = 0, 0, 0.0, 0.0, 0.0
     for t in tensors:
-        t = t.detach().to(torch.float64)
         n_tensors += 1
         n_params += t.numel()
-        total += t.sum().item()
-        absolute += t.abs().sum().item()
-        squares += t.square().sum().item()
+        for block in t.detach().reshape(-1).split(1 << 22):  # float64 a block at a time: a 7B embedding is 4 GB
+            block = block.to(torch.float64)
+            total += block.sum().item()
+            absolute += block.abs().sum().item()
+            squares += block.square().sum().item()
     return {"tensors": n_tensors, "params": n_params, "sum": total, "abs_sum": absolute, "sq_sum": squares}
 
 
