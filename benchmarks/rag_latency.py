@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--doc-max-length", type=int, default=256)
     p.add_argument("--compr-rate", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int, default=10, help="questions per ask_many batch")
     p.add_argument("--grow", type=int, default=10, help="(c) alone over the index copied this many times; 0: skip")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--index-dir", default=None, help="where the index is built (default: in the cache)")
@@ -282,6 +283,17 @@ def main(argv=None) -> int:
           f"{med['a']['ttft'] / med['c']['ttft']:.2f}x on TTFT (target >= 6x); "
           f"(c) vs (b): {med['b']['e2e'] / med['c']['e2e']:.2f}x end to end")
     print(f"index load {load_s:.2f} s for {len(chunks)} chunks (target < 2 s)")
+
+    # (c) with ask_many: questions decoded together (a decoding step reads every weight once for the batch)
+    hwm_reset()
+    t0 = time.perf_counter()
+    answers = index.ask_many(questions, args.k, max_new_tokens=args.new_tokens, batch_size=args.batch,
+                             stop_at_eos=False)
+    total = time.perf_counter() - t0
+    print(f"(c) ask_many, {len(questions)} questions in batches of {args.batch}: {total:.2f} s, "
+          f"{total / len(questions):.3f} s per question ({med['a']['e2e'] / (total / len(questions)):.2f}x (a)'s "
+          f"median), first batch's first token after {answers[0].first_token_at - t0:.2f} s, "
+          f"peak RSS {hwm_mb():.0f} MB")
 
     if args.grow:
         grown = replicate(path, path.with_name(path.name + f"-x{args.grow}"), args.grow)

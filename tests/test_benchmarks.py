@@ -40,5 +40,6 @@ def test_rag_latency_benchmark_measures_the_three_systems(tmp_path):
         assert re.search(re.escape(system) + r" \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+ \|", out), system
     assert re.search(r"index build: \d+\.\d+ s", out) and re.search(r"index load: \d+\.\d+ s", out)
     assert re.search(r"index bytes per chunk: \d+", out) and "load average at start" in out
+    assert re.search(r"\(c\) ask_many, 2 questions in batches of 10: \d+\.\d+ s", out)
     sizes = [int(n) for n in re.findall(r"\(c\) alone in a fresh process, (\d+) chunks", out)]
     assert len(sizes) == 2 and sizes[1] == 2 * sizes[0]  # the grown corpus is twice the index
