@@ -57,7 +57,9 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "chunks": len(index.chunks), "retriever": index.retriever().name,
+        with lock:  # the first call may build the retriever
+            name = index.retriever().name
+        return {"status": "ok", "chunks": len(index.chunks), "retriever": name,
                 "fingerprint": index.meta["fingerprint"]["id"]}
 
     @app.post("/search")
