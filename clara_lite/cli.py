@@ -28,6 +28,7 @@ from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
 from .serve.ask import answer, load, read_docs
+from .serve.commands import add_index_options, add_serve_commands, ask_index
 from .serve.export import export_zip
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
@@ -118,10 +119,15 @@ def _bundle(args) -> int:
 
 
 def _ask(args) -> int:
+    question = args.question or args.question_text
+    if not question or bool(args.docs) == bool(args.index):
+        raise ValueError("ask needs a question and either --docs DOCS or --index IDX")
+    if args.index:
+        return ask_index(args, question)
     kwargs = {"base_path": args.base_path} if args.base_path else {}
     docs = read_docs(args.docs)  # a GPU load follows the plan (dtype, attention, 4-bit when needed)
     model = load(args.model, **kwargs)
-    text, retrieved = answer(model, args.question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    text, retrieved = answer(model, question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     print(f"answer: {text}")
     if retrieved is None:
         print(f"(read all {len(docs)} documents)")
@@ -194,15 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="folder for the wheel (default: $CLARA_DRIVE/wheels or ./drive/wheels)")
     b.set_defaults(func=_bundle)
 
-    a = sub.add_parser("ask", help="answer a question from documents with a saved model (zip or folder)")
+    a = sub.add_parser("ask", help="answer a question from documents or an index with a saved model (zip or folder)")
+    a.add_argument("question_text", nargs="?", default=None, metavar="QUESTION")
     a.add_argument("--model", required=True, help="exported zip, model folder or Hugging Face id "
                    "(org/name[/subfolder], e.g. apple/CLaRa-7B-E2E/compression-16)")
-    a.add_argument("--question", required=True)
-    a.add_argument("--docs", required=True, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
+    a.add_argument("--question", default=None, help="the question (or give it as the argument)")
+    a.add_argument("--docs", default=None, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
+    a.add_argument("--index", default=None, help="an index folder (clara-lite index build): compressed once")
     a.add_argument("--top-k", type=int, default=None, help="documents retrieved (models with a retriever)")
-    a.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
+    add_index_options(a, model_required=False)
     a.add_argument("--max-new-tokens", type=int, default=64)
     a.set_defaults(func=_ask)
+    add_serve_commands(sub)  # index build|add|remove|info|merge, chat, serve
     return p
 
 

@@ -63,10 +63,27 @@ LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
 RUNS_DIR = "runs"
 EXPORTS_DIR = "exports"
+INDEXES_DIR = "indexes"  # <run>/indexes/<documents>-<model fingerprint>/: document indexes (05_inference)
 
 # an exported zip
 CARD = "README.md"
 MANIFEST = "manifest.json"
+
+# a compressed document index (``clara-lite index build``; clara_lite.serve.index)
+INDEX_FILE = "index.json"  # settings, model fingerprint, parts; identical for the same build
+INDEX_CHUNKS = "chunks.jsonl"  # one row per chunk: text, source, page, character span
+INDEX_MEMORY_DIR = "memory"  # memory vectors (and MiniLM keys), one safetensors file per part of a document group
+INDEX_SHARDS_DIR = "shards"  # shard-IIIII-of-NNNNN/: one process's part of a sharded build
+
+
+def index_part_file(group: int, sub: int) -> str:
+    """A memory part's path inside the index folder: the ``sub``-th slice of document group ``group``."""
+    return f"{INDEX_MEMORY_DIR}/part-{group:06d}-{sub:03d}.safetensors"
+
+
+def index_shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
+    return Path(root) / INDEX_SHARDS_DIR / f"shard-{shard:05d}-of-{n_shards:05d}"
+
 
 # where converted models and unpacked zips are cached
 CACHE_ENV = "CLARA_LITE_CACHE"
@@ -127,6 +144,10 @@ class RunLayout:
     @property
     def heldout_eval(self) -> Path:
         return self.root / HELDOUT_EVAL
+
+    def index(self, name: str) -> Path:
+        """A document index built from the run's model (``serve.index``)."""
+        return self.root / INDEXES_DIR / name
 
     def default_export(self, stage: str) -> Path:
         """``<root>/exports/<run>-<stage>.zip`` for a run in a ``runs/`` folder (the Drive layout:
@@ -211,6 +232,7 @@ def write_json_keeping_copy(path: str | Path, backup: str | Path, data, *, inden
 MANIFEST_VERSION = 1
 KIND_CHECKPOINT = "clara_lite-checkpoint"  # a step checkpoint or a stage's final folder
 KIND_MODEL = "clara_lite-model"  # an exported zip (and the folder it unpacks to)
+KIND_INDEX = "clara_lite-index"  # a compressed document index (serve.index)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -249,7 +271,7 @@ def parse_manifest(raw: bytes | str, where: str, kind: str) -> dict:
     legacy = kind == KIND_CHECKPOINT and "kind" not in manifest and manifest.get("format") == MANIFEST_VERSION
     if not legacy:
         if manifest.get("kind") != kind:
-            what = "model export" if kind == KIND_MODEL else "checkpoint"
+            what = {KIND_MODEL: "model export", KIND_INDEX: "document index"}.get(kind, "checkpoint")
             raise ManifestError(f"{where}: kind is {manifest.get('kind')!r}, not {kind!r}: not a clara_lite {what}")
         version = manifest.get("format_version")
         if version != MANIFEST_VERSION:

@@ -287,10 +287,11 @@ ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, 
     ),
     "05_inference": [
         intro("05_inference", "clara_lite 5 · Ask, evaluate, export", """
-Loads the run's newest final stage, answers questions over a pool of documents (a stage3 model shows
-the documents it retrieved), scores the held-out questions (EM, F1, Recall@1), and exports the model
-as a zip to `<drive>/exports/` (a browser download too with `DOWNLOAD_ZIP = True`). The last section
-uses an official CLaRa-7B release instead, no training needed: on a free T4 it loads in 4-bit.
+Loads the run's newest final stage, compresses a pool of documents once into an index on Drive (reused
+on the next runtime), answers questions from it showing the sources each answer came from, scores the
+held-out questions (EM, F1, Recall@1), and exports the model as a zip to `<drive>/exports/` (a browser
+download too with `DOWNLOAD_ZIP = True`). The last section uses an official CLaRa-7B release instead, no
+training needed: on a free T4 it loads in 4-bit.
 
 **Needs:** at least 02_stage1 finished; stage3 for retrieval. `heldout.jsonl` in the data folder for
 the evaluation and the default questions (the example data has one). The official models only need
@@ -305,7 +306,7 @@ the first time in a runtime); an A100 about half that. The zip holds the adapter
         code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup
 QUESTIONS = []  # your questions; [] = the first held-out questions
-POOL = ""  # documents to ask over: a JSONL or a folder of .txt on Drive; "" = the held-out documents
+POOL = ""  # documents to ask over: a folder on Drive (PDF, DOCX, PPTX, HTML, MD, TXT) or a JSONL; "" = the held-out documents
 MAX_NEW_TOKENS = 32
 EVAL_LIMIT = 0  # held-out questions scored; 0 = all
 DOWNLOAD_ZIP = False  # True: also offer the exported zip as a browser download
@@ -316,11 +317,12 @@ RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on 
         LOAD_SETTINGS,
         md("## Load the newest final stage"),
         code("model = ws.load_model()"),
-        md("## Ask"),
-        code('''
-pool = ws.document_pool(POOL)
-answers = ws.ask(model, QUESTIONS or ws.default_questions(), pool, MAX_NEW_TOKENS)
-'''),
+        md("## Index the documents (once)\n\nEach document is cut into chunks of the model's document length "
+           "(nothing is truncated) and compressed into memory vectors, saved under `<run>/indexes/` on Drive. "
+           "Rerunning reuses the index; a build cut by a disconnect resumes where it stopped."),
+        code("index = ws.build_index(model, POOL)"),
+        md("## Ask\n\nOnly the question is encoded; the retrieved chunks' memory vectors come from the index."),
+        code("answers = ws.ask_index(index, QUESTIONS or ws.default_questions(), MAX_NEW_TOKENS)"),
         md("## Held-out evaluation"),
         code("scores = ws.evaluate_heldout(model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
         md("## Export"),

@@ -49,3 +49,16 @@ def test_reference_step_does_the_same_training_as_the_default_step():
 def test_load_model_benchmark_prints_both_loads():
     out = _run("benchmarks/load_model.py", "--name", "tiny-random")
     assert re.search(r"tiny-random first load: \d+\.\d+ s", out) and "second load" in out
+
+
+def test_rag_latency_benchmark_measures_the_three_systems(tmp_path):
+    out = _run("benchmarks/rag_latency.py", "--model", "tiny-random", "--chunks", "6", "--questions", "2",
+               "--new-tokens", "2", "--doc-max-length", "32", "--compr-rate", "8", "--threads", "1", "--grow", "2",
+               "--index-dir", str(tmp_path / "kb"))
+    for system in ("(a) text RAG", "(b) query-time compression", "(c) pre-compressed index"):
+        assert re.search(re.escape(system) + r" \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+ \|", out), system
+    assert re.search(r"index build: \d+\.\d+ s", out) and re.search(r"index load: \d+\.\d+ s", out)
+    assert re.search(r"index bytes per chunk: \d+", out) and "load average at start" in out
+    assert re.search(r"\(c\) ask_many, 2 questions in batches of 10: \d+\.\d+ s", out)
+    sizes = [int(n) for n in re.findall(r"\(c\) alone in a fresh process, (\d+) chunks", out)]
+    assert len(sizes) == 2 and sizes[1] == 2 * sizes[0]  # the grown corpus is twice the index

@@ -204,6 +204,7 @@ def test_suite_runs_headless_in_order(tmp_path, venv_kernel, shared_dir):
     assert [s["stage"] for s in sessions] == ["stage1", "stage2", "stage3"]  # each session's plan, in run.json
     inference = _text(outputs["05_inference"])
     assert "retrieved #1" in inference and "Recall@1" in inference and "held-out (4 questions)" in inference
+    assert "Building the index" in inference and list((run / "indexes").glob("heldout-*/manifest.json"))
     assert (run / "heldout_eval.json").is_file()
     assert list((drive / "exports").glob("smoke*.zip")), inference
     assert "no browser download" not in inference  # DOWNLOAD_ZIP = False: not even tried

@@ -28,6 +28,8 @@ from ..pipeline.sources import detect_format, load_records
 from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
 from ..serve.export import export_zip
+from ..serve.fingerprint import fingerprint
+from ..serve.index import ClaraIndex
 from ..stages import ORDER, STAGES, get_stage
 from ..train.recipe import train
 from ..train.run import Run
@@ -308,6 +310,41 @@ class Workspace:
                 print(f"   retrieved #{rank + 1}: [{i}] {_short(pool[i])}")
             print()
         return [{"question": a.question, "answer": a.text, "retrieved": a.retrieved} for a in answers]
+
+    def build_index(self, model, pool: str = "") -> ClaraIndex:
+        """05: the index of ``pool`` (a folder of documents or a JSONL on Drive; "" = the held-out documents)
+        for ``model``, built once into ``<run>/indexes/`` on Drive and reused on the next runtime (a build cut
+        by a disconnect resumes). A retrained model has another fingerprint, so it gets an index of its own."""
+        name = re.sub(r"[^\w.-]+", "_", Path(pool).stem if pool else HELDOUT).strip("_") or "documents"
+        path = self.layout.index(f"{name}-{fingerprint(model)['id']}")
+        source = self.on_drive(pool) if pool else self.document_pool()
+        try:
+            index = ClaraIndex.load(path, model)
+            print(f"Reusing the index {path}: {len(index.chunks)} chunks")
+        except (FileNotFoundError, ValueError):
+            print(f"Building the index {path} (once; saved on Drive)")
+            index = ClaraIndex.build(path, model, source)
+        info = index.info()
+        print(f"{info['chunks']} chunks from {info['sources']} documents, {info['bytes_per_chunk']:.0f} bytes of memory "
+              f"vectors per chunk; retriever: {info['retriever']}")
+        for skipped in info["skipped"]:
+            print(f"  skipped {skipped['source']}: {skipped['reason']}")
+        return index
+
+    def ask_index(self, index: ClaraIndex, questions: list[str], max_new_tokens: int = 32) -> list[dict]:
+        """05: answer each question from the index (only the question is encoded) and show its sources."""
+        if not questions:
+            print(f"No questions: set QUESTIONS, or add {HELDOUT}.jsonl to the data folder")
+            return []
+        answers = index.ask_many(questions, self.settings.generation_top_k, max_new_tokens=max_new_tokens)
+        for one in answers:
+            print(f"Q: {one.question}\nA: {one.text}")
+            for rank, hit in enumerate(one.hits, start=1):
+                c = hit.chunk
+                where = c.source + (f" p.{c.page}" if c.page is not None else "") + f" [{c.start}:{c.end}]"
+                print(f"   retrieved #{rank} ({hit.score:.3f}) {where}: {_short(c.text)}")
+            print()
+        return [a.to_dict() for a in answers]
 
     def evaluate_heldout(self, model, *, limit: int = 0, max_new_tokens: int = 32) -> dict | None:
         """EM / F1 (and Recall@1 with a retriever) on heldout.jsonl; written to <run>/heldout_eval.json."""
