@@ -340,3 +340,18 @@ def test_an_interrupted_add_is_finished_by_resume(tmp_path):
         ClaraIndex.load(tmp_path / "kb", model)
     resumed = ClaraIndex.resume(tmp_path / "kb", model, progress=False)
     assert folder_files(tmp_path / "kb") == complete and len(resumed.chunks) == len(index.chunks)
+
+
+def test_an_upstream_checkpoint_serves_an_index_like_its_own_generate_from_questions(tmp_path, shared_dir):
+    from clara_lite import ClaraModel
+
+    root = shared_dir / "fixtures" / "upstream_tiny"
+    model = ClaraModel.from_pretrained(root / "upstream_ckpt", decoder_model_name=str(root / "tiny_base"))
+    pool = ["Ada lives in Paris.", "Bob works as a cook.", "The Nile is long.", "Rome is in Italy.",
+            "Tom plays chess.", "Kim writes books."]
+    index = ClaraIndex.build(tmp_path / "kb", model, pool, dtype="float32", keys=(), progress=False)
+    assert sorted(c.text for c in index.chunks) == sorted(pool)
+    texts = [c.text for c in index.chunks]
+    answers, top = model.generate_from_questions(QUESTIONS, [texts] * 3, max_new_tokens=6, top_k=2)
+    assert [[h.row for h in hs] for hs in index.search_many(QUESTIONS, 2)] == top.tolist()
+    assert [a.text for a in index.ask_many(QUESTIONS, 2, max_new_tokens=6)] == answers
