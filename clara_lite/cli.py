@@ -27,9 +27,12 @@ from .model.size import model_params_b
 from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
+from .pipeline.questions import load_questions, pool_retriever
 from .serve.ask import answer, load, read_docs
 from .serve.commands import add_index_options, add_serve_commands, ask_index
+from .serve.compare import NORMAL, ORACLE, SETTINGS, SYSTEMS, compare, parse_systems
 from .serve.export import export_zip
+from .serve.report import markdown_table, write_report
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
 from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
@@ -67,6 +70,8 @@ def _validate(args) -> int:
 
 def _eval(args) -> int:
     model = ClaraModel.from_pretrained(args.model, **({"base_path": args.base_path} if args.base_path else {}))
+    if args.systems:
+        return _compare(args, model)
     rows = read_jsonl(args.data, args.stage)[: args.limit or None]
     result = evaluate_model(model, rows, retrieve=args.stage in RETRIEVING and model.has_retriever,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
@@ -76,6 +81,21 @@ def _eval(args) -> int:
             for row, pred in zip(rows, predictions, strict=True):
                 f.write(json.dumps({"question": row.question, "prediction": pred, "answers": list(row.answers)}) + "\n")
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _compare(args, model) -> int:
+    rows = load_questions(args.data, limit=args.limit, fmt=args.format)
+    pool = read_docs(args.pool) if args.pool else None
+    retriever = None
+    if args.setting == NORMAL:
+        retriever = pool_retriever(pool or list(dict.fromkeys(d for row in rows for d in row.docs)))
+    result = compare(model, rows, parse_systems(args.systems), setting=args.setting, top_k=args.top_k,
+                     retriever=retriever, pool=pool, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                     info={"model": str(args.model), "data": str(args.data)})
+    paths = write_report(result, args.report_dir)
+    print(markdown_table(result))
+    print("\n" + "\n".join(f"{kind:<12} {path}" for kind, path in paths.items()))
     return 0
 
 
@@ -172,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=32)
     e.add_argument("--top-k", type=int, default=None, help="documents retrieved (default: the model's)")
     e.add_argument("--out", default=None, help="write predictions as JSONL")
+    e.add_argument("--systems", default=None,
+                   help=f"compare systems on the same questions, comma-separated from {', '.join(SYSTEMS)} (the "
+                   "last: CLaRa with its memory vectors zeroed); --data may then also be stage1 rows, upstream's eval "
+                   "files or a benchmark file (NQ, HotpotQA, MuSiQue, 2Wiki, ...)")
+    e.add_argument("--setting", default=ORACLE, choices=SETTINGS,
+                   help="oracle: each question's own documents, gold first; normal: top-k by BM25 from --pool")
+    e.add_argument("--pool", default=None, help="normal setting: documents to retrieve from (default: all of --data's)")
+    e.add_argument("--format", default=None, help="--data's dataset format when it cannot be told from the fields")
+    e.add_argument("--report-dir", default="eval_report",
+                   help="with --systems: where comparison.md/.json/.png and predictions.jsonl go")
     e.set_defaults(func=_eval)
 
     t = sub.add_parser("train", help="train a stage (or all) in a run folder; reruns resume")

@@ -27,6 +27,8 @@ QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset
 _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
                        "8-bit": "8bit", "int8": "8bit", "none": "none", "no": "none", "full": "none"}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
+
 # transformers schedulers that need no extra arguments (get_scheduler's names)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
@@ -258,6 +260,15 @@ class TrainConfig:
     retry_delay_s: float = field(default=2.0, metadata={"help": "first back-off between attempts (doubles)"})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "steps in a row with a non-finite loss or "
                                                                   "gradient (each skipped) before the stage stops"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "held-out rows (this stage's format, or questions) scored into metrics.jsonl and the loss plot"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate --eval-data every N optimizer steps "
+                                                                   "(default: at the end only)"})
+    eval_questions: int = field(default=64, metadata={"help": "held-out questions answered per evaluation "
+                                                                "(0: all); the loss uses every row"})
+    best_metric: str | None = field(default=None, metadata={
+        "help": "keep the step with the best held-out metric in <stage>/best: em, f1, cover_em, recall_at_1 "
+                "(higher is better) or loss (lower)", "choices": BEST_METRICS})
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
     RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
@@ -266,6 +277,10 @@ class TrainConfig:
     HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
 
     def __post_init__(self):
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError("eval_steps must be >= 1")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"{_name('mixed_precision')} must be one of {MIXED_PRECISIONS}, "
                              f"got {self.mixed_precision!r}")

@@ -145,6 +145,20 @@ def read_jsonl(path: str | Path, stage: str | Stage) -> list[Example]:
     return [example for _, example in scan.examples]
 
 
+def questions_of(examples) -> list[QAExample]:
+    """Examples as questions to answer: stage2/3 rows as they are; each QA pair of a stage1 ``qa`` row as a
+    question over that row's documents (paraphrase rows have none). Held-out evaluation and comparisons
+    score every stage on questions."""
+    rows = []
+    for ex in examples:
+        if isinstance(ex, QAExample):
+            rows.append(ex)
+        elif ex.data_type == "qa":
+            gold = tuple(range(len(ex.docs)))
+            rows += [QAExample(q, ex.docs, (a,), gold) for q, a in zip(ex.questions, ex.answers, strict=True)]
+    return rows
+
+
 @dataclass
 class ValidationReport:
     """What ``validate_file`` found: counts over the good rows and every problem."""

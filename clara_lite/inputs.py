@@ -35,6 +35,8 @@ SYSTEM_ANSWER = (
     "You are a helpful assistant. Your task is to extract relevant information from provided documents and "
     "to answer to questions as briefly as possible."
 )
+# the closed-book baseline: the answer instruction without documents to extract from
+SYSTEM_CLOSED_BOOK = "You are a helpful assistant. Your task is to answer to questions as briefly as possible."
 PARAPHRASE_INSTRUCTIONS = (
     "Background: {docs} means the same as",
     "Background: {docs} Can you put the above sentences in your own terms?",
@@ -162,6 +164,15 @@ def answer_prompt(tokenizer, tokens: SpecialTokens, question: str, n_docs: int, 
     """Question + n_docs compressed documents -> answer (upstream 'stage1_2' and 'stage2')."""
     user = f"Background:\n{tokens.slot * n_docs}\n\nQuestion:{question}"
     return _chat(tokenizer, SYSTEM_ANSWER, user, answer)
+
+
+def text_answer_prompt(tokenizer, question: str, docs=()) -> tuple[int, str]:
+    """The same question asked of the base model reading plain text (the text-RAG baseline), or with no
+    documents at all (closed-book): CLaRa's answer prompt with each document's text where its memory
+    slots would be, so the systems compared differ only in how the documents reach the decoder."""
+    if not docs:
+        return _chat(tokenizer, SYSTEM_CLOSED_BOOK, f"Question:{question}", None)
+    return _chat(tokenizer, SYSTEM_ANSWER, "Background:\n" + "\n".join(docs) + f"\n\nQuestion:{question}", None)
 
 
 def qa_prompt(tokenizer, tokens: SpecialTokens, questions, answers, n_docs: int = 1):

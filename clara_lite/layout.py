@@ -61,6 +61,14 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
+BENCHMARKS_DIR = "benchmarks"  # <run>/benchmarks/<name>-<setting>/: comparisons on benchmark files (05_inference)
+BEST_DIR = "best"  # a stage's checkpoint with the best held-out metric (TrainConfig.best_metric)
+
+# a comparison of systems on the same questions (clara-lite eval --systems)
+COMPARE_MARKDOWN = "comparison.md"
+COMPARE_JSON = "comparison.json"
+COMPARE_CHART = "comparison.png"
+COMPARE_PREDICTIONS = "predictions.jsonl"
 RUNS_DIR = "runs"
 EXPORTS_DIR = "exports"
 INDEXES_DIR = "indexes"  # <run>/indexes/<documents>-<model fingerprint>/: document indexes (05_inference)
@@ -148,6 +156,10 @@ class RunLayout:
     def index(self, name: str) -> Path:
         """A document index built from the run's model (``serve.index``)."""
         return self.root / INDEXES_DIR / name
+
+    def benchmark(self, name: str) -> Path:
+        """Where a comparison named ``name`` (a data file and setting) writes its report."""
+        return self.root / BENCHMARKS_DIR / name
 
     def default_export(self, stage: str) -> Path:
         """``<root>/exports/<run>-<stage>.zip`` for a run in a ``runs/`` folder (the Drive layout:

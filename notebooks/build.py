@@ -313,6 +313,11 @@ DOWNLOAD_ZIP = False  # True: also offer the exported zip as a browser download
 OFFICIAL_MODEL = ""  # last section: "base", "instruct" or "e2e" (apple/CLaRa-7B-…); "" skips it
 COMPRESSION = 16  # the official models' compression: 16 or 128
 RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
+SYSTEMS = ["closed-book", "text-rag", "clara"]  # also "clara-zeroed": CLaRa with its memory vectors zeroed
+BENCHMARK_FILE = ""  # a benchmark on Drive (upstream's eval files, NQ/HotpotQA/MuSiQue/2Wiki); "" = skip
+BENCHMARK = ""  # nq, hotpotqa, musique or 2wiki when the file name does not say (for the paper's number)
+BENCHMARK_LIMIT = 500  # questions of BENCHMARK_FILE scored
+CHECKPOINT = ""  # score this model instead of the run's (a folder or zip on Drive, e.g. an official CLaRa-7B)
 ''', "parameters"),
         LOAD_SETTINGS,
         md("## Load the newest final stage"),
@@ -325,6 +330,27 @@ RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on 
         code("answers = ws.ask_index(index, QUESTIONS or ws.default_questions(), MAX_NEW_TOKENS)"),
         md("## Held-out evaluation"),
         code("scores = ws.evaluate_heldout(model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
+        md("""
+## Does it read? CLaRa beside closed-book and text RAG
+
+The same held-out questions answered by the base model alone (closed-book), the base model reading the
+documents' text (text RAG, no adapter active) and CLaRa from the compressed documents: EM, F1, cover-EM,
+prompt tokens and seconds per question, as a table and a chart (also in `<run>/benchmarks/`).
+"""),
+        code("comparison = ws.compare(model, SYSTEMS, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
+        md("""
+## A benchmark slice, beside the paper
+
+Set `BENCHMARK_FILE` to score this run's model, or an official CLaRa checkpoint (`CHECKPOINT`), on the first
+`BENCHMARK_LIMIT` questions of a benchmark in the oracle (gold documents given) and normal (top-k by BM25
+from the file's documents) settings, with the paper's score for the same base model and compression rate
+beside it. Rough estimate for 500 questions with a 7B model: minutes on an A100, up to an hour on a T4.
+"""),
+        code("""
+if BENCHMARK_FILE:
+    bench = ws.benchmark(BENCHMARK_FILE, model=None if CHECKPOINT else model, checkpoint=CHECKPOINT,
+                         dataset=BENCHMARK, limit=BENCHMARK_LIMIT, max_new_tokens=MAX_NEW_TOKENS)
+"""),
         md("## Export"),
         code("zip_path = ws.export_model(download=DOWNLOAD_ZIP)"),
         md("""

@@ -24,12 +24,17 @@ from ..model.modeling import ClaraModel
 from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
 from ..pipeline.convert import convert
 from ..pipeline.fetch import fetch
+from ..pipeline.questions import load_questions, pool_retriever
 from ..pipeline.sources import detect_format, load_records
 from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
+from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG, compare
 from ..serve.export import export_zip
 from ..serve.fingerprint import fingerprint
 from ..serve.index import ClaraIndex
+from ..serve.paper import SOURCE as PAPER_SOURCE
+from ..serve.paper import paper_scores
+from ..serve.report import markdown_table, write_report
 from ..stages import ORDER, STAGES, get_stage
 from ..train.recipe import train
 from ..train.run import Run
@@ -365,6 +370,46 @@ class Workspace:
         write_json(self.layout.heldout_eval, result)
         return result
 
+    def compare(self, model, systems=(CLOSED_BOOK, TEXT_RAG, CLARA), *, data: str = "", setting: str = ORACLE,
+                limit: int = 0, max_new_tokens: int = 32, paper: dict | None = None, name: str = HELDOUT):
+        """05: the same questions (heldout.jsonl, or ``data`` on Drive: any file ``clara-lite eval --systems``
+        reads) answered by each system; the table and the bar chart shown inline, the report written to
+        <run>/benchmarks/<name>-<setting>/."""
+        if data:  # a file or folder on Drive, else a Hugging Face dataset name
+            rows = load_questions(self.on_drive(data) if self.on_drive(data).exists() else data, limit=limit)
+        else:
+            rows = self.heldout()[: limit or None]
+        if not rows:
+            print(f"No {HELDOUT}.jsonl in the data folder: set DATA to a question file")
+            return None
+        retriever = pool_retriever(list(dict.fromkeys(d for r in rows for d in r.docs))) if setting == NORMAL else None
+        result = compare(model, rows, systems, setting=setting, retriever=retriever, max_new_tokens=max_new_tokens,
+                         info={"run": self.settings.run_name, "data": data or HELDOUT})
+        paths = write_report(result, self.layout.benchmark(f"{name}-{setting}"), paper)
+        _show(markdown_table(result, paper), paths["chart"])
+        return result
+
+    def benchmark(self, data: str, *, model=None, checkpoint: str = "", dataset: str = "", limit: int = 500,
+                  settings=(ORACLE, NORMAL), systems=(CLARA,), max_new_tokens: int = 32) -> dict:
+        """05: score this run's model (or ``checkpoint``: a model folder or zip on Drive, e.g. an official
+        CLaRa-7B checkpoint) on the first ``limit`` questions of a benchmark file (upstream's eval files, or NQ,
+        HotpotQA, MuSiQue, 2Wiki as their datasets ship), oracle and normal, with the paper's score for the
+        same base model and compression rate beside it. ``dataset`` names the benchmark when the file name
+        does not. Returns ``{setting: Comparison}``."""
+        if model is None:
+            model = ClaraModel.from_pretrained(self.on_drive(checkpoint)) if checkpoint else self.load_model()
+        name = re.sub(r"[^\w.-]+", "_", Path(data).stem)
+        results = {}
+        for setting in settings:
+            paper = paper_scores(model.config.base_model, model.config.compr_rate, setting, dataset or data)
+            results[setting] = self.compare(model, systems, data=data, setting=setting, limit=limit,
+                                            max_new_tokens=max_new_tokens, paper=paper, name=name)
+            print(f"paper: {PAPER_SOURCE}" if paper else
+                  f"(the paper reports no {setting} score for {model.config.base_model} at compression "
+                  f"{model.config.compr_rate} on {dataset or Path(data).name}: it has Mistral-7B at 4, 16, 32 on "
+                  "NQ, HotpotQA, MuSiQue, 2Wiki)")
+        return results
+
     def export_model(self, download: bool = True) -> Path:
         """Zip the newest final stage to <drive>/exports/ and, in Colab, offer it as a browser download."""
         path = Path(export_zip(self.root))
@@ -372,3 +417,14 @@ class Workspace:
         if download and not colab.offer_download(path):
             print("(outside Colab: no browser download; the zip is at the path above)")
         return path
+
+
+def _show(markdown: str, chart: Path) -> None:
+    """A table and a chart inline in a notebook; the table as text elsewhere."""
+    try:
+        from IPython.display import Image, Markdown, display
+    except ModuleNotFoundError:
+        print(markdown)
+        return
+    display(Markdown(markdown))
+    display(Image(filename=str(chart)))

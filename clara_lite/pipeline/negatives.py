@@ -105,6 +105,15 @@ def _hard(questions: Sequence[str], pool: Sequence[str], strategy: str, allowed:
     return top
 
 
+def nearest(questions: Sequence[str], pool: Sequence[str], k: int, strategy: str = "bm25",
+            embedder: Embedder | None = None) -> list[list[int]]:
+    """Per question, the ``k`` pool indices most similar to it (``bm25`` or ``embedding``), best first:
+    a retriever over ``pool`` (the normal setting of ``clara-lite eval --systems``)."""
+    if strategy not in ("bm25", "embedding"):
+        raise ValueError(f"retrieval strategy must be 'bm25' or 'embedding', got {strategy!r}")
+    return _hard(questions, pool, strategy, list(range(len(pool))), k, embedder)
+
+
 def candidates(questions: Sequence[str], positives: Sequence[Sequence[int]], pool: Sequence[str], *, k: int = 4,
                strategy: str = "bm25", seed: int = 0, given: Sequence[Sequence[int]] | None = None,
                allowed: Sequence[int] | None = None, embedder: Embedder | None = None) -> list[tuple[list[int], list[int]]]:

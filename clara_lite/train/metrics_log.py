@@ -14,7 +14,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss", "lm_loss", "mse_loss", "retrieval_loss")
+LOSS_KEYS = ("loss", "lm_loss", "mse_loss", "retrieval_loss", "eval_loss")
+ANSWER_KEYS = ("eval_em", "eval_f1")  # held-out answer scores, on a second axis (0..1)
 
 
 class MetricsLog:
@@ -89,7 +90,17 @@ class MetricsLog:
         ax.set_ylabel("loss")
         ax.set_title(f"clara_lite {self.stage}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        handles, labels = ax.get_legend_handles_labels()
+        if any(key in r for r in rows for key in ANSWER_KEYS):  # held-out rows (--eval-data)
+            scores = ax.twinx()
+            for key, style in zip(ANSWER_KEYS, ("s--", "^--"), strict=True):
+                points = [(r["step"], r[key]) for r in rows if key in r]
+                scores.plot(*zip(*points, strict=True), style, color="black", alpha=0.6, label=f"held-out {key[5:]}")
+            scores.set_ylim(0, 1)
+            scores.set_ylabel("held-out EM / F1")
+            more = scores.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels)
         fig.tight_layout()
         try:
             fig.savefig(png, dpi=100)

@@ -46,6 +46,7 @@ from ..model.saving import save_model
 from ..stages import StepTotals
 from . import checkpoint as ckpt
 from .faults import folder_bytes, space_note
+from .heldout import HeldOut
 from .metrics_log import MetricsLog
 from .plan import oom_advice, smaller_micro
 
@@ -222,6 +223,7 @@ class Trainer:
         self.stage_dir = Path(stage_dir)
         self.checkpoints = self.stage_dir / CHECKPOINTS_DIR
         self.metrics_log = MetricsLog(self.stage_dir / METRICS_FILE, stage.name)
+        self.heldout = HeldOut(cfg.eval_data, stage, self.stage_dir, cfg) if cfg.eval_data else None
 
     # ------------------------------------------------------------------ setup / resume
 
@@ -262,6 +264,8 @@ class Trainer:
             log.info("Resuming %s from %s (step %d/%d)", self.stage.name, latest, self.progress.step, self.steps)
         if self.acc.is_main_process:
             self.metrics_log.truncate_after(self.progress.step)
+            if self.heldout:
+                self.heldout.resume(self.progress.step)
         self._started = time.monotonic() - self.progress.elapsed_s
 
     def elapsed(self) -> float:
@@ -304,6 +308,8 @@ class Trainer:
                 if progress.step % cfg.log_steps == 0 or progress.step == steps:
                     self.log_window(window, tokens / max(time.monotonic() - window_start, 1e-9))
                     window, tokens, window_start = [], 0, time.monotonic()
+                if self.heldout and self.heldout.due(progress.step, steps):  # before this step's checkpoint
+                    self.evaluate()
                 stopping = stop.requested  # a signal arriving after this line counts at the next step
                 if acc.num_processes > 1:  # all processes vote, so all stop after the same step
                     stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
@@ -402,6 +408,19 @@ class Trainer:
         if self.cfg.report_to:
             acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
 
+    def evaluate(self) -> dict | None:
+        """Score the held-out rows now (main process), log them, keep the best step; then train on."""
+        row = None
+        if self.acc.is_main_process:
+            row = self.heldout.evaluate(self.model, self.collate)
+            self.metrics_log.append({**row, "step": self.progress.step, "elapsed_s": round(self.elapsed(), 2)})
+            log.info("%s step %d held-out: %s", self.stage.name, self.progress.step,
+                     "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k != "eval_count"))
+            self.heldout.consider(row, self.model, self.progress.step)
+        self.wrapped.train()
+        self.acc.wait_for_everyone()
+        return row
+
     # ------------------------------------------------------------------ saving
 
     def save(self) -> Path | None:
@@ -436,9 +455,15 @@ class Trainer:
     def finish(self) -> dict:
         """Write ``final`` (model, summary, manifest) on the main process; return the summary."""
         progress, cfg = self.progress, self.cfg
-        last = self.metrics_log.rows()[-1] if self.metrics_log.rows() else {}
+        rows = self.metrics_log.rows()
+        last = next((r for r in reversed(rows) if "loss" in r), {})  # the last training row, not an evaluation
         summary = {"stage": progress.stage, "steps": progress.step, "elapsed_s": round(self.elapsed(), 1),
                    "final_metrics": {k: v for k, v in last.items() if k not in ("step", "stage")}}
+        if self.heldout:
+            held = next((r for r in reversed(rows) if any(k.startswith("eval_") for k in r)), {})
+            summary["heldout"] = {k: v for k, v in held.items() if k.startswith("eval_")}
+            if self.heldout.best_value is not None:
+                summary["best"] = {"metric": self.heldout.metric, "value": self.heldout.best_value}
         if not self.acc.is_main_process:
             return summary
         final = self.stage_dir / FINAL_DIR

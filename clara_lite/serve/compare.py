@@ -1,0 +1,204 @@
+"""Closed-book, text RAG and CLaRa answering the same questions, scored the same way.
+
+Why: a trained CLaRa model is worth having only if it answers from its compressed documents better
+than the same base model without them (closed-book); how close it comes to that base model reading
+the documents' text (text RAG) is what compression costs. CLaRa with every memory vector zeroed is the
+control that shows the answers come from the memory and not from the question or the answer style the
+decoder learned.
+
+Systems (:data:`SYSTEMS`), all on one :class:`~clara_lite.model.modeling.ClaraModel`:
+
+- ``closed-book``: the base model (no adapter active), the question alone;
+- ``text-rag``: the base model (no adapter active), the documents' text in the prompt;
+- ``clara``: the trained adapters, documents compressed into memory vectors (a model with a query
+  reasoner picks its top-k among the candidates itself);
+- ``clara-zeroed``: ``clara``'s prompts with every memory vector set to zero.
+
+Settings (:data:`SETTINGS`):
+
+- ``oracle``: each question reads its own row's documents, gold ones first, cut to top-k (a model with a
+  query reasoner chooses top-k among all of the row's documents);
+- ``normal``: each question reads the top-k documents a retriever finds in a pool (by default every
+  document of the rows); the retriever is passed in (BM25, an embedding index), so this module holds no
+  index of its own.
+
+>>> result = compare(model, rows, ["closed-book", "text-rag", "clara"], setting="oracle")  # doctest: +SKIP
+>>> print(markdown_table(result))                                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import inputs
+from ..evaluation import evaluate
+
+log = logging.getLogger(__name__)
+
+CLOSED_BOOK, TEXT_RAG, CLARA, CLARA_ZEROED = "closed-book", "text-rag", "clara", "clara-zeroed"
+SYSTEMS = (CLOSED_BOOK, TEXT_RAG, CLARA, CLARA_ZEROED)
+ORACLE, NORMAL = "oracle", "normal"
+SETTINGS = (ORACLE, NORMAL)
+
+# questions x k -> pool indices of each question's k best documents, best first
+Retriever = Callable[[Sequence[str], int], list[list[int]]]
+
+
+@dataclass
+class Comparison:
+    """Every system's scores and answers on the same questions."""
+
+    setting: str
+    top_k: int
+    questions: list[str]
+    golds: list[list[str]]
+    scores: dict[str, dict] = field(default_factory=dict)  # system -> em, f1, cover_em, count, recall_at_k, ...
+    predictions: dict[str, list[str]] = field(default_factory=dict)  # system -> one answer per question
+    read: dict[str, list[list[str]]] = field(default_factory=dict)  # system -> the documents each question read
+    info: dict = field(default_factory=dict)  # what was compared: model, data, ...
+
+    @property
+    def count(self) -> int:
+        return len(self.questions)
+
+    def to_dict(self) -> dict:
+        """JSON-ready; ``systems`` is a list in the order compared (JSON objects are written sorted)."""
+        return {"setting": self.setting, "top_k": self.top_k, "count": self.count, **self.info,
+                "systems": [{"system": name, **scores} for name, scores in self.scores.items()]}
+
+
+def parse_systems(text: str | Sequence[str]) -> list[str]:
+    """``"closed-book,clara"`` -> ``["closed-book", "clara"]``; an unknown name is a clear error."""
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [s for s in names if s not in SYSTEMS]
+    if unknown or not names:
+        raise ValueError(f"unknown system(s) {unknown or names}: choose from {', '.join(SYSTEMS)}")
+    return list(dict.fromkeys(names))
+
+
+def _gold_first(row, k: int) -> list[str]:
+    """The row's documents with its gold ones first, cut to ``k``."""
+    order = list(dict.fromkeys(i for i in row.pos_index if 0 <= i < len(row.docs)))
+    order += [i for i in range(len(row.docs)) if i not in order]
+    return [row.docs[i] for i in order[: min(k, len(order))]]
+
+
+def _recall(rows, read: list[list[str]]) -> float | None:
+    """Mean share of each question's gold documents among what it read (questions with gold ones only)."""
+    shares = []
+    for row, docs in zip(rows, read, strict=True):
+        gold = {row.docs[i] for i in row.pos_index if 0 <= i < len(row.docs)}
+        if gold:
+            shares.append(len(gold & set(docs)) / len(gold))
+    return sum(shares) / len(shares) if shares else None
+
+
+def reading_sets(rows, setting: str, k: int, retriever: Retriever | None = None,
+                 pool: Sequence[str] | None = None) -> list[list[str]]:
+    """The documents each question reads in ``setting`` (see the module doc)."""
+    if setting == ORACLE:
+        return [_gold_first(row, k) for row in rows]
+    if setting != NORMAL:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if retriever is None:
+        raise ValueError("the normal setting retrieves from a pool: pass a retriever (e.g. BM25 over the pool)")
+    pool = list(pool) if pool is not None else list(dict.fromkeys(d for row in rows for d in row.docs))
+    hits = retriever([row.question for row in rows], k)
+    return [[pool[i] for i in found] for found in hits]
+
+
+def _same_size_batches(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Question indices in batches whose questions read the same number of documents (a batch's prompts
+    need it), in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(sizes):
+        groups.setdefault(n, []).append(i)
+    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+
+
+@torch.no_grad()
+def answer_plain(model, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """The base model (every adapter off) continuing chat prompts, greedily: the text baselines."""
+    tok = model.tokenizer
+    enc = tok(prompts, return_tensors="pt", padding="longest", add_special_tokens=False)
+    model.eval()
+    with model.lm.disable_adapter():
+        out = model.lm.generate(input_ids=enc["input_ids"].to(model.device),
+                                attention_mask=enc["attention_mask"].to(model.device), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]  # (B, new tokens): generate returns prompt + continuation
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def _run_text(model, rows, read, with_docs: bool, batch_size: int, max_new_tokens: int):
+    answers, tokens = [""] * len(rows), [0] * len(rows)
+    for batch in _same_size_batches([len(d) if with_docs else 0 for d in read], batch_size):
+        pairs = [inputs.text_answer_prompt(model.tokenizer, rows[i].question, read[i] if with_docs else ())
+                 for i in batch]
+        for i, text in zip(batch, answer_plain(model, [p[1] for p in pairs], max_new_tokens), strict=True):
+            answers[i] = text
+        for i, (n, _) in zip(batch, pairs, strict=True):
+            tokens[i] = n
+    return answers, tokens, [list(d) for d in read] if with_docs else [[] for _ in rows]
+
+
+def _run_clara(model, rows, read, zeroed: bool, setting: str, k: int, batch_size: int, max_new_tokens: int):
+    """CLaRa's answers (or the zeroed-memory control's), prompt lengths and the documents read."""
+    answers, tokens, used = [""] * len(rows), [0] * len(rows), [list(d) for d in read]
+    choose = model.has_retriever and setting == ORACLE  # the query reasoner picks among the row's candidates
+    sizes = [len(r.docs) if choose else len(d) for r, d in zip(rows, read, strict=True)]
+    hidden = model.lm.get_input_embeddings().weight.shape[1]
+    for batch in _same_size_batches(sizes, batch_size):
+        questions = [rows[i].question for i in batch]
+        n = min(k, sizes[batch[0]]) if choose else sizes[batch[0]]
+        if zeroed:  # nothing compressed: the decoder sees only the question and empty slots
+            memory = torch.zeros(len(batch) * n, model.config.n_mem, hidden, device=model.device,
+                                 dtype=model.lm.get_input_embeddings().weight.dtype)
+            texts = model.generate_from_compressed_documents_and_questions(questions, memory, max_new_tokens, n)
+        elif choose:
+            texts, idx = model.generate_from_questions(questions, [list(rows[i].docs) for i in batch],
+                                                       max_new_tokens, top_k=n)
+            for i, picked in zip(batch, idx.tolist(), strict=True):
+                used[i] = [rows[i].docs[j] for j in picked]
+        else:
+            texts = model.generate_from_text(questions, [read[i] for i in batch], max_new_tokens)
+        for i, text in zip(batch, texts, strict=True):
+            answers[i] = text
+            tokens[i] = inputs.answer_prompt(model.tokenizer, model.tokens, rows[i].question, n)[0]
+    return answers, tokens, used
+
+
+def compare(model, rows, systems: Sequence[str] = SYSTEMS, *, setting: str = ORACLE, top_k: int | None = None,
+            retriever: Retriever | None = None, pool: Sequence[str] | None = None, batch_size: int = 8,
+            max_new_tokens: int = 32, info: dict | None = None) -> Comparison:
+    """Answer ``rows`` (stage2/3 examples) with each of ``systems`` and score them: EM, F1, cover-EM,
+    Recall@k (where documents were retrieved), mean prompt tokens and seconds per question."""
+    systems = parse_systems(systems)
+    if not rows:
+        raise ValueError("no questions to compare on")
+    k = top_k or model.config.generation_top_k
+    read = reading_sets(rows, setting, k, retriever, pool)
+    result = Comparison(setting=setting, top_k=k, questions=[r.question for r in rows],
+                        golds=[list(r.answers) for r in rows], info=dict(info or {}))
+    for name in systems:
+        start = time.perf_counter()
+        if name in (CLOSED_BOOK, TEXT_RAG):
+            answers, tokens, used = _run_text(model, rows, read, name == TEXT_RAG, batch_size, max_new_tokens)
+        else:
+            answers, tokens, used = _run_clara(model, rows, read, name == CLARA_ZEROED, setting, k, batch_size,
+                                               max_new_tokens)
+        seconds = time.perf_counter() - start
+        scores = evaluate(answers, result.golds)
+        retrieved = setting == NORMAL or (name == CLARA and model.has_retriever)
+        recall = _recall(rows, used) if retrieved and name != CLOSED_BOOK else None
+        scores.update(recall_at_k=recall, prompt_tokens=sum(tokens) / len(tokens),
+                      seconds_per_question=seconds / len(rows))
+        result.scores[name], result.predictions[name], result.read[name] = scores, answers, used
+        log.info("%s (%s, top-%d): EM %.3f F1 %.3f over %d questions, %.2f s each", name, setting, k, scores["em"],
+                 scores["f1"], len(rows), scores["seconds_per_question"])
+    return result
