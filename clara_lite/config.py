@@ -78,6 +78,19 @@ def _fits(value, kind: str) -> bool:
     return True
 
 
+def from_json(cls, data, where: str):
+    """``cls(**data)`` for a dict read from JSON, naming ``where`` when it is not an object, holds an
+    unknown key (a typo in a hand-edited file fails loudly) or a value of the wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+    check_types(cls, data, where)
+    return cls(**data)
+
+
 def check_types(cls, data: dict, where: str) -> None:
     """A ValueError naming ``where`` and the field when a value of ``data`` (read from JSON) has
     another type than ``cls``'s field declares (an int where a string was expected, ...)."""
@@ -171,14 +184,7 @@ class ClaraConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "ClaraConfig") -> ClaraConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown ClaraConfig keys {unknown}; known keys: {sorted(known)}")
-        check_types(cls, data, where)
-        return cls(**data)
+        return from_json(cls, data, where)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_FILE
@@ -316,14 +322,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "TrainConfig") -> TrainConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
-        check_types(cls, data, where)
-        return cls(**data)
+        return from_json(cls, data, where)
 
 
 # --------------------------------------------------------------------------- command-line flags
