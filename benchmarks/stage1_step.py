@@ -3,6 +3,7 @@
     python benchmarks/stage1_step.py                 # 3 interleaved runs of each, then the table
     python benchmarks/stage1_step.py --runs 1 --steps 1 --model tiny-random   # a smoke run
     python benchmarks/stage1_step.py --child default --profile                # one variant, + torch.profiler
+    python benchmarks/stage1_step.py --device cuda   # on a GPU: the T4 shape (4-bit base, fp16 + scaler)
 
 Both variants train SmolLM2-135M (fp32, LoRA r16, dropout 0.1, doc_max_length 256, compr_rate 32) on the
 first 4 rows of ``../shared/data/upstream_pretrain_data.jsonl`` with the runner's own ``optimizer_step``
@@ -103,19 +104,24 @@ def independent_dropout(model) -> None:
                     drops[name] = nn.Dropout(drop.p)
 
 
-def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1, seed: int = 0, lr: float = 1e-4):
-    """(step closure returning the step's loss, model, its micro-batches) for ``variant``."""
+def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1, seed: int = 0, lr: float = 1e-4,
+               device: str = "cpu"):
+    """(step closure returning the step's loss, model, its micro-batches) for ``variant``. On ``cuda`` the
+    T4-shaped configuration: the base in 4-bit nf4 (fp16 compute), fp16 autocast with a GradScaler."""
     reference = variant == "reference"
-    model = ClaraModel.from_base(model_name, dtype=torch.float32, seed=seed, doc_max_length=256, compr_rate=32,
+    gpu = {"dtype": torch.float16, "quantization": "4bit", "device_map": {"": 0}} if device == "cuda" else {
+        "dtype": torch.float32}
+    model = ClaraModel.from_base(model_name, seed=seed, doc_max_length=256, compr_rate=32,
                                  lora_r=16, lora_dropout=lora_dropout, generation_top_k=1,
-                                 encoder_layout="upstream" if reference else "compact")
+                                 encoder_layout="upstream" if reference else "compact", **gpu)
     stage = UpstreamWork() if reference else Stage1()
     if reference:
         independent_dropout(model)
     stage.prepare(model)
     model.train()
-    micro = len(rows) if reference else detect_hardware(model_params_b=model_params_b(model_name)).micro_batch_size
-    cfg = TrainConfig(lr=lr, micro_batch_size=micro)
+    plan = detect_hardware(model_params_b=model_params_b(model_name), device=device)
+    micro = len(rows) if reference else plan.micro_batch_size
+    cfg = TrainConfig(lr=lr, micro_batch_size=micro, mixed_precision="fp16" if device == "cuda" else "no")
     acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
     collate = stage.collator(model)
     batches = [collate(rows[i : i + micro]) for i in range(0, len(rows), micro)]
@@ -138,7 +144,9 @@ def child(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = read_jsonl(args.data, "stage1")[: args.rows]
-    step, model, batches = build_step(args.child, args.model, rows, lora_dropout=args.lora_dropout, seed=args.seed)
+    step, model, batches = build_step(args.child, args.model, rows, lora_dropout=args.lora_dropout, seed=args.seed,
+                                      device=args.device)
+    cuda = args.device == "cuda"
     real = sum(int(b["enc"]["attention_mask"].sum()) + int(b["dec"]["attention_mask"].sum()) for b in batches)
     padded = sum(b["enc"]["attention_mask"].numel() + b["dec"]["attention_mask"].numel() for b in batches)
     losses = [step()]
@@ -146,7 +154,7 @@ def child(args) -> dict:
     wall = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        losses.append(step())
+        losses.append(step())  # .item() of the loss waits for the GPU
         wall.append(time.perf_counter() - t0)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -156,13 +164,14 @@ def child(args) -> dict:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
     return {"variant": args.child, "s_per_step": statistics.median(wall), "wall": wall, "losses": losses,
             "real_tokens": real, "padded_tokens": padded, "micro_batches": len(batches),
-            "peak_rss_gb": peak_rss_gb(), "load": [load, os.getloadavg()[0]], "threads": torch.get_num_threads()}
+            "peak_rss_gb": peak_rss_gb(), "load": [load, os.getloadavg()[0]], "threads": torch.get_num_threads(),
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
 def run_child(args, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--rows", str(args.rows),
            "--data", str(args.data), "--model", args.model, "--lora-dropout", str(args.lora_dropout),
-           "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
+           "--seed", str(args.seed), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{variant} run failed:\n{out.stderr[-3000:]}")
@@ -179,6 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the T4-shaped configuration (4-bit base, fp16 + GradScaler); prints peak CUDA memory")
     p.add_argument("--child", choices=VARIANTS, default=None, help="run one variant here and print its JSON")
     p.add_argument("--profile", action="store_true", help="with --child: a torch.profiler table on stderr")
     return p.parse_args(argv)
@@ -191,27 +202,29 @@ def main(argv=None) -> None:
         return
     load_base_model(args.model)  # convert the embedded model once, outside the timed children
     results = {v: [] for v in VARIANTS}
-    print(f"stage1 step, {args.model} fp32, {args.rows} rows of {args.data.name}, lora_dropout {args.lora_dropout}, "
+    shape = "4-bit nf4 base, fp16 autocast + GradScaler, cuda" if args.device == "cuda" else "fp32"
+    key, label = ("peak_cuda_gb", "peak CUDA memory") if args.device == "cuda" else ("peak_rss_gb", "peak RSS")
+    print(f"stage1 step, {args.model} {shape}, {args.rows} rows of {args.data.name}, lora_dropout {args.lora_dropout}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs")
-    print("| run | variant | micro-batches | s/step | tokens/s | peak RSS GB | losses | load (1 min) |")
+    print(f"| run | variant | micro-batches | s/step | tokens/s | {label} GB | losses | load (1 min) |")
     print("|---|---|---|---|---|---|---|---|")
     for run in range(1, args.runs + 1):
         for variant in VARIANTS:
             r = run_child(args, variant)
             results[variant].append(r)
             print(f"| {run} | {variant} | {r['micro_batches']} | {r['s_per_step']:.2f} | "
-                  f"{r['real_tokens'] / r['s_per_step']:.1f} | {r['peak_rss_gb']:.2f} | "
+                  f"{r['real_tokens'] / r['s_per_step']:.1f} | {r[key]:.2f} | "
                   f"{', '.join(f'{x:.4f}' for x in r['losses'])} | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |",
                   flush=True)
     med = {v: {"s": statistics.median(r["s_per_step"] for r in results[v]),
-               "rss": statistics.median(r["peak_rss_gb"] for r in results[v]),
+               "rss": statistics.median(r[key] for r in results[v]),
                "tps": statistics.median(r["real_tokens"] / r["s_per_step"] for r in results[v])} for v in VARIANTS}
     speedup = med["default"]["tps"] / med["reference"]["tps"]
     memory = med["default"]["rss"] / med["reference"]["rss"]
     for v in VARIANTS:
-        print(f"{v:>9}: median {med[v]['s']:.2f} s/step, {med[v]['tps']:.1f} tokens/s, peak RSS {med[v]['rss']:.2f} GB")
+        print(f"{v:>9}: median {med[v]['s']:.2f} s/step, {med[v]['tps']:.1f} tokens/s, {label} {med[v]['rss']:.2f} GB")
     print(f"default / reference: {speedup:.2f}x tokens/s (target >= {TARGET_SPEEDUP}x: "
-          f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}), {memory:.2f}x peak RSS (target <= {TARGET_MEMORY}x: "
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}), {memory:.2f}x {label} (target <= {TARGET_MEMORY}x: "
           f"{'met' if memory <= TARGET_MEMORY else 'MISSED'})")
 
 
