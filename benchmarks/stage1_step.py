@@ -1,55 +1,137 @@
-"""Time one stage1 training step (forward + backward + AdamW) on SmolLM2-135M, CPU, fp32.
+"""Our default stage1 training step against a reference step doing upstream CLaRa's work, side by side.
 
-Prints seconds/step, tokens/s and peak RSS, next to upstream CLaRa's numbers on the same batch
-(the first 4 rows of the upstream pretraining file), and the time to compress one document.
+    python benchmarks/stage1_step.py                 # 3 interleaved runs of each, then the table
+    python benchmarks/stage1_step.py --runs 1 --steps 1 --model tiny-random   # a smoke run
+    python benchmarks/stage1_step.py --child default --profile                # one variant, + torch.profiler
+    python benchmarks/stage1_step.py --device cuda   # on a GPU: the T4 shape (4-bit base, fp16 + scaler)
 
-    python benchmarks/stage1_step.py                    # our compact encoder layout
-    python benchmarks/stage1_step.py --layout upstream  # pad documents as upstream does
-    python benchmarks/stage1_step.py --profile          # + a torch.profiler table of one step
+Both variants train SmolLM2-135M (fp32, LoRA r16, dropout 0.1, doc_max_length 256, compr_rate 32) on the
+first 4 rows of ``../shared/data/upstream_pretrain_data.jsonl`` with the runner's own ``optimizer_step``
+(AdamW, clipping, step-wide loss means), so their losses agree; they differ only in the work done:
 
-The step is the runner's own (``training.optimizer_step``), cut into micro-batches as the hardware
-plan cuts it on this machine (on CPU: one row each, so no padding); ``--micro-batch-size 4`` runs
-the 4 rows as one padded batch (same loss and gradient, more memory). Options that are not the
-package's defaults, to measure proposed changes: --lora-dropout 0, --autocast-bf16 (bf16 matmuls).
-CPU seconds (process time, all threads) are printed beside wall time. On a machine that other
-processes also load, OpenMP's default busy-waiting makes 2-thread steps 2-4x slower and erratic:
-run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when torch loads) or ``--threads 1``.
+- **default**: what ``clara-lite train`` does on this machine: the hardware plan's micro-batches (on CPU
+  one row per forward pass: no padding), documents padded to the longest in the batch, the LM head only
+  on scored answer positions, only the last hidden state kept, one LoRA dropout mask per distinct input
+  (``model.adapters.SharedDropout``).
+- **reference**: our code doing upstream's work: documents left-padded to doc_max_length + 3 with the
+  memory tokens after the padding, the 4 rows as one padded batch, full causal-LM forwards (the LM head
+  over every encoder and decoder position, every layer's hidden states kept), an independent dropout
+  mask per LoRA layer.
 
-Peak memory is the process's peak resident set (``ru_maxrss``): torch allocates outside Python's
-heap, so tracemalloc would miss nearly all of it. The base model is loaded (and, the first time,
-converted from GGUF) in a child process first, so the conversion's peak is not counted here.
+Each run is a fresh child process (so each has its own peak RSS: ``ru_maxrss``), runs alternate
+default / reference, and each child times ``--steps`` steps after one warm-up. Printed: every run's
+seconds/step, tokens/s (real encoder + decoder tokens / seconds), peak RSS and loss, the load average
+around it, then the medians and the default/reference ratios. Nothing is compared with a number from
+another day. On a machine others also load, run with ``OMP_WAIT_POLICY=PASSIVE`` (read when torch loads).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from clara_lite.stages import StepTotals
+from clara_lite import ClaraModel
+from clara_lite.config import TrainConfig
+from clara_lite.data import read_jsonl
+from clara_lite.hardware import detect_hardware
+from clara_lite.inputs import IGNORE_INDEX, mask_positions
+from clara_lite.model.adapters import SharedDropout
+from clara_lite.model.base import load_base_model
+from clara_lite.model.size import model_params_b
+from clara_lite.stages import Stage1, StepTotals, _part
+from clara_lite.train.trainer import make_accelerator, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"
+VARIANTS = ("default", "reference")
+TARGET_SPEEDUP = 1.5  # default tokens/s >= 1.5x the reference's
+TARGET_MEMORY = 0.5  # default peak RSS <= 0.5x the reference's
 
-# Upstream CLaRa on the same 4 rows (from the issue): its collation, its step time and peak RSS.
-UPSTREAM = {
-    "enc_real": 607,
-    "enc_padded": 4 * 267,
-    "dec_real": 1445,
-    "dec_padded": 4 * 496,
-    "s_per_step": 33.5,
-    "peak_rss_gb": 12.6,
-    "compress_s": 0.9,
-}
-TARGET_SPEEDUP = 1.5  # tokens/s at least 1.5x upstream's
-TARGET_MEMORY = 0.7  # peak RSS at most 0.7x upstream's
+
+class UpstreamWork(Stage1):
+    """Stage1's loss computed the way upstream computes it: full causal-LM forwards (logits at every
+    position, all hidden states), cross-entropy over the whole shifted sequence. Same value as
+    ``Stage1.loss`` (dropout off); several times the memory and time."""
+
+    def loss(self, model, batch, totals=None):
+        own = StepTotals.of([batch])
+        totals = totals or own
+        enc = batch["enc"]
+        pos = enc.get("position_ids")
+        with model.adapter("encoder"):
+            out = model.causal_lm(input_ids=enc["input_ids"].to(model.device),
+                                  attention_mask=enc["attention_mask"].to(model.device),
+                                  position_ids=None if pos is None else pos.to(model.device),
+                                  output_hidden_states=True, use_cache=False)
+        hidden, mask, m = out.hidden_states[-1], enc["attention_mask"].to(model.device), model.config.n_mem
+        memory = hidden[:, -m:]  # (B*K, M, H)
+        doc_mask = mask.clone()
+        doc_mask[:, -m:] = 0
+        doc_mask = doc_mask.to(hidden.dtype).unsqueeze(-1)
+        mse = F.mse_loss((hidden * doc_mask).sum(1) / doc_mask.sum(1), memory.mean(1))
+        dec = batch["dec"]
+        embeds = model.decoder_embeds(dec["input_ids"], memory)
+        dmask = dec["attention_mask"].to(model.device)
+        with model.adapter("decoder"):
+            logits = model.causal_lm(inputs_embeds=embeds, attention_mask=dmask, position_ids=mask_positions(dmask),
+                                     output_hidden_states=True, use_cache=False).logits  # (B, T, V)
+        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), dec["labels"].to(model.device)[:, 1:].flatten(),
+                             ignore_index=IGNORE_INDEX)
+        lm = _part(lm, own.answer_tokens, totals.answer_tokens)
+        mse = _part(mse, own.docs, totals.docs)
+        return lm + model.config.mse_weight * mse, {"lm_loss": lm.item(), "mse_loss": mse.item()}
+
+
+def independent_dropout(model) -> None:
+    """Back to PEFT's own dropout: a fresh mask in every LoRA layer (what upstream trains with)."""
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, nn.ModuleDict):
+            for name, drop in list(drops.items()):
+                if isinstance(drop, SharedDropout):
+                    drops[name] = nn.Dropout(drop.p)
+
+
+def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1, seed: int = 0, lr: float = 1e-4,
+               device: str = "cpu"):
+    """(step closure returning the step's loss, model, its micro-batches) for ``variant``. On ``cuda`` the
+    T4-shaped configuration: the base in 4-bit nf4 (fp16 compute), fp16 autocast with a GradScaler."""
+    reference = variant == "reference"
+    gpu = {"dtype": torch.float16, "quantization": "4bit", "device_map": {"": 0}} if device == "cuda" else {
+        "dtype": torch.float32}
+    model = ClaraModel.from_base(model_name, seed=seed, doc_max_length=256, compr_rate=32,
+                                 lora_r=16, lora_dropout=lora_dropout, generation_top_k=1,
+                                 encoder_layout="upstream" if reference else "compact", **gpu)
+    stage = UpstreamWork() if reference else Stage1()
+    if reference:
+        independent_dropout(model)
+    stage.prepare(model)
+    model.train()
+    plan = detect_hardware(model_params_b=model_params_b(model_name), device=device)
+    micro = len(rows) if reference else plan.micro_batch_size
+    cfg = TrainConfig(lr=lr, micro_batch_size=micro, mixed_precision="fp16" if device == "cuda" else "no")
+    acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
+    collate = stage.collator(model)
+    batches = [collate(rows[i : i + micro]) for i in range(0, len(rows), micro)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr))
+
+    def step() -> float:
+        return optimizer_step(acc, model, stage, batches, params, optimizer, cfg.max_grad_norm)["loss"]
+
+    return step, model, batches
 
 
 def peak_rss_gb() -> float:
@@ -57,226 +139,93 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def current_rss_gb() -> float:
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * resource.getpagesize() / 2**30
-
-
-def warm_cache(model_name: str) -> None:
-    """Build the converted-model cache in a child process so its peak RSS is not ours."""
-    code = f"from clara_lite.model.base import load_base_model; load_base_model({model_name!r})"
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-
-
-def token_counts(batches: list[dict]) -> dict:
-    """Real and padded tokens over a step's micro-batches."""
-    enc = [b["enc"]["attention_mask"] for b in batches]
-    dec = [b["dec"]["attention_mask"] for b in batches]
-    return {
-        "enc_real": sum(int(m.sum()) for m in enc),
-        "enc_padded": sum(m.numel() for m in enc),
-        "enc_shape": " + ".join(f"{m.shape[0]}x{m.shape[1]}" for m in enc),
-        "dec_real": sum(int(m.sum()) for m in dec),
-        "dec_padded": sum(m.numel() for m in dec),
-        "dec_shape": " + ".join(f"{m.shape[0]}x{m.shape[1]}" for m in dec),
-        "answer_tokens": StepTotals.of(batches).answer_tokens,  # what the LM loss averages over
-    }
-
-
-def make_step(model, stage, rows, *, lr: float, micro_batch_size: int, bf16: bool):
-    """One optimizer step on ``rows`` exactly as the runner does it (``training.optimizer_step``:
-    micro-batches of ``micro_batch_size`` rows, losses averaged over the whole step, accelerate
-    for backward/AMP, gradient clipping, AdamW), as a closure returning the loss."""
-    import tempfile
-
-    from clara_lite.config import TrainConfig
-    from clara_lite.train.trainer import make_accelerator, optimizer_step
-
-    cfg = TrainConfig(lr=lr, micro_batch_size=micro_batch_size, mixed_precision="bf16" if bf16 else "no")
-    acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
-    collate = stage.collator(model)
-    batches = [collate(rows[i : i + micro_batch_size]) for i in range(0, len(rows), micro_batch_size)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr))
-
-    def step() -> float:
-        return optimizer_step(acc, model, stage, batches, params, optimizer, cfg.max_grad_norm)["loss"]
-
-    return step, params, batches
-
-
-def time_steps(step, steps: int) -> tuple[list[float], list[float], list[float]]:
-    """(wall seconds, process CPU seconds, loss) per step over ``steps`` steps after one warm-up."""
-    step()
-    wall, cpu, losses = [], [], []
-    for _ in range(steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses.append(step())
+def child(args) -> dict:
+    """One variant in this process: a warm-up step, then ``--steps`` timed ones."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = read_jsonl(args.data, "stage1")[: args.rows]
+    step, model, batches = build_step(args.child, args.model, rows, lora_dropout=args.lora_dropout, seed=args.seed,
+                                      device=args.device)
+    cuda = args.device == "cuda"
+    real = sum(int(b["enc"]["attention_mask"].sum()) + int(b["dec"]["attention_mask"].sum()) for b in batches)
+    padded = sum(b["enc"]["attention_mask"].numel() + b["dec"]["attention_mask"].numel() for b in batches)
+    losses = [step()]
+    load = os.getloadavg()[0]
+    wall = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        losses.append(step())  # .item() of the loss waits for the GPU
         wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return wall, cpu, losses
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+    return {"variant": args.child, "s_per_step": statistics.median(wall), "wall": wall, "losses": losses,
+            "real_tokens": real, "padded_tokens": padded, "micro_batches": len(batches),
+            "peak_rss_gb": peak_rss_gb(), "load": [load, os.getloadavg()[0]], "threads": torch.get_num_threads(),
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def time_compress(model, doc: str, runs: int) -> tuple[float, float, int]:
-    """Mean wall and CPU seconds to compress one document without gradients (after a warm-up),
-    and its encoder length."""
-    model.compress_documents([doc])
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        model.compress_documents([doc])
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    model.train()  # compress_documents switches to eval
-    return statistics.mean(wall), statistics.mean(cpu), int(model._encode([doc])["attention_mask"].shape[1])
-
-
-def profile_step(step, rows: int) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    print("\n--- torch.profiler, one step, by self CPU time ---")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-    print("--- by CPU memory allocated (self) ---")
-    print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=rows))
+def run_child(args, variant: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--rows", str(args.rows),
+           "--data", str(args.data), "--model", args.model, "--lora-dropout", str(args.lora_dropout),
+           "--seed", str(args.seed), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{variant} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    p.add_argument(
-        "--layout",
-        choices=("compact", "upstream"),
-        default="compact",
-        help="encoder padding: to the longest doc (ours) or to doc_max_length+3 (upstream)",
-    )
-    p.add_argument("--rows", type=int, default=4, help="batch: the first ROWS rows of the data file")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs of each variant")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per run, after one warm-up step")
+    p.add_argument("--rows", type=int, default=4, help="the batch: the first ROWS rows of the data file")
     p.add_argument("--data", type=Path, default=DATA, help="stage1 JSONL file (upstream format)")
     p.add_argument("--model", default="smollm2-135m", help="base model (registry name or folder)")
-    p.add_argument("--compress-runs", type=int, default=5, help="runs averaged for the compression time")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lora-dropout", type=float, default=None, help="override ClaraConfig.lora_dropout (0.1)")
-    p.add_argument("--micro-batch-size", type=int, default=None,
-                   help="rows per forward pass (default: what the hardware plan picks for this machine)")
-    p.add_argument("--autocast-bf16", action="store_true", help="bf16 mixed precision (CPU autocast)")
-    p.add_argument("--profile", action="store_true", help="also profile one step with torch.profiler")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the T4-shaped configuration (4-bit base, fp16 + GradScaler); prints peak CUDA memory")
+    p.add_argument("--child", choices=VARIANTS, default=None, help="run one variant here and print its JSON")
+    p.add_argument("--profile", action="store_true", help="with --child: a torch.profiler table on stderr")
     return p.parse_args(argv)
-
-
-def report(
-    args,
-    counts: dict,
-    wall: list[float],
-    cpu: list[float],
-    losses: list[float],
-    peak: float,
-    rss_loaded: float,
-    n_params: int,
-    compress: tuple[float, float, int],
-) -> None:
-    up = UPSTREAM
-    up_tps = (up["enc_real"] + up["dec_real"]) / up["s_per_step"]
-    s_step = statistics.mean(wall)
-    tps = (counts["enc_real"] + counts["dec_real"]) / s_step
-    speedup, memory = tps / up_tps, peak / up["peak_rss_gb"]
-    comparable = args.model == "smollm2-135m" and args.rows == 4 and args.data.name == DATA.name
-
-    def verdict(ok: bool) -> str:
-        return ("met" if ok else "MISSED") if comparable else "n/a, upstream ran smollm2-135m on these 4 rows"
-
-    variant = [f"layout={args.layout}", f"{torch.get_num_threads()} threads"]
-    variant += [f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
-    variant += [f"lora_dropout={args.lora_dropout}"] if args.lora_dropout is not None else []
-    variant += [f"micro-batches of {args.micro_batch_size} row(s)"]
-    variant += ["bf16 autocast"] if args.autocast_bf16 else []
-    print(
-        f"stage1 step: {args.model}, fp32 weights, {args.rows} rows of {args.data.name}, {', '.join(variant)}; "
-        f"{n_params:,} trainable LoRA params"
-    )
-    print(
-        f"  encoder tokens: {counts['enc_real']} real, padded {counts['enc_padded']} "
-        f"({counts['enc_shape']})   upstream: {up['enc_real']} real, "
-        f"padded {up['enc_padded']} (4x267)"
-    )
-    print(
-        f"  decoder tokens: {counts['dec_real']} real, padded {counts['dec_padded']} "
-        f"({counts['dec_shape']}), {counts['answer_tokens']} scored   "
-        f"upstream: {up['dec_real']} real, padded {up['dec_padded']} (4x496)"
-    )
-    print(
-        f"  steps: wall s {', '.join(f'{t:.2f}' for t in wall)}; CPU s {', '.join(f'{t:.2f}' for t in cpu)}; "
-        f"loss {', '.join(f'{x:.3f}' for x in losses)}"
-    )
-    print(
-        f"  seconds/step: {s_step:.2f} (min {min(wall):.2f}; CPU {statistics.mean(cpu):.2f})   "
-        f"upstream {up['s_per_step']:.1f}"
-    )
-    print(
-        f"  tokens/s (real enc+dec): {tps:.1f}   upstream {up_tps:.1f}   ratio {speedup:.2f}x "
-        f"(target >= {TARGET_SPEEDUP}x: {verdict(speedup >= TARGET_SPEEDUP)})"
-    )
-    print(
-        f"  peak RSS: {peak:.2f} GB (after model load {rss_loaded:.2f} GB)   upstream {up['peak_rss_gb']:.1f} GB   "
-        f"ratio {memory:.2f}x (target <= {TARGET_MEMORY}x: {verdict(memory <= TARGET_MEMORY)})"
-    )
-    wall_c, cpu_c, n_tok = compress
-    print(
-        f"  compress one document (no grad, {n_tok} encoder tokens): {wall_c:.3f} s (CPU {cpu_c:.3f} s, "
-        f"mean of {args.compress_runs})   upstream ~{up['compress_s']} s (267 tokens)"
-    )
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from clara_lite import ClaraModel
-    from clara_lite.data import read_jsonl
-    from clara_lite.stages import get_stage
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warm_cache(args.model)
-    rows = read_jsonl(args.data, "stage1")[: args.rows]
-    extra = {} if args.lora_dropout is None else {"lora_dropout": args.lora_dropout}
-    model = ClaraModel.from_base(
-        args.model,
-        dtype=torch.float32,
-        seed=args.seed,
-        doc_max_length=256,
-        compr_rate=32,
-        lora_r=16,
-        generation_top_k=1,
-        encoder_layout=args.layout,
-        **extra,
-    )
-    rss_loaded = current_rss_gb()
-    stage = get_stage("stage1")
-    stage.prepare(model)
-    model.train()
-    if args.micro_batch_size is None:
-        from clara_lite.hardware import detect_hardware
-        from clara_lite.model.base import resolve
-
-        args.micro_batch_size = detect_hardware(model_params_b=resolve(args.model).params_b).micro_batch_size
-    step, params, batches = make_step(
-        model, stage, rows, lr=args.lr, micro_batch_size=args.micro_batch_size, bf16=args.autocast_bf16
-    )
-    counts = token_counts(batches)
-
-    load_before = os.getloadavg()[0]
-    wall, cpu, losses = time_steps(step, args.steps)
-    load_after = os.getloadavg()[0]
-    peak = peak_rss_gb()  # before compression and profiling, which only add smaller peaks
-    compress = time_compress(model, rows[0].docs[0], args.compress_runs)
-    report(args, counts, wall, cpu, losses, peak, rss_loaded, sum(p.numel() for p in params), compress)
-    print(
-        f"  load average (1 min) while timing: {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs"
-    )
-    if args.profile:
-        profile_step(step, rows=25)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    load_base_model(args.model)  # convert the embedded model once, outside the timed children
+    results = {v: [] for v in VARIANTS}
+    shape = "4-bit nf4 base, fp16 autocast + GradScaler, cuda" if args.device == "cuda" else "fp32"
+    key, label = ("peak_cuda_gb", "peak CUDA memory") if args.device == "cuda" else ("peak_rss_gb", "peak RSS")
+    print(f"stage1 step, {args.model} {shape}, {args.rows} rows of {args.data.name}, lora_dropout {args.lora_dropout}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs")
+    print(f"| run | variant | micro-batches | s/step | tokens/s | {label} GB | losses | load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in range(1, args.runs + 1):
+        for variant in VARIANTS:
+            r = run_child(args, variant)
+            results[variant].append(r)
+            print(f"| {run} | {variant} | {r['micro_batches']} | {r['s_per_step']:.2f} | "
+                  f"{r['real_tokens'] / r['s_per_step']:.1f} | {r[key]:.2f} | "
+                  f"{', '.join(f'{x:.4f}' for x in r['losses'])} | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |",
+                  flush=True)
+    med = {v: {"s": statistics.median(r["s_per_step"] for r in results[v]),
+               "rss": statistics.median(r[key] for r in results[v]),
+               "tps": statistics.median(r["real_tokens"] / r["s_per_step"] for r in results[v])} for v in VARIANTS}
+    speedup = med["default"]["tps"] / med["reference"]["tps"]
+    memory = med["default"]["rss"] / med["reference"]["rss"]
+    for v in VARIANTS:
+        print(f"{v:>9}: median {med[v]['s']:.2f} s/step, {med[v]['tps']:.1f} tokens/s, {label} {med[v]['rss']:.2f} GB")
+    print(f"default / reference: {speedup:.2f}x tokens/s (target >= {TARGET_SPEEDUP}x: "
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}), {memory:.2f}x {label} (target <= {TARGET_MEMORY}x: "
+          f"{'met' if memory <= TARGET_MEMORY else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -15,22 +15,27 @@ import sys
 
 import torch
 
+from . import __version__, source
 from .config import ClaraConfig, TrainConfig, add_flags, given
 from .data import read_jsonl, validate_file
 from .demo import run_demo
 from .evaluation import evaluate_model
 from .hardware import cpu_threads_note, describe, detect_hardware
-from .model.base import resolve
+from .inputs import add_special_tokens
 from .model.modeling import ClaraModel
+from .model.size import model_params_b
+from .notebook.colab import drive_root
+from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
 from .pipeline.questions import load_questions, pool_retriever
 from .serve.ask import answer, load, read_docs
+from .serve.commands import add_index_options, add_serve_commands, ask_index
 from .serve.compare import NORMAL, ORACLE, SETTINGS, SYSTEMS, compare, parse_systems
 from .serve.export import export_zip
 from .serve.report import markdown_table, write_report
 from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
-from .train.trainer import TrainingInterrupted
+from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("clara_lite")
 
@@ -39,7 +44,8 @@ QA_STAGES = tuple(name for name in ORDER if get_stage(name).previous)  # rows of
 
 
 def _doctor(args) -> int:
-    profile = detect_hardware(model_params_b=resolve(args.base).params_b)
+    profile = detect_hardware(model_params_b=model_params_b(args.base))
+    print(f"clara_lite    {__version__} ({source.describe()})")
     print(describe(profile))
     if profile.device.kind == "cpu":
         print("cpu threads   " + cpu_threads_note(torch.get_num_threads(), os.cpu_count() or 1,
@@ -48,7 +54,16 @@ def _doctor(args) -> int:
 
 
 def _validate(args) -> int:
-    report = validate_file(args.file, args.stage, top_k=args.top_k)
+    defaults = ClaraConfig()
+    config = ClaraConfig(doc_max_length=args.doc_max_length or defaults.doc_max_length,
+                         compr_rate=args.compr_rate or defaults.compr_rate,
+                         max_decoder_length=args.max_decoder_length or defaults.max_decoder_length,
+                         generation_top_k=args.top_k or defaults.generation_top_k)
+    tokenizer = tokens = None
+    if args.base:  # prompts measured in the base model's tokens, with its chat template
+        tokenizer = load_tokenizer(args.base)
+        tokens = add_special_tokens(tokenizer, config)
+    report = validate_file(args.file, args.stage, top_k=args.top_k, config=config, tokenizer=tokenizer, tokens=tokens)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -92,6 +107,11 @@ def _train(args) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return 130
+    except OutOfMemory as oom:
+        log.error("%s", oom)
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        return 3
     for stage, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
         print(f"{stage}: {done} -> {args.run_dir}/{stage}/final")
@@ -109,14 +129,25 @@ def _export(args) -> int:
     return 0
 
 
+def _bundle(args) -> int:
+    out = args.out or drive_root(mount=False) / source.WHEELS_DIR
+    wheel = source.build_wheel(out)
+    print(f"{wheel} ({wheel.stat().st_size / 1e3:.0f} kB). In Colab the notebooks install it first when it is in "
+          f"MyDrive/clara_lite/{source.WHEELS_DIR}/ (Google Drive for desktop syncs a local Drive folder: "
+          f"`clara-lite bundle --out '<your Drive>/clara_lite/{source.WHEELS_DIR}'`).")
+    return 0
+
+
 def _ask(args) -> int:
+    question = args.question or args.question_text
+    if not question or bool(args.docs) == bool(args.index):
+        raise ValueError("ask needs a question and either --docs DOCS or --index IDX")
+    if args.index:
+        return ask_index(args, question)
     kwargs = {"base_path": args.base_path} if args.base_path else {}
-    profile = detect_hardware()
-    if profile.device.kind == "cuda":  # else float32 on CPU
-        kwargs.update(device_map=profile.device.torch_device, dtype=profile.dtype)
-    docs = read_docs(args.docs)
+    docs = read_docs(args.docs)  # a GPU load follows the plan (dtype, attention, 4-bit when needed)
     model = load(args.model, **kwargs)
-    text, retrieved = answer(model, args.question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    text, retrieved = answer(model, question, docs, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     print(f"answer: {text}")
     if retrieved is None:
         print(f"(read all {len(docs)} documents)")
@@ -144,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--stage", required=True, choices=ORDER)
     v.add_argument("--top-k", type=int, default=None, help="also check each row's document count against top-k")
+    v.add_argument("--doc-max-length", type=int, default=None, help="as training will use it (default 256)")
+    v.add_argument("--compr-rate", type=int, default=None, help="as training will use it (default 32)")
+    v.add_argument("--max-decoder-length", type=int, default=None, help="as training will use it (default 1024)")
+    v.add_argument("--base", default=None, help="also measure each prompt in this base model's tokens")
     v.set_defaults(func=_validate)
     add_data_commands(data)  # extract, chunk, synthesize, negatives, split, convert, build
 
@@ -191,14 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, help="zip to write (default: exports/<run>-<stage>.zip beside runs/)")
     x.set_defaults(func=_export)
 
-    a = sub.add_parser("ask", help="answer a question from documents with a saved model (zip or folder)")
-    a.add_argument("--model", required=True, help="exported zip or model folder")
-    a.add_argument("--question", required=True)
-    a.add_argument("--docs", required=True, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
+    b = sub.add_parser("bundle", help="build this checkout's wheel into <drive>/wheels, where Colab installs it from")
+    b.add_argument("--out", default=None, help="folder for the wheel (default: $CLARA_DRIVE/wheels or ./drive/wheels)")
+    b.set_defaults(func=_bundle)
+
+    a = sub.add_parser("ask", help="answer a question from documents or an index with a saved model (zip or folder)")
+    a.add_argument("question_text", nargs="?", default=None, metavar="QUESTION")
+    a.add_argument("--model", required=True, help="exported zip, model folder or Hugging Face id "
+                   "(org/name[/subfolder], e.g. apple/CLaRa-7B-E2E/compression-16)")
+    a.add_argument("--question", default=None, help="the question (or give it as the argument)")
+    a.add_argument("--docs", default=None, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
+    a.add_argument("--index", default=None, help="an index folder (clara-lite index build): compressed once")
     a.add_argument("--top-k", type=int, default=None, help="documents retrieved (models with a retriever)")
-    a.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
+    add_index_options(a, model_required=False)
     a.add_argument("--max-new-tokens", type=int, default=64)
     a.set_defaults(func=_ask)
+    add_serve_commands(sub)  # index build|add|remove|info|merge, chat, serve
     return p
 
 

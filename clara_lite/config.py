@@ -4,11 +4,16 @@ Each field has one name, one default and its help text; the CLI builds its flags
 fields (``cli_flags``), the notebook settings hold only overrides of them, and ``run.json`` stores
 one copy. ``ClaraConfig`` is saved as sorted JSON beside the weights (``clara_config.json``);
 unknown keys are rejected so a typo in a hand-edited file fails loudly instead of being ignored.
+
+Every value is checked when a config is built (a negative rate, a dropout of 5, ``inf``/``nan``,
+a wrong JSON type), before it can reach ``run.json`` or a training step; the message names the
+setting as a field and as its flag (``lora_r (--lora-r)``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,9 +23,85 @@ FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
 MEMORY_SPACES = ("hidden", "tokens")
-QUANTIZATIONS = ("4bit", "8bit")
+QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset (None): the hardware plan decides
+# every spelling a user or an upstream config may use, -> ours (bitsandbytes nf4 is our 4-bit)
+_QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
+                       "8-bit": "8bit", "int8": "8bit", "none": "none", "no": "none", "full": "none"}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
+
+# transformers schedulers that need no extra arguments (get_scheduler's names)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+def _name(setting: str) -> str:
+    return f"{setting} (--{setting.replace('_', '-')})"
+
+
+def check_number(setting: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """A ValueError naming ``setting`` unless ``value`` is a finite number within the bounds."""
+    if value is None and optional:
+        return
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = finite and not (
+        low is not None and (value < low or low_open and value == low)
+        or high is not None and (value > high or high_open and value == high))
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high:g}")
+        rule = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+        unset = " (or unset)" if optional else ""
+        raise ValueError(f"{_name(setting)} must be {rule}{unset}, got {value!r}")
+
+
+_JSON_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "None": "null", "list[str]": "a list of strings"}
+
+
+def _fits(value, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return True
+
+
+def from_json(cls, data, where: str):
+    """``cls(**data)`` for a dict read from JSON, naming ``where`` when it is not an object, holds an
+    unknown key (a typo in a hand-edited file fails loudly) or a value of the wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+    check_types(cls, data, where)
+    return cls(**data)
+
+
+def check_types(cls, data: dict, where: str) -> None:
+    """A ValueError naming ``where`` and the field when a value of ``data`` (read from JSON) has
+    another type than ``cls``'s field declares (an int where a string was expected, ...)."""
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if not any(_fits(data[f.name], kind) for kind in kinds):
+            expected = " or ".join(_JSON_TYPES.get(k, k) for k in kinds)
+            raise ValueError(f"{where}: field '{f.name}' must be {expected}, got {json.dumps(data[f.name])[:80]}")
 
 
 @dataclass
@@ -52,9 +133,10 @@ class ClaraConfig:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout while training"})
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules",
                                                                                  "cli": False})
-    quantization: str | None = field(default=None, metadata={"help": "None, '4bit' (nf4 QLoRA) or '8bit' "
-                                                             "(unset: the hardware plan decides)",
-                                                             "choices": QUANTIZATIONS})
+    quantization: str | None = field(default=None, metadata={"help": "'4bit' (nf4 QLoRA; also 'nf4', 'int4'), "
+                                                             "'8bit' ('int8') or 'none' (default: the hardware plan "
+                                                             "decides each session: 4-bit only when the model would "
+                                                             "not fit)"})
     mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
     memory_space: str = field(
         default="hidden",
@@ -87,13 +169,18 @@ class ClaraConfig:
         if self.encoder_layout not in LAYOUTS:
             raise ValueError(f"encoder_layout must be one of {LAYOUTS}, got {self.encoder_layout!r}")
         if self.memory_space not in MEMORY_SPACES:
-            raise ValueError(f"memory_space must be one of {MEMORY_SPACES}, got {self.memory_space!r}")
+            raise ValueError(f"{_name('memory_space')} must be one of {MEMORY_SPACES}, got {self.memory_space!r}")
         if self.generation_top_k < 1:
-            raise ValueError("generation_top_k must be >= 1")
-        if self.quantization in ("no", "none", ""):
-            self.quantization = None
-        if self.quantization not in (None, *QUANTIZATIONS):
-            raise ValueError(f"quantization must be None, '4bit' or '8bit', got {self.quantization!r}")
+            raise ValueError(f"{_name('generation_top_k')} must be >= 1, got {self.generation_top_k}")
+        check_number("lora_r", self.lora_r, low=1)
+        check_number("lora_alpha", self.lora_alpha, low=0, low_open=True, optional=True)
+        check_number("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        check_number("mse_weight", self.mse_weight, low=0)
+        check_number("chunk_loss_weight", self.chunk_loss_weight, low=0)
+        check_number("retrieval_temperature", self.retrieval_temperature, low=0, low_open=True)
+        check_number("contrastive_weight", self.contrastive_weight, low=0)
+        check_number("max_decoder_length", self.max_decoder_length, low=1)
+        self.quantization = normalize_quantization(self.quantization)
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"This model was written by a newer clara_lite (format {self.format_version}); "
@@ -113,12 +200,8 @@ class ClaraConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ClaraConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown ClaraConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "ClaraConfig") -> ClaraConfig:
+        return from_json(cls, data, where)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_FILE
@@ -130,9 +213,34 @@ class ClaraConfig:
         path = Path(directory) / CONFIG_FILE
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        try:
+            return cls.from_dict(data, str(path))
+        except ValueError as err:
+            text = str(err)
+            raise ValueError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+
+
+def normalize_quantization(name: str | None) -> str | None:
+    """``'nf4'``/``'int4'``/``'4bit'`` -> ``'4bit'``, ``'int8'``/``'8bit'`` -> ``'8bit'``, ``'no'``/``'none'`` ->
+    ``'none'``; None, ``''`` and ``'auto'`` -> None (the plan decides). Anything else is refused, never ignored.
+
+    >>> normalize_quantization("NF4"), normalize_quantization("int8"), normalize_quantization("auto")
+    ('4bit', '8bit', None)
+    """
+    if name is None or str(name).strip().lower() in ("", "auto"):
+        return None
+    try:
+        return _QUANTIZATION_NAMES[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"Unknown quantization {name!r}: use '4bit' (or 'nf4', 'int4'), '8bit' (or 'int8'), "
+                         "'none', or leave it unset for the hardware plan") from None
+
+
+def is_quantized(name: str | None) -> bool:
+    """Whether ``name`` (normalized) loads the base through bitsandbytes."""
+    return normalize_quantization(name) in ("4bit", "8bit")
 
 
 DEFAULT_LR = 1e-4  # stages define their own default (``stages.Stage.default_lr``); this is the fallback
@@ -152,8 +260,12 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step "
                                                                "(default: the hardware plan)",
                                                        "aliases": ("--grad-accum",)})
+    rows_per_step: int | None = field(default=None, metadata={
+        "help": "rows per optimizer step over all processes, fixed for a stage once it started; each session "
+                "cuts it into micro-batch x accumulation for its own GPU (default: the first session's "
+                "micro-batch x accumulation x processes)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
-    scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name", "choices": SCHEDULERS})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: none)"})
     seed: int = field(default=42, metadata={"help": "seed of the initial adapters and the data order"})
@@ -162,13 +274,15 @@ class TrainConfig:
                                                          "choices": MIXED_PRECISIONS})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward "
                                                                           "(default: the hardware plan)"})
-    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps"})
-    save_minutes: float | None = field(default=20.0, metadata={"help": "checkpoint every M minutes"})
+    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps (0: none)"})
+    save_minutes: float | None = field(default=20.0, metadata={"help": "checkpoint every M minutes (0: none)"})
     keep: int = field(default=2, metadata={"help": "complete checkpoints kept"})
     log_steps: int = field(default=10, metadata={"help": "a metrics line every N steps"})
     report_to: list[str] = field(default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard"})
     retry_attempts: int = field(default=4, metadata={"help": "attempts at writing a checkpoint"})
     retry_delay_s: float = field(default=2.0, metadata={"help": "first back-off between attempts (doubles)"})
+    max_nonfinite_steps: int = field(default=5, metadata={"help": "steps in a row with a non-finite loss or "
+                                                                  "gradient (each skipped) before the stage stops"})
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out rows (this stage's format, or questions) scored into metrics.jsonl and the loss plot"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate --eval-data every N optimizer steps "
@@ -180,8 +294,10 @@ class TrainConfig:
                 "(higher is better) or loss (lower)", "choices": BEST_METRICS})
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
-    RESULT_KEYS = ("lr", "max_steps", "epochs", "micro_batch_size", "grad_accum_steps", "warmup_ratio",
-                   "scheduler", "weight_decay", "max_grad_norm", "seed")
+    RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
+                   "max_grad_norm", "seed")
+    # what each session's hardware plan decides again (a value given on the command line wins for that session)
+    HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
 
     def __post_init__(self):
         if self.best_metric is not None and self.best_metric not in BEST_METRICS:
@@ -189,11 +305,30 @@ class TrainConfig:
         if self.eval_steps is not None and self.eval_steps < 1:
             raise ValueError("eval_steps must be >= 1")
         if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
-        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
-            raise ValueError("micro_batch_size and grad_accum_steps must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
+            raise ValueError(f"{_name('mixed_precision')} must be one of {MIXED_PRECISIONS}, "
+                             f"got {self.mixed_precision!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"{_name('scheduler')} must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        check_number("lr", self.lr, low=0, low_open=True, optional=True)
+        check_number("max_steps", self.max_steps, low=1, optional=True)
+        check_number("epochs", self.epochs, low=0, low_open=True)
+        check_number("micro_batch_size", self.micro_batch_size, low=1)
+        check_number("grad_accum_steps", self.grad_accum_steps, low=1)
+        check_number("warmup_ratio", self.warmup_ratio, low=0, high=1)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("max_grad_norm", self.max_grad_norm, low=0)
+        check_number("save_steps", self.save_steps, low=0, optional=True)
+        check_number("save_minutes", self.save_minutes, low=0, optional=True)
+        check_number("keep", self.keep, low=1)
+        check_number("log_steps", self.log_steps, low=1)
+        check_number("retry_attempts", self.retry_attempts, low=1)
+        check_number("retry_delay_s", self.retry_delay_s, low=0)
+        check_number("max_nonfinite_steps", self.max_nonfinite_steps, low=1)
+        check_number("rows_per_step", self.rows_per_step, low=1, optional=True)
+
+    def step_rows(self, processes: int = 1) -> int:
+        """Rows per optimizer step: ``rows_per_step``, or what the micro-batches add up to."""
+        return self.rows_per_step or self.micro_batch_size * self.grad_accum_steps * processes
 
     def learning_rate(self, stage) -> float:
         """``lr``, or the stage's own default."""
@@ -203,12 +338,8 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "TrainConfig") -> TrainConfig:
+        return from_json(cls, data, where)
 
 
 # --------------------------------------------------------------------------- command-line flags

@@ -3,6 +3,12 @@
 ``read_jsonl`` checks every line and lists every problem at once, as ``file:line: field 'x':
 reason``, so one edit pass fixes the file. One JSON object per line, blank lines ignored; what a
 row looks like is :mod:`clara_lite.rows`, which stage reads which row is :mod:`clara_lite.stages`.
+
+Beyond a row's shape, a row can still stop training hours in, at the step that batches it:
+text a tokenizer cannot read (an unpaired surrogate), a memory token typed into the text, rows
+with unequal document counts in one batch, memory slots or a question that leave the decoder no
+room for the answer. ``validate_file`` and :func:`check_training_file` (the trainer's pre-flight)
+find those too, each with its line and the option that would make it fit.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .config import ClaraConfig
+from .inputs import RESERVED_TOKENS
 from .rows import (  # noqa: F401  (re-exported: the names data files are about)
     ANSWER_KEYS,
     DOC_KEYS,
@@ -71,17 +80,49 @@ def _scan(path: str | Path, stage: Stage) -> _Scan:
             except json.JSONDecodeError as err:
                 scan.problems.append(Problem(lineno, ROW, f"invalid JSON: {err.msg} at column {err.colno}"))
                 continue
+            except RecursionError:
+                scan.problems.append(Problem(lineno, ROW, "JSON nested too deeply to read (a training row is "
+                                                          "one flat object)"))
+                continue
+            except ValueError as err:  # e.g. a number of more than 4,300 digits
+                scan.problems.append(Problem(lineno, ROW, f"unreadable value: {err}"))
+                continue
             if not isinstance(row, dict):
                 scan.problems.append(Problem(lineno, ROW, f"expected a JSON object, got {_kind(row)}"))
                 continue
             out: _Out = []
             example = parse(row, out)
-            scan.problems.extend(Problem(lineno, f, r) for f, r in out)
             if example is not None:
+                _text_problems(example, out)
+            scan.problems.extend(Problem(lineno, f, r) for f, r in out)
+            if example is not None and not out:
                 scan.examples.append((lineno, example))
     if scan.n_rows == 0:
         scan.problems.append(Problem(0, FILE, "no rows; the file is empty or only blank lines"))
     return scan
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _texts(example: Example) -> list[tuple[str, tuple[str, ...]]]:
+    if isinstance(example, Stage1Example):
+        return [("question", example.questions), ("answers", example.answers), ("docs", example.docs)]
+    return [("question", (example.question,)), ("answers", example.answers), ("docs", example.docs)]
+
+
+def _text_problems(example: Example, out: _Out) -> None:
+    """Text that parses as JSON but breaks tokenizing: unpaired surrogates, our reserved tokens."""
+    for name, texts in _texts(example):
+        for i, text in enumerate(texts):
+            where = f"{name}[{i}]" if len(texts) > 1 or name in ("docs", "answers") else name
+            if bad := _SURROGATE.search(text):
+                out.append((where, f"an unpaired surrogate (\\u{ord(bad.group()):04x}) at character {bad.start()}: "
+                                   "not text a tokenizer can read; write the character itself, or a valid "
+                                   "\\ud83d\\ude00-style pair"))
+            if token := RESERVED_TOKENS.search(text):
+                out.append((where, f"contains {token.group()!r}, a token clara_lite reserves for memory slots "
+                                   "(the prompt would count it as one): remove or rewrite it"))
 
 
 def read_jsonl(path: str | Path, stage: str | Stage) -> list[Example]:
@@ -201,8 +242,92 @@ def _top_k_problems(examples: list[tuple[int, Example]], stage: Stage, top_k: in
     return problems
 
 
-def validate_file(path: str | Path, stage: str | Stage, top_k: int | None = None) -> ValidationReport:
-    """Check a data file without raising for bad rows; ``top_k`` also checks doc counts.
+def _unequal_docs_problems(examples: list[tuple[int, Example]]) -> list[Problem]:
+    """Rows whose doc count differs from most rows': batched together they stop a step."""
+    counts = Counter(len(ex.docs) for _, ex in examples)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    return [Problem(line, "docs", f"{len(ex.docs)} docs, most rows have {usual}; rows batched together need "
+                                  "equal counts (give every row the same number)")
+            for line, ex in examples if len(ex.docs) != usual]
+
+
+def _budget_problems(examples: list[tuple[int, Example]], stage: Stage, config: ClaraConfig) -> list[Problem]:
+    """Rows whose documents' memory slots alone fill the decoder prompt (no tokenizer needed)."""
+    problems, per_doc, limit = [], config.n_mem + 1, config.max_decoder_length
+    for line, ex in examples:
+        k = stage.docs_in_prompt(config, len(ex.docs))
+        if k * per_doc >= limit:
+            problems.append(Problem(line, "docs", (
+                f"{k} documents x {per_doc} memory tokens (doc_max_length {config.doc_max_length} / compr_rate "
+                f"{config.compr_rate} + <SEP>) = {k * per_doc} tokens, more than the decoder's max_decoder_length "
+                f"{limit} holds: use fewer documents per row, lower --doc-max-length or raise --compr-rate, or "
+                "raise --max-decoder-length")))
+    return problems
+
+
+_PROMPT_MARGIN = 64  # tokens by which two rows' prompts may differ besides the question (paraphrase templates)
+
+
+def _prompt_problems(examples: list[tuple[int, Example]], stage: Stage, config: ClaraConfig, tokenizer,
+                     tokens) -> list[Problem]:
+    """Rows whose decoder prompt leaves no answer token inside max_decoder_length: their loss would
+    be over zero tokens (NaN). Measured with the model's tokenizer and chat template, only for rows
+    a bound cannot clear (a token is at least one byte), so a large file costs a few prompts."""
+    limit, probes, problems = config.max_decoder_length, {}, []
+    for line, ex in examples:
+        question = getattr(ex, "question", "")
+        key = (getattr(ex, "data_type", "qa"), len(ex.docs))
+        if key not in probes:  # the same row without its question: the fixed part of every such prompt
+            probe = replace(ex, question="") if isinstance(ex, QAExample) else ex
+            probes[key] = stage.prompt(tokenizer, tokens, config, probe, len(ex.docs))[0]
+        size = len(question.encode("utf-8"))
+        if probes[key] + size + _PROMPT_MARGIN < limit:
+            continue
+        n = limit + size if size > limit * 256 else stage.prompt(tokenizer, tokens, config, ex, len(ex.docs))[0]
+        if n >= limit:
+            memory = stage.docs_in_prompt(config, len(ex.docs)) * (config.n_mem + 1)
+            problems.append(Problem(line, "question" if question else ROW, (
+                f"the decoder prompt is {'over ' if size > limit * 256 else ''}{n} tokens ({memory} of them memory "
+                f"slots), max_decoder_length is {limit}: no answer token is left to train on. Shorten the "
+                "question, use fewer documents per row, or raise --max-decoder-length")))
+    return problems
+
+
+def training_problems(path: str | Path, stage: str | Stage, config: ClaraConfig, tokenizer=None,
+                      tokens=None) -> list[Problem]:
+    """Every problem that would stop training on ``path`` with ``config``: the rows' own (as
+    :func:`read_jsonl`), unequal doc counts, memory slots beyond the decoder and, given the model's
+    ``tokenizer`` and special ``tokens``, prompts that leave no room for an answer."""
+    stage = get_stage(stage)
+    scan = _scan(path, stage)
+    problems = scan.problems + _unequal_docs_problems(scan.examples) + _budget_problems(scan.examples, stage, config)
+    if tokenizer is not None and not problems:
+        problems += _prompt_problems(scan.examples, stage, config, tokenizer, tokens)
+    return sorted(problems, key=lambda p: p.line)
+
+
+def check_training_file(path: str | Path, stage: str | Stage, config: ClaraConfig, tokenizer=None,
+                        tokens=None) -> None:
+    """The trainer's pre-flight: a :class:`DataError` listing every row :func:`training_problems`
+    finds, before a step runs (or run.json is written)."""
+    stage = get_stage(stage)
+    problems = training_problems(path, stage, config, tokenizer, tokens)
+    if problems:
+        shown = problems[:50]
+        more = f"\n… and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise DataError(f"{path}: {len({p.line for p in problems})} rows would stop {stage.name} training:\n"
+                        + "\n".join(p.format(path) for p in shown) + more
+                        + f"\nFix or remove these lines (`clara-lite data validate {path} --stage {stage.name}` "
+                        "lists them all).", problems)
+
+
+def validate_file(path: str | Path, stage: str | Stage, top_k: int | None = None, config: ClaraConfig | None = None,
+                  tokenizer=None, tokens=None) -> ValidationReport:
+    """Check a data file without raising for bad rows; ``top_k`` also checks doc counts against it;
+    ``config`` (the model settings training will use) also checks that memory slots fit the decoder,
+    and with ``tokenizer``/``tokens`` that each prompt leaves room for its answer.
 
     >>> print(validate_file("train.jsonl", "stage2", top_k=5).format())  # doctest: +SKIP
     """
@@ -211,8 +336,13 @@ def validate_file(path: str | Path, stage: str | Stage, top_k: int | None = None
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     scan = _scan(path, stage)
     problems = scan.problems
-    if top_k is not None:
-        problems = sorted(problems + _top_k_problems(scan.examples, stage, top_k), key=lambda p: p.line)
+    extra = _top_k_problems(scan.examples, stage, top_k) if top_k is not None else _unequal_docs_problems(
+        scan.examples)
+    if config is not None:
+        extra += _budget_problems(scan.examples, stage, config)
+        if tokenizer is not None and not extra:
+            extra += _prompt_problems(scan.examples, stage, config, tokenizer, tokens)
+    problems = sorted(problems + extra, key=lambda p: p.line)
     examples = [ex for _, ex in scan.examples]
     data_types = Counter(getattr(ex, "data_type", "qa") for ex in examples)  # stage2/3 rows are qa
     n_questions = sum(len(ex.questions) if isinstance(ex, Stage1Example) else 1 for ex in examples)

@@ -23,8 +23,8 @@ from .evaluation import exact_match
 from .examples import write_example_data
 from .hardware import describe, detect_hardware
 from .layout import RunLayout, write_json
-from .model.base import resolve
 from .model.modeling import ClaraModel
+from .model.size import model_params_b
 from .serve.compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, compare
 from .serve.export import export_zip
 from .serve.report import write_report
@@ -53,7 +53,7 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
     layout = RunLayout(run_dir)
     steps = {**STEPS, **(steps or {})}
     last = get_stage(ORDER[-1])  # the held-out rows are questions over candidates, as the last stage reads
-    print(describe(detect_hardware(model_params_b=resolve(base).params_b)), flush=True)
+    print(describe(detect_hardware(model_params_b=model_params_b(base))), flush=True)
 
     paths = write_example_data(run_dir / "data", **DATA)
     for name, path in paths.items():

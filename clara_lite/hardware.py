@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import __version__
+
 log = logging.getLogger(__name__)
 
 GB = 1e9  # decimal GB: params_b * bytes_per_param is then directly in GB
@@ -28,6 +30,7 @@ OVERHEAD_GB = 1.5  # CUDA context, kernels workspace, tokenizer batches
 NF4_BYTES_PER_PARAM = 0.6  # 4 bits plus quant constants and the 16-bit embeddings / lm_head
 TARGET_ROWS = 16  # effective batch (micro batch x accumulation) the plan aims for
 MAX_MICRO_BATCH = 8  # beyond this a large vocabulary's logits dominate memory
+ROW_TOKENS = 512  # the row the activation estimate was made for; a plan told its rows' length scales it
 AMPERE = (8, 0)  # bf16 tensor cores and flash-attention 2 start here
 
 # Notes shown next to well-known devices; names only annotate, they never decide.
@@ -179,9 +182,10 @@ def _choose_checkpointing(device: DeviceInfo, params: float | None, load_in_4bit
 
 
 def _choose_batch(
-    device: DeviceInfo, params: float | None, est: float | None, ckpt: bool
+    device: DeviceInfo, params: float | None, est: float | None, ckpt: bool, tokens_per_row: int | None = None
 ) -> tuple[int, int, str]:
-    """(micro batch, accumulation steps, why): the largest power-of-two micro batch that fits, <= 8."""
+    """(micro batch, accumulation steps, why): the largest power-of-two micro batch that fits, <= 8.
+    ``tokens_per_row``: what one training row puts through the model (all its documents and its prompt)."""
     if device.kind == "cpu":
         # a CPU gains nothing from batching but pays for padding and for every row's activations
         # at once; losses are step-wide means, so 1 x 16 trains exactly like 16 x 1
@@ -191,11 +195,12 @@ def _choose_batch(
     elif params is None or est is None:
         micro, why = 4, "model size unknown; a cautious default"
     else:
-        # ~512-token rows: activations ~0.4 GB per billion params per row, a quarter with checkpointing.
-        row_gb = 0.4 * max(params, 1.0) * (0.25 if ckpt else 1.0)
+        # a 512-token row: activations ~0.4 GB per billion params, a quarter with checkpointing
+        tokens = tokens_per_row or ROW_TOKENS
+        row_gb = 0.4 * max(params, 1.0) * (tokens / ROW_TOKENS) * (0.25 if ckpt else 1.0)
         headroom = max(_budget(device)[1] - est, 0.0)
         micro = min(MAX_MICRO_BATCH, 2 ** int(math.log2(max(1, int(headroom / row_gb)))))
-        why = f"~{headroom:.1f} GB headroom at ~{row_gb:.2f} GB per row"
+        why = f"~{headroom:.1f} GB headroom at ~{row_gb:.2f} GB per row of ~{tokens} tokens"
     accum = math.ceil(TARGET_ROWS / micro)
     return micro, accum, f"{micro} x {accum} = {micro * accum} rows per step: {why}"
 
@@ -212,6 +217,7 @@ def plan(
     flash_attn_available: bool,
     *,
     sdpa_available: bool = True,
+    tokens_per_row: int | None = None,
 ) -> HardwareProfile:
     """Turn device facts into training decisions; pure, so tests can simulate any GPU.
 
@@ -223,7 +229,7 @@ def plan(
     attn, attn_why = _choose_attention(device, dtype, flash_attn_available, sdpa_available)
     load_in_4bit, est, quant_why = _choose_4bit(device, model_params_b, dtype)
     ckpt, ckpt_why = _choose_checkpointing(device, model_params_b, load_in_4bit)
-    micro, accum, batch_why = _choose_batch(device, model_params_b, est, ckpt)
+    micro, accum, batch_why = _choose_batch(device, model_params_b, est, ckpt, tokens_per_row)
     profile = HardwareProfile(
         device=device,
         model_params_b=model_params_b,
@@ -299,12 +305,16 @@ def detect_hardware(
     return plan(info, model_params_b, flash, sdpa_available=sdpa)
 
 
+CPU_WARN_PARAMS_B = 0.5  # a CPU trains smaller models (the embedded 135M) in minutes: no warning for those
+CPU_WARNING = ("no GPU: only tiny models train in reasonable time here. In Colab: Runtime > Change runtime "
+               "type > T4 GPU (free) or better, then run the notebook again (run and checkpoints stay on Drive)")
+
 _OPTIONAL = ("bitsandbytes", "flash-attn")  # listed only when installed
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of python and the training stack; optional packages only when installed."""
-    versions = {"python": platform.python_version()}
+    """Versions of clara_lite, python and the training stack; optional packages only when installed."""
+    versions = {"clara_lite": __version__, "python": platform.python_version()}
     for dist in ("torch", "transformers", "peft", "accelerate", *_OPTIONAL):
         try:
             versions[dist.replace("-", "_")] = importlib.metadata.version(dist)
@@ -354,6 +364,8 @@ def describe(profile: HardwareProfile, versions: bool = True) -> str:
         f"batch         {r['batch']}",
         f"grad. ckpt    {r['gradient_checkpointing']}",
     ]
+    if d.kind == "cpu" and (profile.model_params_b is None or profile.model_params_b >= CPU_WARN_PARAMS_B):
+        lines.append(f"warning       {CPU_WARNING}")
     if versions:
         lines.append("versions      " + ", ".join(f"{k} {v}" for k, v in library_versions().items()))
     return "\n".join(lines)

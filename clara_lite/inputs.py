@@ -8,6 +8,7 @@ verbatim, so official checkpoints see the prompts they were trained on.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,13 @@ import torch
 from .config import ClaraConfig
 
 IGNORE_INDEX = -100
+
+# the tokens add_special_tokens adds: typed into a row's text they would count as memory slots
+RESERVED_TOKENS = re.compile(r"<(?:MEM\d*|AE|ENC|SEP)>")
+
+# Texts are cut to this many characters per token kept before tokenizing: the result is the same
+# (no token is that long) and a 50 MB document costs 50 MB, not gigabytes of token objects.
+MAX_CHARS_PER_TOKEN = 64
 
 SYSTEM_QA = (
     "You are a helpful assistant. Given a document, your task is to generate some single questions to "
@@ -103,7 +111,8 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     Returns ``input_ids``/``attention_mask`` (B, T+n_mem) and ``position_ids`` (None for the
     upstream layout, which pads every text to doc_max_length+3 and lets positions run from 0).
     """
-    wrapped = [f"<ENC>{tokens.bos}{t}{tokens.eos}" for t in texts]
+    keep = (config.doc_max_length + 3) * MAX_CHARS_PER_TOKEN
+    wrapped = [f"<ENC>{tokens.bos}{t if len(t) <= keep else t[:keep]}{tokens.eos}" for t in texts]
     upstream = config.encoder_layout == "upstream"
     enc = tokenizer(
         wrapped,
@@ -198,8 +207,9 @@ def paraphrase_prompt(tokenizer, tokens: SpecialTokens, answer, n_docs: int = 1,
 
 def tokenize_prompts(tokenizer, texts: list[str], prompt_lens: list[int] | None, max_length: int) -> dict:
     """Left-padded decoder inputs; with ``prompt_lens``, labels that score only the answers."""
+    keep = max_length * MAX_CHARS_PER_TOKEN
     enc = tokenizer(
-        texts,
+        [t if len(t) <= keep else t[:keep] for t in texts],
         return_tensors="pt",
         padding="longest",
         add_special_tokens=False,

@@ -7,6 +7,8 @@ disk is a change here.
 A run folder (``RunLayout``)::
 
     <run>/run.json                          the run's record (``train.record.RunRecord``)
+    <run>/run.json.bak                      its previous version, copied before each rewrite
+    <run>/train.lock                        who is training in the folder now (``train.lock``)
     <run>/<stage>/checkpoints/step-NNNNNN/  complete only with a valid manifest.json
     <run>/<stage>/final/                    the stage's model + summary.json + manifest.json
     <run>/<stage>/metrics.jsonl             <run>/<stage>/loss.png
@@ -51,6 +53,8 @@ STEP_PREFIX = "step-"
 
 # a run folder
 RUN_FILE = "run.json"
+RUN_BACKUP = "run.json.bak"
+LOCK_FILE = "train.lock"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 SUMMARY_FILE = "summary.json"
@@ -67,10 +71,27 @@ COMPARE_CHART = "comparison.png"
 COMPARE_PREDICTIONS = "predictions.jsonl"
 RUNS_DIR = "runs"
 EXPORTS_DIR = "exports"
+INDEXES_DIR = "indexes"  # <run>/indexes/<documents>-<model fingerprint>/: document indexes (05_inference)
 
 # an exported zip
 CARD = "README.md"
 MANIFEST = "manifest.json"
+
+# a compressed document index (``clara-lite index build``; clara_lite.serve.index)
+INDEX_FILE = "index.json"  # settings, model fingerprint, parts; identical for the same build
+INDEX_CHUNKS = "chunks.jsonl"  # one row per chunk: text, source, page, character span
+INDEX_MEMORY_DIR = "memory"  # memory vectors (and MiniLM keys), one safetensors file per part of a document group
+INDEX_SHARDS_DIR = "shards"  # shard-IIIII-of-NNNNN/: one process's part of a sharded build
+
+
+def index_part_file(group: int, sub: int) -> str:
+    """A memory part's path inside the index folder: the ``sub``-th slice of document group ``group``."""
+    return f"{INDEX_MEMORY_DIR}/part-{group:06d}-{sub:03d}.safetensors"
+
+
+def index_shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
+    return Path(root) / INDEX_SHARDS_DIR / f"shard-{shard:05d}-of-{n_shards:05d}"
+
 
 # where converted models and unpacked zips are cached
 CACHE_ENV = "CLARA_LITE_CACHE"
@@ -105,6 +126,14 @@ class RunLayout:
     def run_file(self) -> Path:
         return self.root / RUN_FILE
 
+    @property
+    def run_backup(self) -> Path:
+        return self.root / RUN_BACKUP
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
@@ -123,6 +152,10 @@ class RunLayout:
     @property
     def heldout_eval(self) -> Path:
         return self.root / HELDOUT_EVAL
+
+    def index(self, name: str) -> Path:
+        """A document index built from the run's model (``serve.index``)."""
+        return self.root / INDEXES_DIR / name
 
     def benchmark(self, name: str) -> Path:
         """Where a comparison named ``name`` (a data file and setting) writes its report."""
@@ -182,11 +215,36 @@ def write_json(path: str | Path, data, *, indent: int | None = 2) -> None:
         os.fsync(f.fileno())
 
 
+def write_bytes_synced(path: str | Path, data: bytes) -> None:
+    """Write bytes in place, flushed and fsync'd."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_keeping_copy(path: str | Path, backup: str | Path, data, *, indent: int | None = 2) -> None:
+    """Rewrite the JSON file ``path`` in place, its current content (when it is valid JSON) first
+    copied to ``backup``: without renames, a kill or a full disk during either write still leaves
+    one whole copy (``path`` during the copy, ``backup`` during the rewrite)."""
+    path, backup = Path(path), Path(backup)
+    if path.is_file():
+        old = path.read_bytes()
+        try:
+            json.loads(old)
+        except (ValueError, RecursionError):  # a torn file is never copied over a good one
+            pass
+        else:
+            write_bytes_synced(backup, old)
+    write_json(path, data, indent=indent)
+
+
 # --------------------------------------------------------------------------- the manifest
 
 MANIFEST_VERSION = 1
 KIND_CHECKPOINT = "clara_lite-checkpoint"  # a step checkpoint or a stage's final folder
 KIND_MODEL = "clara_lite-model"  # an exported zip (and the folder it unpacks to)
+KIND_INDEX = "clara_lite-index"  # a compressed document index (serve.index)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -225,7 +283,7 @@ def parse_manifest(raw: bytes | str, where: str, kind: str) -> dict:
     legacy = kind == KIND_CHECKPOINT and "kind" not in manifest and manifest.get("format") == MANIFEST_VERSION
     if not legacy:
         if manifest.get("kind") != kind:
-            what = "model export" if kind == KIND_MODEL else "checkpoint"
+            what = {KIND_MODEL: "model export", KIND_INDEX: "document index"}.get(kind, "checkpoint")
             raise ManifestError(f"{where}: kind is {manifest.get('kind')!r}, not {kind!r}: not a clara_lite {what}")
         version = manifest.get("format_version")
         if version != MANIFEST_VERSION:

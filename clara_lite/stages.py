@@ -124,6 +124,14 @@ class Stage:
     def collate(self, tokenizer, tokens, config, examples) -> dict:
         raise NotImplementedError
 
+    def prompt(self, tokenizer, tokens, config, example, n_docs: int) -> tuple[int, str]:
+        """(tokens before the answer, full decoder text) of one row among rows of ``n_docs`` documents."""
+        raise NotImplementedError
+
+    def docs_in_prompt(self, config, n_docs: int) -> int:
+        """How many documents' memory slots the decoder prompt holds for a row of ``n_docs``."""
+        return n_docs
+
     def loss(self, model, batch, totals: StepTotals | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, metrics) of ``batch`` as its share of a step holding ``totals`` (default: the batch
         is the whole step). Losses and metrics of a step's micro-batches add up to the step's."""
@@ -165,15 +173,14 @@ class Stage1(_CompressAndAnswer):
     notebook = "02_stage1"
     parse_row = staticmethod(parse_stage1_row)
 
+    def prompt(self, tokenizer, tokens, config, example, n_docs):
+        if example.data_type == "paraphrase":
+            return inputs.paraphrase_prompt(tokenizer, tokens, example.answers[0], n_docs, rng=_rng_for(example.docs[0]))
+        return inputs.qa_prompt(tokenizer, tokens, example.questions, example.answers, n_docs)
+
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
-        pairs = []
-        for ex in examples:
-            if ex.data_type == "paraphrase":
-                pairs.append(inputs.paraphrase_prompt(tokenizer, tokens, ex.answers[0], n_docs,
-                                                      rng=_rng_for(ex.docs[0])))
-            else:
-                pairs.append(inputs.qa_prompt(tokenizer, tokens, ex.questions, ex.answers, n_docs))
+        pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
         return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
 
 
@@ -187,9 +194,12 @@ class Stage2(_CompressAndAnswer):
     notebook = "03_stage2"
     parse_row = staticmethod(parse_qa_row)
 
+    def prompt(self, tokenizer, tokens, config, example, n_docs):
+        return inputs.answer_prompt(tokenizer, tokens, example.question, n_docs, example.answers[0])
+
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
-        pairs = [inputs.answer_prompt(tokenizer, tokens, ex.question, n_docs, ex.answers[0]) for ex in examples]
+        pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
         return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
 
 
@@ -212,10 +222,17 @@ class Stage3(Stage):
         model.add_query_reasoner(init_from="encoder")
         super().prepare(model)
 
+    def docs_in_prompt(self, config, n_docs):  # the decoder sees the k retrieved
+        return min(config.generation_top_k, n_docs)
+
+    def prompt(self, tokenizer, tokens, config, example, n_docs):
+        return inputs.answer_prompt(tokenizer, tokens, example.question, self.docs_in_prompt(config, n_docs),
+                                    example.answers[0])
+
     def collate(self, tokenizer, tokens, config, examples):
         n = _uniform_docs(examples)
         k = min(config.generation_top_k, n)
-        pairs = [inputs.answer_prompt(tokenizer, tokens, ex.question, k, ex.answers[0]) for ex in examples]
+        pairs = [self.prompt(tokenizer, tokens, config, ex, n) for ex in examples]
         width = max(1, max(len(ex.pos_index) for ex in examples))
         pos = torch.full((len(examples), width), -1, dtype=torch.long)
         for i, ex in enumerate(examples):

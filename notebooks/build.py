@@ -6,9 +6,13 @@
 Edit the cells here, never in the .ipynb files. Output is deterministic: cell ids are
 ``<notebook>-<index>``, JSON keys sorted. Cells stay thin: they call ``clara_lite.notebook``
 (``Workspace``: what a notebook does with a run) and ``clara_lite.notebook.colab`` (installs,
-Drive); the logic lives there.
+Drive); the logic lives there. The one exception is the first cell, tagged ``bootstrap``: it gets
+clara_lite into a fresh runtime, before there is a package to call. Where it gets it from (and the
+badges' links) is :mod:`clara_lite.source`, the one place that says so.
 A cell tagged ``parameters`` holds each notebook's inputs, so headless runners (papermill, the
 tests) can override them by adding a cell after it.
+
+    python notebooks/build.py           also rewrites the README's block of Colab badges
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from pathlib import Path
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's clara_lite
+from clara_lite import __version__, source  # noqa: E402
+from clara_lite.notebook.colab import COLAB_ROOT, DRIVE_ENV, MOUNT_POINT  # noqa: E402
+from clara_lite.stages import STAGES  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ORG = "clara-lite"  # placeholder GitHub org of the badge links and the clone URL
-COLAB_URL = f"https://colab.research.google.com/github/{ORG}/clara_lite/blob/main/notebooks/{{name}}.ipynb"
-BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+README = HERE.parent / "README.md"
+README_BEGIN, README_END = "<!-- colab badges: written by notebooks/build.py -->", "<!-- end of colab badges -->"
+GPU_FREE = ("00_setup", "01_data")  # ask Colab for no GPU: they train nothing
 
 
 def md(text: str) -> dict:
@@ -33,37 +42,62 @@ def code(text: str, *tags: str) -> dict:
     return {"cell_type": "code", "source": text.strip(), "tags": list(tags)}
 
 
-# Every notebook starts with these two cells. A fresh Colab runtime has nothing, so the first one
-# clones the repository (the only logic a cell holds: clara_lite cannot install itself before it exists).
-CLONE = code(f'''
-# In Colab: fetch clara_lite into this runtime. Elsewhere: the installed clara_lite is used.
+# Every notebook starts with these two cells. A fresh Colab runtime has nothing, so the first one gets
+# clara_lite itself (the only logic a cell holds: clara_lite cannot install itself before it exists).
+DRIVE_DEFAULT = f"{MOUNT_POINT}/{COLAB_ROOT}"
+BOOTSTRAP = code(f'''
+# Colab: mount Drive, then install clara_lite {__version__} from the first source that works: a wheel in
+# <Drive>/clara_lite/{source.WHEELS_DIR}/ (`make wheel` or `clara-lite bundle` on your computer), git tag {source.tag()},
+# the package index. A no-op when this runtime has it already, and outside Colab when it is installed.
+import importlib.metadata
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-REPO_URL = "https://github.com/{ORG}/clara_lite"
-REPO_DIR = "/content/clara_lite"
-if "google.colab" in sys.modules:
-    if not os.path.isdir(REPO_DIR):
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, REPO_DIR], check=True)
-    if REPO_DIR not in sys.path:
-        sys.path.insert(0, REPO_DIR)
-''')
+CLARA_SOURCE = os.environ.get("{source.SOURCE_ENV}", "")  # "" = that order; or a .whl path or a pip requirement
+if "google.colab" in sys.modules and not os.environ.get("{DRIVE_ENV}"):
+    from google.colab import drive
+
+    drive.mount("{MOUNT_POINT}")
+DRIVE = Path(os.environ.get("{DRIVE_ENV}", "{DRIVE_DEFAULT}"))
+ready = "{__version__}" in [d.version for d in importlib.metadata.distributions(name="{source.DIST}")]
+git = "git+" + os.environ.get("{source.GIT_ENV}", "{source.git_url()}") + "@{source.tag()}"
+wheels = sorted(str(p) for p in (DRIVE / "{source.WHEELS_DIR}").glob("{source.wheel_glob()}"))[-1:]
+for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else [*wheels, git, "{source.index_requirement()}"]:
+    print(f"pip install {{source}}", flush=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source], capture_output=True, text=True)
+    if pip.returncode == 0:
+        break
+    print(f"{{pip.stdout}}{{pip.stderr}}-> not from {{source}}", flush=True)
+else:
+    if not ready:
+        raise RuntimeError("clara_lite {__version__} could not be installed (pip's messages above). Next: on your computer run `make wheel` in a clara_lite checkout (or `clara-lite bundle`) and put the wheel into MyDrive/clara_lite/{source.WHEELS_DIR}/, then run this cell again; or set CLARA_SOURCE to a pip requirement you can reach, e.g. git+https://github.com/<you>/clara_lite.git@{source.tag()}")
+''', "bootstrap")
 
 SETUP = code('''
-# In Colab: install what is missing (never torch), mount Drive.
-# Elsewhere: nothing is installed and "Drive" is $CLARA_DRIVE (default ./drive).
+# Colab: install what is missing, a line per step (never torch); then Drive. A no-op the second time in
+# a runtime. Elsewhere nothing is installed and "Drive" is $CLARA_DRIVE (default ./drive).
 from clara_lite import notebook as nb
-from clara_lite.notebook.colab import setup_environment
+from clara_lite.notebook import colab
 
-env = setup_environment(REPO_DIR)
+env = colab.setup_environment()
 print(env)
 ''')
-BOOT = (CLONE, SETUP)
+BOOT = (BOOTSTRAP, SETUP)
 
 RUN_PARAMETER = code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup (<drive>/current_run.txt)
+CONTINUE_STAGES = False  # True: train the next stages too, in this runtime (no new runtime, no reinstall)
+RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
 ''', "parameters")
+
+RELEASE = (
+    md("## Done: release the GPU\n\nColab counts the time a GPU runtime is held, used or not. Everything "
+       "is on Drive: *Runtime > Disconnect and delete runtime* (or `RELEASE_RUNTIME = True` above) gives it back; "
+       "the next notebook continues from Drive in any runtime."),
+    code("colab.release_runtime(RELEASE_RUNTIME)"),
+)
 
 LOAD_SETTINGS = code("ws = nb.Workspace.open(env.drive, RUN_NAME)")
 
@@ -72,11 +106,18 @@ TIMES_NOTE = ("Times are rough estimates from FLOP counts and typical Colab thro
 
 
 def intro(name: str, title: str, body: str) -> dict:
-    badge = BADGE.format(url=COLAB_URL.format(name=name))
-    return md(f"# {title}\n\n{badge}\n\n{body.strip()}")
+    return md(f"# {title}\n\n{source.badge(name)}\n\n{body.strip()}")
+
+
+def trains(stage: str) -> str:
+    """What a stage trains, from the stage registry (so the intro texts stay right)."""
+    return " and ".join(f"`{a}`" for a in STAGES[stage].trainable) + " adapters"
 
 
 def stage_notebook(name: str, stage: str, title: str, what: str, needs: str, times: str) -> list[dict]:
+    later = [s for s in STAGES if list(STAGES).index(s) > list(STAGES).index(stage)]
+    then = (f"With `CONTINUE_STAGES = True` it goes on with {' and '.join(later)} in this runtime (no new "
+            "runtime, no reinstall)." if later else "")
     return [
         intro(name, title, f"""
 {what}
@@ -86,35 +127,42 @@ def stage_notebook(name: str, stage: str, title: str, what: str, needs: str, tim
 **Takes:** {times}
 
 {TIMES_NOTE} Training resumes by itself: after a disconnect, open this notebook again and *Run all*;
-it continues from the newest checkpoint on Drive (checkpoints every `save_minutes`, set in 00_setup).
-The stop button saves a checkpoint before stopping.
+it continues from the newest checkpoint on Drive (checkpoints every `save_minutes`, set in 00_setup),
+on whichever GPU the new runtime has: precision, 4-bit, attention and micro-batch are planned again
+for it (a change that alters numerics is printed as a warning), the rows per step stay the same.
+The stop button saves a checkpoint before stopping. {then}
 """),
         *BOOT,
         md("## Run\n\nThe run's settings come from its `run.json` (saved by 00_setup), not from this notebook."),
         RUN_PARAMETER,
         LOAD_SETTINGS,
-        md(f"## Train {stage}\n\nProgress bar, log lines and the loss curve below; the last line says where "
-           "the final checkpoint is."),
-        code(f'final = ws.train("{stage}")'),
+        md(f"## Train {stage}\n\nThis session's plan, progress bar, log lines and the loss curve below; the "
+           "last line says where the final checkpoint is."),
+        code(f'final = ws.train("{stage}", then_next=CONTINUE_STAGES)'),
+        *RELEASE,
     ]
 
 
 NOTEBOOKS: dict[str, list[dict]] = {
     "00_setup": [
         intro("00_setup", "clara_lite 0 · Set up", """
-Prepares the runtime and the run: installs what Colab lacks (never torch), mounts Google Drive,
-asks for the run's settings and shows how this machine will train them.
+Prepares the runtime and the run: mounts Google Drive (first: Colab asks for permission once),
+installs clara_lite and what Colab lacks (never torch), a line per step, asks for the run's settings
+and shows how a GPU would train them.
 
-**Needs:** a Colab runtime (a GPU one for real training: *Runtime > Change runtime type > T4 GPU*)
-and a Google account for Drive; or a local Jupyter with clara_lite installed, where "Drive" is the
-folder `$CLARA_DRIVE` (default `./drive`) and nothing is installed.
+**Needs:** a Colab runtime of any kind: this notebook and 01_data train nothing, so they ask Colab for
+no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from a wheel in
+`MyDrive/clara_lite/wheels/` when you put one there (`make wheel` or `clara-lite bundle` on your
+computer), else from the git tag of this notebook's version. Or a local Jupyter with clara_lite
+installed, where "Drive" is the folder `$CLARA_DRIVE` (default `./drive`) and nothing is installed.
 
-**Takes:** 1–3 min in a fresh runtime on a T4 or an A100 (pip installs; an A100 also tries a
-prebuilt flash-attn wheel, capped at 5 min); seconds when run again in the same runtime. The
-settings are the same for smollm2-135m and qwen2.5-1.5b; only the plan differs (qwen2.5-1.5b: ~5.5 GB
-on a T4 in fp16 with gradient checkpointing, no 4-bit needed).
+**Takes:** 1–3 min in a fresh runtime, CPU, T4 or A100 alike (pip installs); seconds when run again in
+the same runtime (the setup is then a no-op). The settings are the same for smollm2-135m and
+qwen2.5-1.5b; only the plan differs (qwen2.5-1.5b: ~5.5 GB on a T4 in fp16 with gradient
+checkpointing, no 4-bit needed). Each training session plans again for the GPU it gets.
 
-Then: `01_data` → `02_stage1` → `03_stage2` → `04_stage3` → `05_inference`.
+Then: `01_data` (same runtime) → `02_stage1` (a GPU runtime) → `03_stage2` → `04_stage3` → `05_inference`;
+in 02 `CONTINUE_STAGES = True` trains all three stages in one runtime.
 """),
         md("## 1. Environment"),
         *BOOT,
@@ -141,7 +189,7 @@ SAVE_MINUTES = None  # checkpoint to Drive this often
 # not in the form
 LORA_R = None
 MAX_DECODER_LENGTH = None  # decoder prompt + answer tokens kept
-QUANTIZATION = "auto"  # "auto" follows the hardware plan; "4bit", "8bit" or "none"
+QUANTIZATION = "auto"  # "auto": each session's plan (4-bit only when the model would not fit); "4bit", "8bit", "none"
 SAVE_STEPS = None  # also checkpoint every N steps
 LOG_STEPS = None
 MICRO_BATCH_SIZE = None  # None: from the hardware plan
@@ -159,9 +207,9 @@ settings = nb.choose_settings(env.drive, nb.Settings(
 ), interactive=USE_FORM)
 '''),
         md("## 3. Hardware profile and plan\n\nDevice, precision, attention, 4-bit or not, batch and expected "
-           "memory, each with its reason."),
+           "memory, each with its reason, for this runtime. Training plans again on the GPU it runs on."),
         code("nb.show_plan(settings)"),
-        md("Next: **01_data**."),
+        md("Next: **01_data**, in this same runtime (nothing to install again)."),
     ],
     "01_data": [
         intro("01_data", "clara_lite 1 · Data", """
@@ -216,8 +264,9 @@ ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, 
     ),
     "03_stage2": stage_notebook(
         "03_stage2", "stage2", "clara_lite 3 · Stage 2: instruction tuning",
-        "Starts from `stage1/final` and tunes the `decoder` adapter to answer questions from the compressed "
-        "candidate documents.",
+'Starts from `stage1/final` and tunes the ' + trains("stage2") + " to answer questions from the "
+        "compressed candidate documents: each row compresses all its candidates, and both adapters learn from "
+        "the answer.",
         "02_stage1 finished (its `final` checkpoint on Drive).",
         "with the default settings on the example data (40 steps): ~1–2 min on a T4 and ~1 min on an A100 "
         "for smollm2-135m; ~6 min (T4) / ~2 min (A100) for qwen2.5-1.5b. Each row compresses all its "
@@ -227,8 +276,9 @@ ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, 
     ),
     "04_stage3": stage_notebook(
         "04_stage3", "stage3", "clara_lite 4 · Stage 3: retrieval + generation end to end",
-        "Starts from `stage2/final`, adds the `query_reasoner` adapter and trains retrieval (top-k over the "
-        "compressed candidates) and generation together.",
+"Starts from `stage2/final`, adds the `query_reasoner` adapter and trains the " + trains("stage3")
+        + ": retrieval (top-k over the compressed candidates) and generation together; the `encoder` stays "
+        "as stage2 left it.",
         "03_stage2 finished (its `final` checkpoint on Drive).",
         "with the default settings on the example data (30 steps): ~1–2 min on a T4 and ~1 min on an A100 "
         "for smollm2-135m; ~5 min (T4) / ~2 min (A100) for qwen2.5-1.5b. Per 1,000 steps at document "
@@ -237,12 +287,15 @@ ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, 
     ),
     "05_inference": [
         intro("05_inference", "clara_lite 5 · Ask, evaluate, export", """
-Loads the run's newest final stage, answers questions over a pool of documents (a stage3 model shows
-the documents it retrieved), scores the held-out questions (EM, F1, Recall@1), and exports the model
-as a zip to `<drive>/exports/`, offered as a download in Colab.
+Loads the run's newest final stage, compresses a pool of documents once into an index on Drive (reused
+on the next runtime), answers questions from it showing the sources each answer came from, scores the
+held-out questions (EM, F1, Recall@1), and exports the model as a zip to `<drive>/exports/` (a browser
+download too with `DOWNLOAD_ZIP = True`). The last section uses an official CLaRa-7B release instead, no
+training needed: on a free T4 it loads in 4-bit.
 
 **Needs:** at least 02_stage1 finished; stage3 for retrieval. `heldout.jsonl` in the data folder for
-the evaluation and the default questions (the example data has one).
+the evaluation and the default questions (the example data has one). The official models only need
+a GPU runtime and, for their gated base model, an `HF_TOKEN` in Colab's Secrets (see that section).
 
 **Takes:** on a T4: ~30 s for smollm2-135m, ~1–2 min for qwen2.5-1.5b (mostly loading; the download
 the first time in a runtime); an A100 about half that. The zip holds the adapters only: ~60 MB
@@ -253,9 +306,13 @@ the first time in a runtime); an A100 about half that. The zip holds the adapter
         code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup
 QUESTIONS = []  # your questions; [] = the first held-out questions
-POOL = ""  # documents to ask over: a JSONL or a folder of .txt on Drive; "" = the held-out documents
+POOL = ""  # documents to ask over: a folder on Drive (PDF, DOCX, PPTX, HTML, MD, TXT) or a JSONL; "" = the held-out documents
 MAX_NEW_TOKENS = 32
 EVAL_LIMIT = 0  # held-out questions scored; 0 = all
+DOWNLOAD_ZIP = False  # True: also offer the exported zip as a browser download
+OFFICIAL_MODEL = ""  # last section: "base", "instruct" or "e2e" (apple/CLaRa-7B-…); "" skips it
+COMPRESSION = 16  # the official models' compression: 16 or 128
+RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
 SYSTEMS = ["closed-book", "text-rag", "clara"]  # also "clara-zeroed": CLaRa with its memory vectors zeroed
 BENCHMARK_FILE = ""  # a benchmark on Drive (upstream's eval files, NQ/HotpotQA/MuSiQue/2Wiki); "" = skip
 BENCHMARK = ""  # nq, hotpotqa, musique or 2wiki when the file name does not say (for the paper's number)
@@ -265,11 +322,12 @@ CHECKPOINT = ""  # score this model instead of the run's (a folder or zip on Dri
         LOAD_SETTINGS,
         md("## Load the newest final stage"),
         code("model = ws.load_model()"),
-        md("## Ask"),
-        code('''
-pool = ws.document_pool(POOL)
-answers = ws.ask(model, QUESTIONS or ws.default_questions(), pool, MAX_NEW_TOKENS)
-'''),
+        md("## Index the documents (once)\n\nEach document is cut into chunks of the model's document length "
+           "(nothing is truncated) and compressed into memory vectors, saved under `<run>/indexes/` on Drive. "
+           "Rerunning reuses the index; a build cut by a disconnect resumes where it stopped."),
+        code("index = ws.build_index(model, POOL)"),
+        md("## Ask\n\nOnly the question is encoded; the retrieved chunks' memory vectors come from the index."),
+        code("answers = ws.ask_index(index, QUESTIONS or ws.default_questions(), MAX_NEW_TOKENS)"),
         md("## Held-out evaluation"),
         code("scores = ws.evaluate_heldout(model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
         md("""
@@ -294,7 +352,24 @@ if BENCHMARK_FILE:
                          dataset=BENCHMARK, limit=BENCHMARK_LIMIT, max_new_tokens=MAX_NEW_TOKENS)
 """),
         md("## Export"),
-        code("zip_path = ws.export_model()"),
+        code("zip_path = ws.export_model(download=DOWNLOAD_ZIP)"),
+        md("""
+## Use an official CLaRa-7B model
+
+Apple's releases, no training needed: `apple/CLaRa-7B-Base` (compression pretraining), `-Instruct`
+(instruction tuned) or `-E2E` (with the retriever), each at compression 16 or 128. Set `OFFICIAL_MODEL`
+and `COMPRESSION` in the parameters above. Only the checkpoint's files are downloaded (a few hundred
+MB), then its base model `mistralai/Mistral-7B-Instruct-v0.2` (~14 GB, gated: accept its license on
+huggingface.co, then add your token as `HF_TOKEN` in Colab's Secrets, the key icon, with notebook access).
+On a T4 the plan loads it in 4-bit (~5 GB of GPU memory). Questions and documents: `QUESTIONS` and
+`POOL` above, else a few of the example documents. No run of your own? Run the first two cells, then
+this section (select its first cell, *Runtime > Run cell and below*).
+"""),
+        code("""
+official = nb.official_model(OFFICIAL_MODEL, COMPRESSION)  # None while OFFICIAL_MODEL = ""
+official_answers = nb.ask_official(official, QUESTIONS, POOL, env.drive, MAX_NEW_TOKENS)
+"""),
+        *RELEASE,
     ],
 }
 
@@ -311,11 +386,12 @@ def build(name: str) -> nbformat.NotebookNode:
                 node.metadata["tags"] = cell["tags"]
         node.id = f"{name}-{i:02d}"
         cells.append(node)
+    gpu = {} if name in GPU_FREE else {"accelerator": "GPU"}  # Colab opens it on the runtime type asked for
     nb = nbformat.v4.new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": [], "gpuType": "T4", "toc_visible": True},
+        **gpu,
+        "colab": {"provenance": [], **({} if name in GPU_FREE else {"gpuType": "T4"}), "toc_visible": True},
     })
     nb.nbformat, nb.nbformat_minor = 4, 5
     nbformat.validate(nb)
@@ -330,10 +406,23 @@ def path(name: str) -> Path:
     return HERE / f"{name}.ipynb"
 
 
+def readme_text() -> str:
+    """README.md with its block of Colab badges (between the two markers) written from clara_lite.source."""
+    text = README.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{README} lost its markers {README_BEGIN!r} / {README_END!r}: put them back")
+    rows = "\n".join(f"| `{name}` | {source.badge(name)} |" for name in NOTEBOOKS)
+    block = (f"{README_BEGIN}\n| notebook (clara_lite {__version__}, git tag `{source.tag()}`) | open |\n"
+             f"|---|---|\n{rows}\n{README_END}")
+    head, rest = text.split(README_BEGIN, 1)
+    return head + block + rest.split(README_END, 1)[1]
+
+
 def stale() -> list[str]:
-    """Notebooks whose file differs from what this source generates (or is missing)."""
-    return [name for name in NOTEBOOKS
-            if not path(name).is_file() or path(name).read_text(encoding="utf-8") != render(name)]
+    """Notebooks (and the README's badges) that differ from what this source generates (or are missing)."""
+    names = [name for name in NOTEBOOKS
+             if not path(name).is_file() or path(name).read_text(encoding="utf-8") != render(name)]
+    return names + (["README.md"] if README.read_text(encoding="utf-8") != readme_text() else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,11 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         names = stale()
         for name in names:
-            print(f"{path(name)} differs from notebooks/build.py: run python notebooks/build.py")
+            where = README if name == "README.md" else path(name)
+            print(f"{where} differs from notebooks/build.py: run python notebooks/build.py")
         return 1 if names else 0
     for name in NOTEBOOKS:
         path(name).write_text(render(name), encoding="utf-8")
         print(f"wrote {path(name)}")
+    README.write_text(readme_text(), encoding="utf-8")
+    print(f"wrote the Colab badges of {README}")
     return 0
 
 

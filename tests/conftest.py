@@ -1,8 +1,15 @@
-"""Shared fixtures: paths to ../shared and small seeded models."""
+"""Shared fixtures: paths to ../shared and small seeded models.
+
+``../shared`` (beside the checkout) holds read-only fixtures. A test that needs it takes the
+``shared_dir`` fixture, the one place that decides what a missing folder means: under CI
+(``CI=true``) the suite must not pass without it, so the test fails; elsewhere (someone who cloned
+only the project) it is skipped with the reason shown in pytest's summary (``-ra``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -11,11 +18,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+def on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_shared(*parts: str) -> Path:
+    """``../shared/<parts>``; fails (CI) or skips (elsewhere) with the path when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        why = f"{path} is missing: these tests need the project's shared/ folder beside the checkout"
+        if on_ci():
+            pytest.fail(why + " (CI=true: a missing fixture is a failure)", pytrace=False)
+        pytest.skip(why)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the tests need the project's shared/ folder beside the checkout")
-    return SHARED
+    return require_shared()
 
 
 @pytest.fixture(autouse=True)

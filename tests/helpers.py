@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from clara_lite import ClaraModel
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def tiny_model(seed: int = 0, adapters=("encoder", "decoder"), **config) -> ClaraModel:
@@ -30,3 +33,16 @@ def max_abs_diff(a: dict, b: dict) -> float:
     """Largest absolute difference between two same-keyed, non-empty tensor dicts."""
     assert a.keys() == b.keys() and a
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def lay_out_cache(cache: Path, fixture: Path, repo: str = "apple/CLaRa-7B-Instruct",
+                  subfolder: str = "compression-16") -> Path:
+    """A Hugging Face hub cache holding ``repo`` at ``main``: the upstream checkpoint in ``subfolder``
+    and its base model ``tiny_base`` beside it (as in the fixture)."""
+    storage = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = storage / "snapshots" / HUB_COMMIT
+    shutil.copytree(fixture / "upstream_ckpt", snapshot / subfolder)
+    shutil.copytree(fixture / "tiny_base", snapshot / "tiny_base")
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(HUB_COMMIT)
+    return snapshot

@@ -3,11 +3,14 @@ measure on the real model is read by people, never asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 
 from conftest import ROOT
+
+from clara_lite.data import read_jsonl
 
 
 def _run(*args: str) -> str:
@@ -16,17 +19,46 @@ def _run(*args: str) -> str:
     return out.stdout
 
 
-def test_stage1_step_benchmark_runs_the_runner_step_on_the_cpu_plan():
-    out = _run("benchmarks/stage1_step.py", "--model", "tiny-random", "--steps", "1", "--compress-runs", "1",
-               "--threads", "1")
-    assert "micro-batches of 1 row(s)" in out  # the CPU plan's cut
-    # one row per pass: no encoder/decoder padding at all, and the upstream batch's real token counts
-    assert "encoder tokens: 607 real, padded 607 (1x170 + 1x168 + 1x193 + 1x76)" in out
-    assert "decoder tokens: 1445 real, padded 1445" in out
-    for figure in ("seconds/step: ", "tokens/s (real enc+dec): ", "peak RSS: "):
-        assert re.search(re.escape(figure) + r"\d+\.\d+", out), figure
+def _stage1_bench():
+    spec = importlib.util.spec_from_file_location("stage1_step", ROOT / "benchmarks" / "stage1_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage1_step_benchmark_interleaves_default_and_reference_in_child_processes():
+    out = _run("benchmarks/stage1_step.py", "--model", "tiny-random", "--runs", "1", "--steps", "1", "--threads", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| 1 \| (default|reference) ", line)]
+    assert [r[1].strip() for r in rows] == ["default", "reference"]
+    assert [int(r[2]) for r in rows] == [4, 1]  # the CPU plan's 4 one-row passes vs upstream's one padded batch
+    assert re.search(r"default / reference: \d+\.\d+x tokens/s .*, \d+\.\d+x peak RSS", out)
+
+
+def test_reference_step_does_the_same_training_as_the_default_step():
+    """With dropout off both variants follow one loss trajectory: only the work differs."""
+    bench = _stage1_bench()
+    rows = read_jsonl(bench.DATA, "stage1")[:4]
+    losses = {}
+    for variant in bench.VARIANTS:
+        step, _, _ = bench.build_step(variant, "tiny-random", rows, lora_dropout=0.0)
+        losses[variant] = [step() for _ in range(4)]
+    assert losses["default"][-1] < losses["default"][0]
+    assert max(abs(a - b) for a, b in zip(losses["default"], losses["reference"], strict=True)) < 1e-3
 
 
 def test_load_model_benchmark_prints_both_loads():
     out = _run("benchmarks/load_model.py", "--name", "tiny-random")
     assert re.search(r"tiny-random first load: \d+\.\d+ s", out) and "second load" in out
+
+
+def test_rag_latency_benchmark_measures_the_three_systems(tmp_path):
+    out = _run("benchmarks/rag_latency.py", "--model", "tiny-random", "--chunks", "6", "--questions", "2",
+               "--new-tokens", "2", "--doc-max-length", "32", "--compr-rate", "8", "--threads", "1", "--grow", "2",
+               "--index-dir", str(tmp_path / "kb"))
+    for system in ("(a) text RAG", "(b) query-time compression", "(c) pre-compressed index"):
+        assert re.search(re.escape(system) + r" \| \d+\.\d+ \| \d+\.\d+ \| \d+ \| \d+ \|", out), system
+    assert re.search(r"index build: \d+\.\d+ s", out) and re.search(r"index load: \d+\.\d+ s", out)
+    assert re.search(r"index bytes per chunk: \d+", out) and "load average at start" in out
+    assert re.search(r"\(c\) ask_many, 2 questions in batches of 10: \d+\.\d+ s", out)
+    sizes = [int(n) for n in re.findall(r"\(c\) alone in a fresh process, (\d+) chunks", out)]
+    assert len(sizes) == 2 and sizes[1] == 2 * sizes[0]  # the grown corpus is twice the index

@@ -14,8 +14,11 @@ from clara_lite.data import (
     validate_file,
 )
 
-UPSTREAM = Path("/work/shared/data/upstream_pretrain_data.jsonl")
-needs_upstream = pytest.mark.skipif(not UPSTREAM.exists(), reason="shared upstream sample not present")
+
+@pytest.fixture
+def upstream(shared_dir) -> Path:
+    """The upstream sample in ../shared (missing: fails under CI, skips elsewhere; see conftest)."""
+    return shared_dir / "data" / "upstream_pretrain_data.jsonl"
 
 
 def write_lines(path: Path, lines: list) -> Path:
@@ -38,9 +41,8 @@ def problems_by_line(problems: list[Problem]) -> dict[int, list[tuple[str, str]]
     return found
 
 
-@needs_upstream
-def test_upstream_pretrain_file_loads_as_stage1():
-    examples = read_jsonl(UPSTREAM, "stage1")
+def test_upstream_pretrain_file_loads_as_stage1(upstream):
+    examples = read_jsonl(upstream, "stage1")
     assert len(examples) == 1000
     assert all(isinstance(ex, Stage1Example) and ex.data_type == "qa" for ex in examples)
     assert all(len(ex.docs) == 1 for ex in examples)
@@ -49,7 +51,7 @@ def test_upstream_pretrain_file_loads_as_stage1():
     assert first.answers[0] == "Jake Phelps"
     assert first.docs[0].startswith("This a document about Flip Skateboards.")
 
-    report = validate_file(UPSTREAM, "stage1", top_k=1)
+    report = validate_file(upstream, "stage1", top_k=1)
     assert report.ok and report.n_bad == 0
     assert report.n_rows == 1000
     assert report.docs_per_row == {1: 1000}
@@ -58,9 +60,8 @@ def test_upstream_pretrain_file_loads_as_stage1():
     assert "1000 rows, 0 bad" in report.format()
 
 
-@needs_upstream
-def test_upstream_file_with_wrong_top_k_is_reported_not_raised():
-    report = validate_file(UPSTREAM, "stage1", top_k=2)
+def test_upstream_file_with_wrong_top_k_is_reported_not_raised(upstream):
+    report = validate_file(upstream, "stage1", top_k=2)
     assert report.n_bad == 1000
     assert report.problems[0] == Problem(1, "docs", "1 docs but top_k=2; stage1 needs exactly top_k")
 
@@ -195,7 +196,10 @@ def test_validate_file_top_k(tmp_path):
             qa_row(question=""),  # bad row, not counted in the doc histogram
         ],
     )
-    assert validate_file(path, "stage2").problems == [Problem(5, "question", "empty string")]
+    # unequal doc counts stop any step that batches them together: reported even without top_k
+    assert [(p.line, p.field) for p in validate_file(path, "stage2").problems] == [(2, "docs"), (3, "docs"),
+                                                                                  (5, "question")]
+    assert "rows batched together need equal counts" in validate_file(path, "stage2").problems[0].reason
 
     report = validate_file(path, "stage2", top_k=3)
     assert not report.ok

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from clara_lite.hardware import (
+    CPU_WARNING,
     DeviceInfo,
     cpu_threads_note,
     describe,
@@ -190,4 +191,9 @@ def test_doctor_prints_the_plan_and_the_cpu_threads_line(capsys):
     assert main(["doctor", "--base", "tiny-random"]) == 0
     out = capsys.readouterr().out
     assert "batch         1 x 16 = 16 rows per step" in out
+    assert "clara_lite    0.1.0 (Colab installs it from <drive>/wheels/clara_lite-0.1.0-*.whl, else " \
+           "git+https://github.com/clara-lite/clara_lite.git@v0.1.0" in out
+    assert "warning" not in out  # a tiny model on a CPU is fine
+    assert main(["doctor", "--base", "mistral-7b"]) == 0
+    assert "warning       no GPU" in capsys.readouterr().out and "T4 GPU" in CPU_WARNING
     assert f"cpu threads   {torch.get_num_threads()} torch thread(s)" in out

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import lay_out_cache
 from nbclient import NotebookClient
 
 from clara_lite import notebook as nb
@@ -34,7 +35,8 @@ ORDER = ["00_setup", "01_data", "02_stage1", "03_stage2", "04_stage3", "05_infer
 TINY = {"RUN_NAME": "smoke", "BASE_MODEL": "tiny-random", "COMPR_RATE": 4, "DOC_MAX_LENGTH": 16, "TOP_K": 2,
         "LORA_R": 4, "STAGE1_STEPS": 4, "STAGE2_STEPS": 4, "STAGE3_STEPS": 4, "SAVE_STEPS": 2, "LOG_STEPS": 1,
         "MICRO_BATCH_SIZE": 2, "GRAD_ACCUM_STEPS": 1, "LR": 1e-3, "USE_FORM": False}
-OVERRIDES = {"00_setup": TINY, "05_inference": {"MAX_NEW_TOKENS": 4, "EVAL_LIMIT": 4}}
+OVERRIDES = {"00_setup": TINY, "03_stage2": {"CONTINUE_STAGES": True},
+             "05_inference": {"MAX_NEW_TOKENS": 4, "EVAL_LIMIT": 4, "OFFICIAL_MODEL": "instruct", "COMPRESSION": 16}}
 ALLOWED_IMPORTS = {"clara_lite", "ipywidgets"}  # plus the standard library and IPython.display
 
 
@@ -113,13 +115,19 @@ def test_notebook_is_valid_clean_and_thin(name):
     assert (notebook.nbformat, notebook.nbformat_minor) >= (4, 5)
     intro = notebook.cells[0]
     assert intro.cell_type == "markdown"
-    assert f"https://colab.research.google.com/github/clara-lite/clara_lite/blob/main/notebooks/{name}.ipynb" in intro.source
+    assert f"https://colab.research.google.com/github/clara-lite/clara_lite/blob/v0.1.0/notebooks/{name}.ipynb" \
+        in intro.source  # the badge opens the notebook of this version's tag
     for words in ("**Needs:**", "**Takes:**", "T4", "A100", "smollm2-135m", "qwen2.5-1.5b"):
         assert words in intro.source
+    gpu_free = name in ("00_setup", "01_data")  # they train nothing: Colab opens them without a GPU
+    assert ("accelerator" in notebook.metadata) is not gpu_free
+    assert ("gpuType" in notebook.metadata["colab"]) is not gpu_free
     assert [c.id for c in notebook.cells] == [f"{name}-{i:02d}" for i in range(len(notebook.cells))]
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    assert "bootstrap" in code[0].metadata.get("tags", [])  # first: get clara_lite into the runtime
     for cell in code:
+        bootstrap = "bootstrap" in cell.metadata.get("tags", [])
         assert cell.outputs == [] and cell.execution_count is None
         for node in ast.walk(ast.parse(cell.source)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
@@ -127,9 +135,11 @@ def test_notebook_is_valid_clean_and_thin(name):
             for module in names:
                 top = module.split(".")[0]
                 ok = top in ALLOWED_IMPORTS or module == "IPython.display" or (
-                    top in sys.stdlib_module_names and top != "google")
+                    top in sys.stdlib_module_names and top != "google") or (bootstrap and module == "google.colab")
                 assert ok, f"{name} cell {cell.id} imports {module}: cells call clara_lite, not other libraries"
-        if "parameters" not in cell.metadata.get("tags", []):  # inputs are data, however many
+        if bootstrap:  # the one cell that cannot call clara_lite: it installs it
+            assert len(cell.source.splitlines()) <= 30, f"{cell.id} grew"
+        elif "parameters" not in cell.metadata.get("tags", []):  # inputs are data, however many
             assert len(cell.source.splitlines()) <= 15, f"{cell.id} is not thin"
 
 
@@ -137,7 +147,8 @@ def test_settings_round_trip_and_options(tmp_path):
     settings = nb.Settings(run_name="a", base_model="tiny-random", compr_rate=4, doc_max_length=16,
                            stage2_steps=0, epochs=2.0, save_steps=3)
     saved = nb.save_settings(tmp_path, settings)
-    assert saved.quantization == "none"  # 'auto' resolved by the CPU plan
+    assert saved.quantization == "auto"  # kept: each training session plans 4-bit for the GPU it gets
+    assert "quantization" not in saved.model_options()
     assert nb.current_run(tmp_path) == "a"
     assert nb.saved_settings(tmp_path, "a") == saved
     assert saved.train_options("stage1") == {"max_steps": 40, "epochs": 2.0, "save_steps": 3}  # the rest: defaults
@@ -145,6 +156,8 @@ def test_settings_round_trip_and_options(tmp_path):
     assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
     record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
     assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
+    explicit = nb.save_settings(tmp_path / "q", nb.Settings(run_name="q", quantization="none"))
+    assert explicit.model_options()["quantization"] == "none"  # an explicit full-precision choice is kept
     with pytest.raises(nb.SettingsError, match="unknown settings"):
         nb.Settings.from_dict({**saved.to_dict(), "typo": 1})
     with pytest.raises(nb.SettingsError, match="compr_rate"):
@@ -161,12 +174,15 @@ def test_raw_documents_without_extract_say_so(tmp_path, capsys):
 # ----------------------------------------------------------------------- headless runs
 
 
-def test_suite_runs_headless_in_order(tmp_path, venv_kernel):
+def test_suite_runs_headless_in_order(tmp_path, venv_kernel, shared_dir):
     drive = tmp_path / "drive"
     outputs = {}
+    hub = tmp_path / "hf" / "hub"  # 05's official model: the upstream fixture as apple/CLaRa-7B-Instruct
+    lay_out_cache(hub, shared_dir / "fixtures" / "upstream_tiny")
+    env = {**_env(drive), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
     for name in ORDER:
         started = time.monotonic()
-        done = _client(name, tmp_path, OVERRIDES.get(name)).execute(env=_env(drive))
+        done = _client(name, tmp_path, OVERRIDES.get(name)).execute(env=env)
         outputs[name] = done
         print(f"{name}: {time.monotonic() - started:.1f} s")
     run = drive / "runs" / "smoke"
@@ -179,11 +195,22 @@ def test_suite_runs_headless_in_order(tmp_path, venv_kernel):
     for name, stage in (("02_stage1", "stage1"), ("03_stage2", "stage2"), ("04_stage3", "stage3")):
         assert _steps(run / stage) == [1, 2, 3, 4]
         assert f"{stage} final checkpoint: {run / stage / 'final'}" in _text(outputs[name])
-        assert _images(outputs[name]) == 1  # the loss curve
+    # 03 went on with stage3 in its runtime (CONTINUE_STAGES); 04 then found it final
+    assert "continuing with stage3 in this runtime" in _text(outputs["03_stage2"])
+    assert "stage3 final checkpoint" in _text(outputs["03_stage2"]) and "already final" in _text(outputs["04_stage3"])
+    assert [_images(outputs[n]) for n in ("02_stage1", "03_stage2", "04_stage3")] == [1, 2, 1]  # loss curves
+    assert "give the GPU back" in _text(outputs["04_stage3"])  # every notebook ends with how to release it
+    sessions = json.loads((run / "run.json").read_text())["sessions"]
+    assert [s["stage"] for s in sessions] == ["stage1", "stage2", "stage3"]  # each session's plan, in run.json
     inference = _text(outputs["05_inference"])
     assert "retrieved #1" in inference and "Recall@1" in inference and "held-out (4 questions)" in inference
+    assert "Building the index" in inference and list((run / "indexes").glob("heldout-*/manifest.json"))
     assert (run / "heldout_eval.json").is_file()
     assert list((drive / "exports").glob("smoke*.zip")), inference
+    assert "no browser download" not in inference  # DOWNLOAD_ZIP = False: not even tried
+    # the official-model cell, against the fixture laid out as apple/CLaRa-7B-Instruct/compression-16
+    assert "Loaded apple/CLaRa-7B-Instruct/compression-16" in inference and "retrieves" in inference
+    assert inference.count("retrieved #1") >= 3 + 2  # the run's answers and the official model's
 
 
 def test_stage1_notebook_resumes_after_the_kernel_is_killed(tmp_path, venv_kernel):
@@ -241,9 +268,16 @@ def fake_colab(tmp_path, monkeypatch):
     monkeypatch.delenv(colab.DRIVE_ENV, raising=False)
     monkeypatch.setattr(colab, "MOUNT_POINT", str(tmp_path / "content" / "drive"))
     monkeypatch.setattr(colab, "FLASH_FAILED", tmp_path / "flash-failed")
+    monkeypatch.setattr(colab, "SETUP_DONE", tmp_path / "setup-done")
     monkeypatch.setattr(colab, "show_logs", lambda: None)
-    monkeypatch.setattr(colab, "_pip", lambda *args, timeout=None: calls.append(args) or subprocess.CompletedProcess(
-        args, 1 if "flash-attn" in args else 0, "", ""))
+
+    def pip(*args, timeout=None):  # records what would be installed; the flash-attn release has no such wheel
+        calls.append(args)
+        missing = any("flash_attn-" in a for a in args)
+        return subprocess.CompletedProcess(args, 1 if missing else 0, "",
+                                           "ERROR: HTTP error 404 while getting https://github.com/..." if missing else "")
+
+    monkeypatch.setattr(colab, "_pip", pip)
     versions = {"torch": "2.13.0", "transformers": "5.23.0"}
     monkeypatch.setattr(colab, "_installed_version", versions.get)
     repo = tmp_path / "repo"
@@ -254,7 +288,7 @@ def fake_colab(tmp_path, monkeypatch):
     return colab, repo, calls, mounted
 
 
-def test_colab_setup_installs_only_what_is_missing(fake_colab, tmp_path, monkeypatch):
+def test_colab_setup_installs_only_what_is_missing(fake_colab, tmp_path, monkeypatch, capsys):
     colab, repo, calls, mounted = fake_colab
     monkeypatch.setattr(colab, "_gpu_capability", lambda: (7, 5))  # a T4
     env = colab.setup_environment(repo)
@@ -263,18 +297,44 @@ def test_colab_setup_installs_only_what_is_missing(fake_colab, tmp_path, monkeyp
     assert calls[0][0] == "-c" and calls[0][2:] == ("not-installed-xyz>=1",)  # torch is never installed
     assert "torch==2.13.0" in Path(calls[0][1]).read_text()
     assert calls[1:] == [("--no-deps", colab.EMBEDDED_MODEL), ("--no-deps", "-e", str(repo))]
-    assert any("flash-attn skipped" in note for note in env.notes)
+    assert any("flash-attn: not for this GPU" in note for note in env.notes)
+    shown = capsys.readouterr().out  # a line per step while it installs
+    assert "installing not-installed-xyz ..." in shown and "installing the embedded default model" in shown
+    calls.clear()
+    again = colab.setup_environment(repo)
+    assert calls == [] and any("already set up in this runtime" in n for n in again.notes)  # a no-op
+    monkeypatch.setattr(colab, "_gpu_capability", lambda: None)
+    assert any("no GPU" in n and "T4 GPU" in n for n in colab.setup_environment(repo).notes)  # a CPU runtime
 
 
-def test_colab_flash_attn_failure_is_remembered_and_not_fatal(fake_colab, monkeypatch):
+def test_colab_flash_attn_tries_the_release_wheel_once_and_is_not_fatal(fake_colab, monkeypatch):
     colab, repo, calls, _ = fake_colab
     monkeypatch.setattr(colab, "_gpu_capability", lambda: (8, 0))  # an A100
+    monkeypatch.setattr(colab, "_torch_facts", lambda: ("2.11.0+cu128", "12.8", True, "cp313"))  # Colab's torch
     env = colab.setup_environment(repo)
-    assert calls[-1][0] == "--only-binary=:all:" and calls[-1][-1] == "flash-attn"
-    assert any("no prebuilt wheel" in note for note in env.notes) and colab.FLASH_FAILED.exists()
+    url = ("https://github.com/Dao-AILab/flash-attention/releases/download/v2.8.3/"
+           "flash_attn-2.8.3+cu12torch2.11cxx11abiTRUE-cp313-cp313-linux_x86_64.whl")
+    assert calls[-1][0] == "--no-deps" and calls[-1][-1] == url
+    assert any("no usable prebuilt wheel for flash-attn 2.8.3 (ERROR: HTTP error 404" in note for note in env.notes)
+    assert colab.FLASH_FAILED.exists()
+    colab.SETUP_DONE.unlink()
     calls.clear()
     colab.setup_environment(repo)
-    assert not any("flash-attn" in call for call in calls)  # not tried again in this runtime
+    assert not any(url in call for call in calls)  # not tried again in this runtime
+
+
+def test_colab_restarts_the_session_itself_when_an_upgrade_was_imported(fake_colab, monkeypatch, capsys):
+    colab, repo, calls, _ = fake_colab
+    monkeypatch.setattr(colab, "_gpu_capability", lambda: (7, 5))
+    (repo / colab.REQUIREMENTS).write_text("pytest>=999\n")  # imported here, as transformers may be in Colab
+    shutdowns = []
+    kernel = types.SimpleNamespace(kernel=types.SimpleNamespace(do_shutdown=lambda restart: shutdowns.append(restart)))
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
+    env = colab.setup_environment(repo)
+    assert env.restart == ["pytest"] and shutdowns == [True]  # Colab's own restart, not a request in text
+    assert "restarting the session" in capsys.readouterr().out
 
 
 def test_outside_colab_nothing_is_installed(tmp_path, monkeypatch):

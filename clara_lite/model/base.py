@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..config import is_quantized, normalize_quantization
 from ..layout import cache_dir
+from .hub import hub_token, split_hub_path, token_help
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class ModelSpec:
 
     name: str
     source: str
-    params_b: float  # parameter count in billions, for memory planning
+    params_b: float | None  # parameter count in billions, for memory planning (None: see model.size)
     note: str = ""
 
 
@@ -71,26 +73,14 @@ def resolve(name: str) -> ModelSpec:
         if spec.source == name:
             return spec
     if os.path.isdir(name):
-        return ModelSpec(name, name, _params_from_config(Path(name)))
+        return ModelSpec(name, name, None, "local folder (size: model.size.model_params_b)")
     if _HUB_ID.match(name):
-        return ModelSpec(name, name, 0.0, "Hugging Face id (needs network)")
+        return ModelSpec(name, name, None, "Hugging Face id (size: model.size.model_params_b)")
     known = "\n".join(f"  {s.name:<14} {s.params_b:>6.2f}B  {s.note or s.source}" for s in REGISTRY.values())
     raise UnknownModelError(
         f"Unknown base model {name!r}: not in the registry, not a local folder, not a Hugging Face id "
         f"('org/name').\nRegistered models:\n{known}"
     )
-
-
-def _params_from_config(path: Path) -> float:
-    try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(path)
-        h, n, v = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-        inter = getattr(cfg, "intermediate_size", 4 * h)
-        return (v * h + n * (4 * h * h + 3 * h * inter)) / 1e9
-    except Exception:  # an unreadable config only costs us the memory estimate
-        return 0.0
 
 
 def load_base_model(
@@ -125,27 +115,30 @@ def load_base_model(
 
 
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    """bitsandbytes config for ``"4bit"``/``"8bit"`` (None for full precision)."""
-    if quantization in (None, "no", "none"):
+    """bitsandbytes config for ``"4bit"`` (nf4, double quant; also ``nf4``/``int4``) or ``"8bit"``
+    (``int8``); None for full precision. An unknown name is refused, never silently ignored."""
+    quantization = normalize_quantization(quantization)
+    if not is_quantized(quantization):
         return None
     from transformers import BitsAndBytesConfig
 
-    if quantization in ("4bit", "int4", "nf4"):
+    if quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
-    if quantization in ("8bit", "int8"):
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise ValueError(f"Unknown quantization {quantization!r}: use '4bit', '8bit' or none")
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _load_pretrained(path, *, dtype, device_map, quantization, attn_implementation, trust_remote_code):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    hub = split_hub_path(path)
+    if hub is not None:  # a Hub id: a gated one (Mistral, Llama) needs the token; it is never logged
+        kwargs["token"] = hub_token()
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation:
@@ -154,9 +147,20 @@ def _load_pretrained(path, *, dtype, device_map, quantization, attn_implementati
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **({"token": kwargs["token"]} if "token" in kwargs else {}))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (ImportError, ValueError) as err:
+            if attn_implementation != "flash_attention_2":
+                raise
+            # an installed flash-attn that transformers refuses (version, GPU, dtype): say so, use sdpa
+            log.warning("flash_attention_2 did not load (%s): using sdpa", str(err).splitlines()[0][:200])
+            model = AutoModelForCausalLM.from_pretrained(path, **{**kwargs, "attn_implementation": "sdpa"})
     except OSError as err:
+        text = str(err)
+        if hub is not None and any(w in text for w in ("gated", "401", "403", "restricted", "authenticat")):
+            raise OSError(f"Could not load base model {path!r}: {token_help(hub[0])}") from None
         raise OSError(
             f"Could not load base model {path!r}: {err}\nOffline? Pass a local folder "
             f"(e.g. --base-path) or a registry name such as 'smollm2-135m'."

@@ -20,7 +20,7 @@ from .. import inputs
 from ..config import ClaraConfig
 from ..inputs import SpecialTokens
 from ..stages import QUERY_REASONER
-from .adapters import lora_config, prepare_base
+from .adapters import lora_config, prepare_base, share_dropout
 from .base import load_base_model
 from .saving import load_model, save_model
 
@@ -60,6 +60,7 @@ class ClaraModel(nn.Module):
         self.config = config
         self.tokens = tokens
         self.generation_top_k = config.generation_top_k
+        share_dropout(lm)  # one dropout mask per distinct LoRA input (see SharedDropout)
 
     # ------------------------------------------------------------------ construction
 
@@ -115,6 +116,7 @@ class ClaraModel(nn.Module):
         if self.has_retriever:
             return
         self.lm.add_adapter(QUERY_REASONER, lora_config(self.config))
+        share_dropout(self.lm)
         if init_from in self.adapter_names:
             self.copy_adapter(init_from, QUERY_REASONER)
         self.freeze_all_adapters()
@@ -203,6 +205,11 @@ class ClaraModel(nn.Module):
     @property
     def causal_lm(self):
         return self.lm.get_base_model()
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention the loaded base runs (``sdpa``, ``flash_attention_2``, ``eager``): what ran."""
+        return str(self.causal_lm.config._attn_implementation)
 
     def _last_hidden(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None):
         """Last-layer states only: no LM head, no per-layer hidden states (most of the memory)."""
@@ -344,16 +351,42 @@ class ClaraModel(nn.Module):
             raise ValueError("every question needs the same, non-zero number of documents")
         return k
 
+    # ------------------------------------------------------------------ large pools (compressed in batches)
+
+    compress_batch_size = 32  # documents per encoder pass at inference; serve.index sets it from the hardware plan
+
     @torch.no_grad()
-    def compress_documents(self, documents: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(memory vectors (N, M, H), MSE) for a flat list of documents."""
+    def compress_documents(self, documents: list[str], batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(memory vectors (N, M, H), MSE) for a flat list of documents, ``batch_size`` (default
+        ``compress_batch_size``) at a time: a pool of thousands never goes through one forward pass."""
         self.eval()
-        return self.compress(self._encode(list(documents)))
+        documents, size = list(documents), batch_size or self.compress_batch_size
+        if len(documents) <= size:
+            return self.compress(self._encode(documents))
+        memory, mse = [], 0.0
+        for start in range(0, len(documents), size):
+            batch = documents[start:start + size]
+            mem, batch_mse = self.compress(self._encode(batch))
+            memory.append(mem)
+            mse = mse + batch_mse * len(batch)  # the MSE is a mean over rows: weight each batch by its rows
+        return torch.cat(memory), mse / len(documents)
+
+    def _compress_pool(self, documents: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Memory vectors of each distinct document once, and where each question's documents are:
+        (memory (U, M, H), positions (B, K) into it); positions None when every document was compressed
+        in order (small pools, unchanged). Questions asked over one shared pool compress it once."""
+        flat = [d for docs in documents for d in docs]
+        if len(flat) <= self.compress_batch_size:
+            return self.compress_documents(flat)[0], None
+        unique = {d: i for i, d in enumerate(dict.fromkeys(flat))}
+        where = torch.tensor([[unique[d] for d in docs] for docs in documents], dtype=torch.long)
+        return self.compress_documents(list(unique))[0], where
 
     def _compress_per_question(self, questions: list[str], documents: list[list[str]]) -> tuple[int, torch.Tensor]:
         """(documents per question, their memory vectors (B*K, M, H), question by question)."""
         k = self._check_docs(questions, documents)
-        return k, self.compress_documents([d for docs in documents for d in docs])[0]
+        memory, where = self._compress_pool(documents)
+        return k, memory if where is None else memory[where.flatten().to(memory.device)]
 
     @torch.no_grad()
     def generate_from_text(self, questions: list[str], documents: list[list[str]], max_new_tokens: int = 128):
@@ -382,21 +415,37 @@ class ClaraModel(nn.Module):
         dec = inputs.tokenize_prompts(self.tokenizer, texts, None, self.config.max_decoder_length)
         return self._generate(self.decoder_embeds(dec["input_ids"], memory), dec["attention_mask"], max_new_tokens)
 
+    def _retrieve_pool(self, questions: list[str], documents: list[list[str]], k: int | None):
+        """(scores (B, N), memory (U, M, H), positions (B, N) or None, k): see :meth:`_compress_pool`."""
+        n = self._check_docs(questions, documents)
+        memory, where = self._compress_pool(documents)  # also switches to eval
+        k = min(k or self.generation_top_k, n)
+        query = self.embed_queries(self._encode(list(questions)))
+        if where is None:
+            return self.scores(query, memory, n), memory, None, k
+        keys = F.normalize(memory.flatten(1).float(), dim=-1)  # each distinct document once
+        sims = F.normalize(query.float(), dim=-1) @ keys.T  # (B, U): the same cosine as ``scores``
+        return sims.gather(1, where.to(sims.device)), memory, where, k
+
     @torch.no_grad()
     def retrieve(self, questions: list[str], documents: list[list[str]], k: int | None = None):
         """Query reasoner scores each question's candidates -> (scores (B, N), memory, k to select)."""
-        n, memory = self._compress_per_question(questions, documents)  # also switches to eval
-        k = min(k or self.generation_top_k, n)
-        query = self.embed_queries(self._encode(list(questions)))
-        scores = self.scores(query, memory, n)
-        return scores, memory, k
+        scores, memory, where, k = self._retrieve_pool(questions, documents, k)
+        return scores, memory if where is None else memory[where.flatten().to(memory.device)], k
 
     @torch.no_grad()
     def generate_from_questions(self, questions: list[str], documents: list[list[str]],
                                 max_new_tokens: int = 128, top_k: int | None = None):
-        """Retrieve top-k of each question's candidates, then answer: -> (answers, topk_indices (B, k))."""
-        scores, memory, k = self.retrieve(questions, documents, top_k)
-        selected, idx = self.select(scores, memory, k)
+        """Retrieve top-k of each question's candidates, then answer: -> (answers, topk_indices (B, k)).
+
+        A large pool is compressed in batches, each distinct document once, and only the k selected
+        memory blocks per question are gathered (no (B, N, M, H) tensor)."""
+        scores, memory, where, k = self._retrieve_pool(questions, documents, top_k)
+        if where is None:
+            selected, idx = self.select(scores, memory, k)
+        else:  # hard top-k at inference: selecting is gathering
+            idx = scores.topk(k, dim=-1).indices
+            selected = memory[where.to(idx.device).gather(1, idx).flatten().to(memory.device)]
         dec = self._answer_prompts(list(questions), k)
         embeds = self.decoder_embeds(dec["input_ids"], selected)
         return self._generate(embeds, dec["attention_mask"], max_new_tokens), idx

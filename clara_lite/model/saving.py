@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import inputs
 from ..config import ClaraConfig
+from ..hardware import detect_hardware, dtype_name
 from ..io.unzip import extract_zip
 from ..layout import (
     ADAPTER_WEIGHTS,
@@ -32,6 +33,8 @@ from ..layout import (
 from ..stages import QUERY_REASONER
 from .adapters import prepare_base
 from .base import UnknownModelError, load_base_model, resolve
+from .hub import resolve_model_path
+from .size import model_params_b
 from .upstream import load_upstream
 
 log = logging.getLogger(__name__)
@@ -97,12 +100,19 @@ def _load_kwargs(kwargs: dict) -> tuple[dict, dict]:
 def load_model(path, *, model_cls, **kwargs):
     """Dispatch on what ``path`` holds: our format, an upstream checkpoint, or an exported zip
     (unpacked safely into the cache first; ``cache_dir=`` is the cache root). ``model_cls`` is the
-    class to build (:class:`~clara_lite.model.modeling.ClaraModel`, which calls this)."""
-    path = source = Path(path)
+    class to build (:class:`~clara_lite.model.modeling.ClaraModel`, which calls this).
+
+    ``path`` may be a Hugging Face id, with ``subfolder=`` (or as ``org/name/subfolder``): only the
+    model's files are fetched, into the Hub's cache. On a GPU machine what is not given follows the
+    hardware plan: its dtype (not fp32), the GPU itself, its attention, and 4-bit when the model would
+    not fit otherwise; on a CPU the defaults stay fp32 and full precision."""
+    subfolder, revision = kwargs.pop("subfolder", None), kwargs.pop("revision", None)
+    path = source = resolve_model_path(path, subfolder, revision=revision)
     if path.is_file() and path.suffix == ".zip":
         cache = kwargs.pop("cache_dir", None)
         path = extract_zip(path, Path(cache) / ZIPS_DIR if cache else None)
     opts, overrides = _load_kwargs(kwargs)
+    _gpu_defaults(path, opts, overrides)
     if (path / UPSTREAM_ADAPTERS).is_file():
         return load_upstream(path, opts, overrides, model_cls)
     if (path / CONFIG_FILE).is_file():
@@ -112,6 +122,21 @@ def load_model(path, *, model_cls, **kwargs):
         f"{path} is not a clara_lite model (no {CONFIG_FILE}) nor an upstream CLaRa checkpoint "
         f"(no {UPSTREAM_ADAPTERS})"
     )
+
+
+def _gpu_defaults(path: Path, opts: dict, overrides: dict) -> None:
+    """On CUDA, fill what the caller left open from the hardware plan for this model (in place)."""
+    if not torch.cuda.is_available() or opts["dtype"] is not None:
+        return
+    profile = detect_hardware(model_params_b(str(opts["base"] or path)))
+    opts["dtype"] = profile.dtype
+    if opts["device_map"] is None:
+        opts["device_map"] = f"cuda:{torch.cuda.current_device()}"  # straight to the GPU: no CPU RAM copy
+    opts["attn_implementation"] = opts["attn_implementation"] or profile.attn_implementation
+    if "quantization" not in overrides and profile.load_in_4bit:
+        opts["plan_quantization"] = "4bit"  # applied only when the model's config leaves it unset
+    log.info("GPU load: %s on %s, %s%s", dtype_name(profile.dtype), opts["device_map"], opts["attn_implementation"],
+             ", 4-bit: " + profile.reason("load_in_4bit") if profile.load_in_4bit else "")
 
 
 def check_base(folder, kwargs: dict, source=None) -> None:
@@ -138,6 +163,8 @@ def _load_ours(path: Path, opts: dict, overrides: dict, model_cls):
         raise ValueError(f"Unknown option(s) for from_pretrained: {sorted(unknown)}")
     data.update(overrides)
     config = ClaraConfig.from_dict(data)
+    if config.quantization is None and opts.get("plan_quantization"):
+        config.quantization = opts["plan_quantization"]
 
     base, _ = load_base_model(config.base_model, dtype=opts["dtype"], device_map=opts["device_map"],
                               quantization=config.quantization, attn_implementation=opts["attn_implementation"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -26,7 +28,6 @@ log = logging.getLogger(__name__)
 ADAPTER_NAMES = {"encoder_adapter": "encoder", "decoder_adapter": "decoder", "query_reasoner_adapter": QUERY_REASONER}
 # upstream training_stage -> our stages completed by a checkpoint of that stage
 STAGES = {"stage1": list(ORDER[:1]), "stage1_2": list(ORDER[:2]), "stage2": list(ORDER[:3])}
-QUANT = {"no": None, "int4": "4bit", "int8": "8bit"}
 
 
 def config_from_upstream(data: dict, overrides: dict) -> ClaraConfig:
@@ -45,7 +46,8 @@ def config_from_upstream(data: dict, overrides: dict) -> ClaraConfig:
         encoder_layout="upstream",
         lora_r=int(data.get("lora_r", 16)),
         lora_dropout=0.1,
-        quantization=QUANT.get(data.get("quantization", "no"), None),
+        # upstream's "no" is its default, not a choice: unset, so the hardware plan decides (4-bit on a T4 for 7B)
+        quantization=None if data.get("quantization", "no") in ("no", None) else data["quantization"],
         trained_stages=list(STAGES[stage]),
     )
 
@@ -56,6 +58,19 @@ def _resolve_base(name: str, ckpt: Path) -> str:
     if not Path(name).is_absolute() and beside.is_dir():
         return str(beside)
     return name
+
+
+def _load_tensors(file: Path):
+    """A .pth of tensors (``weights_only``); anything else in it is refused as untrusted, without
+    torch's advice to retry with ``weights_only=False`` (which would run whatever the pickle holds)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported|Unsupported global:?) (?:GLOBAL )?([\w.]+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "objects other than tensors"
+        raise ValueError(f"{file} is not trusted: it holds {what}, and unpickling it could run "
+                         "any code. clara_lite reads only plain tensors from .pth files: get the checkpoint from its "
+                         "original source, or convert it to safetensors where you trust it") from None
 
 
 def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
@@ -69,12 +84,14 @@ def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
     if unknown:
         log.warning("Ignoring upstream options clara_lite does not use: %s", sorted(unknown))
     config = config_from_upstream(raw, {k: v for k, v in overrides.items() if k in known})
+    if config.quantization is None and opts.get("plan_quantization"):
+        config.quantization = opts["plan_quantization"]  # e.g. a 7B release on a 15 GB T4
 
     lm, tokenizer = load_base_model(config.base_model, dtype=opts["dtype"], device_map=opts["device_map"],
                                     quantization=config.quantization,
                                     attn_implementation=opts["attn_implementation"])
     tokens = inputs.add_special_tokens(tokenizer, config)
-    layers = torch.load(path / UPSTREAM_LAYERS, map_location="cpu", weights_only=True)
+    layers = _load_tensors(path / UPSTREAM_LAYERS)
     emb_rows = layers["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in layers else len(tokenizer)
     lm.resize_token_embeddings(max(emb_rows, len(tokenizer)), mean_resizing=False)
     state = lm.state_dict()
@@ -85,7 +102,7 @@ def load_upstream(path: Path, opts: dict, overrides: dict, model_cls):
     lm.load_state_dict({k: v.to(state[k].dtype) for k, v in layers.items()}, strict=False)
     greedy_generation(lm, tokenizer)
 
-    adapters = torch.load(path / UPSTREAM_ADAPTERS, map_location="cpu", weights_only=True)
+    adapters = _load_tensors(path / UPSTREAM_ADAPTERS)
     names = [ADAPTER_NAMES.get(k, k) for k in adapters]
     if "encoder" not in names:
         raise ValueError(f"{path / UPSTREAM_ADAPTERS} has no encoder_adapter (has {list(adapters)})")

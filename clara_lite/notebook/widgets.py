@@ -72,6 +72,8 @@ def settings_form(drive: Path, settings: Settings):
                                            description="document length"),
         "generation_top_k": w.BoundedIntText(value=start("generation_top_k", model.generation_top_k), min=1, max=64,
                                              description="top-k"),
+        "max_decoder_length": w.BoundedIntText(value=start("max_decoder_length", model.max_decoder_length), min=16,
+                                               max=32768, description="max length (prompt+answer)"),
         **{f"{s}_steps": w.BoundedIntText(value=settings.steps(s), min=0, max=10**7,
                                           description=f"{s} steps (0=epochs)") for s in STAGES},
         "epochs": w.BoundedFloatText(value=start("epochs", train.epochs), min=0.01, max=1000, description="epochs"),

@@ -19,8 +19,6 @@ from ..config import ClaraConfig
 from ..data import DataError, read_jsonl, validate_file
 from ..evaluation import evaluate_model
 from ..examples import write_example_data
-from ..hardware import detect_hardware
-from ..io import drive as drive_links
 from ..layout import RunLayout, write_json
 from ..model.modeling import ClaraModel
 from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
@@ -32,13 +30,15 @@ from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
 from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG, compare
 from ..serve.export import export_zip
+from ..serve.fingerprint import fingerprint
+from ..serve.index import ClaraIndex
 from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
 from ..serve.report import markdown_table, write_report
 from ..stages import ORDER, STAGES, get_stage
 from ..train.recipe import train
 from ..train.run import Run
-from ..train.trainer import TrainingInterrupted
+from ..train.trainer import OutOfMemory, TrainingInterrupted
 from . import colab
 from .settings import NOTEBOOKS, Settings, SettingsError, load_settings, run_dir, save_settings
 
@@ -193,12 +193,6 @@ class Workspace:
             print(f"  skipped {skipped['source']}: {skipped['reason']}")
         return target
 
-    def fetch(self, link: str, dest: str = DATA_DIR) -> Path:
-        """A file or folder shared by Drive link (or any http(s) URL) into ``dest`` on Drive."""
-        path = drive_links.download(link, self.on_drive(dest))
-        print(f"Fetched {drive_links.redact(link)} -> {path}")
-        return path
-
     def check_data(self) -> dict:
         """Validate every data file of the run; print counts, problems and one sample row each.
 
@@ -233,11 +227,23 @@ class Workspace:
         if png.is_file():
             display(Image(filename=str(png)))
 
-    def train(self, stage: str) -> Path | None:
+    def train(self, stage: str, then_next: bool = False) -> Path | None:
         """02-04: train ``stage`` of the run; resume from its newest checkpoint; show the loss curve.
+        ``then_next``: go on with the following stages in this runtime (no new runtime, no reinstall).
 
-        Returns the final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
+        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
         """
+        final = self._train_one(stage)
+        if not then_next or final is None:
+            return final
+        for later in ORDER[ORDER.index(get_stage(stage).name) + 1:]:
+            print(f"\n--- continuing with {later} in this runtime (CONTINUE_STAGES) ---")
+            final = self._train_one(later)
+            if final is None:
+                return None
+        return final
+
+    def _train_one(self, stage: str) -> Path | None:
         stage = get_stage(stage)
         run = self.run
         status = run.stage_status(stage.name)
@@ -257,6 +263,9 @@ class Workspace:
                 print(stop)
                 self.show_loss_curve(stage.name)
                 return None
+            except OutOfMemory as oom:  # what to change, not a traceback
+                print(oom)
+                return None
         self.show_loss_curve(stage.name)
         final = self.layout.final(stage.name)
         print(f"{stage.name} final checkpoint: {final}")
@@ -270,13 +279,9 @@ class Workspace:
         if final is None:
             raise SettingsError(f"Run {self.settings.run_name!r} has no final stage yet: run "
                                 f"{STAGES[ORDER[0]].notebook}.ipynb")
-        kwargs = {}
-        profile = detect_hardware()
-        if profile.device.kind == "cuda":
-            kwargs = {"device_map": profile.device.torch_device, "dtype": profile.dtype}
-        model = ClaraModel.from_pretrained(final, **kwargs)
+        model = ClaraModel.from_pretrained(final)  # on a GPU: its plan's dtype, attention, 4-bit when needed
         print(f"Loaded {final} (trained: {', '.join(model.config.trained_stages)}; adapters: "
-              f"{', '.join(model.adapter_names)})")
+              f"{', '.join(model.adapter_names)}; attention {model.attn_implementation})")
         return model
 
     def heldout(self) -> list:
@@ -310,6 +315,41 @@ class Workspace:
                 print(f"   retrieved #{rank + 1}: [{i}] {_short(pool[i])}")
             print()
         return [{"question": a.question, "answer": a.text, "retrieved": a.retrieved} for a in answers]
+
+    def build_index(self, model, pool: str = "") -> ClaraIndex:
+        """05: the index of ``pool`` (a folder of documents or a JSONL on Drive; "" = the held-out documents)
+        for ``model``, built once into ``<run>/indexes/`` on Drive and reused on the next runtime (a build cut
+        by a disconnect resumes). A retrained model has another fingerprint, so it gets an index of its own."""
+        name = re.sub(r"[^\w.-]+", "_", Path(pool).stem if pool else HELDOUT).strip("_") or "documents"
+        path = self.layout.index(f"{name}-{fingerprint(model)['id']}")
+        source = self.on_drive(pool) if pool else self.document_pool()
+        try:
+            index = ClaraIndex.load(path, model)
+            print(f"Reusing the index {path}: {len(index.chunks)} chunks")
+        except (FileNotFoundError, ValueError):
+            print(f"Building the index {path} (once; saved on Drive)")
+            index = ClaraIndex.build(path, model, source)
+        info = index.info()
+        print(f"{info['chunks']} chunks from {info['sources']} documents, {info['bytes_per_chunk']:.0f} bytes of memory "
+              f"vectors per chunk; retriever: {info['retriever']}")
+        for skipped in info["skipped"]:
+            print(f"  skipped {skipped['source']}: {skipped['reason']}")
+        return index
+
+    def ask_index(self, index: ClaraIndex, questions: list[str], max_new_tokens: int = 32) -> list[dict]:
+        """05: answer each question from the index (only the question is encoded) and show its sources."""
+        if not questions:
+            print(f"No questions: set QUESTIONS, or add {HELDOUT}.jsonl to the data folder")
+            return []
+        answers = index.ask_many(questions, self.settings.generation_top_k, max_new_tokens=max_new_tokens)
+        for one in answers:
+            print(f"Q: {one.question}\nA: {one.text}")
+            for rank, hit in enumerate(one.hits, start=1):
+                c = hit.chunk
+                where = c.source + (f" p.{c.page}" if c.page is not None else "") + f" [{c.start}:{c.end}]"
+                print(f"   retrieved #{rank} ({hit.score:.3f}) {where}: {_short(c.text)}")
+            print()
+        return [a.to_dict() for a in answers]
 
     def evaluate_heldout(self, model, *, limit: int = 0, max_new_tokens: int = 32) -> dict | None:
         """EM / F1 (and Recall@1 with a retriever) on heldout.jsonl; written to <run>/heldout_eval.json."""

@@ -20,6 +20,7 @@ from .chunk import ChunkConfig, chunk_pages, load_tokenizer
 from .convert import from_synthesis
 from .describe import VisionConfig, describe_pages
 from .extract import DoclingOptions, extract_folder
+from .generators import ENV_BASE_URL, make_generator, make_vision
 from .negatives import STRATEGIES
 from .records import Chunk, read_records, read_rows, row_of, write_jsonl
 from .split import write_stage_files
@@ -76,7 +77,7 @@ def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildCo
     write_jsonl(out / CHUNKS, (row_of(c) for c in chunks))
 
     synthesis = synthesize(chunks, out / SYNTH, generator, config.synthesis, progress=progress)
-    corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks})
+    corpus = from_synthesis(read_rows(out / SYNTH), ids={c.id for c in chunks}, where=str(out / SYNTH))
     paths, split = write_stage_files(corpus, out, k=config.k, strategy=config.strategy, heldout=config.heldout,
                                      seed=config.seed)
     report = {"config": asdict(config), "extract": extraction.report(), "images": asdict(images),
@@ -110,7 +111,6 @@ def build_for_run(input_dir: str | Path, out_dir: str | Path, *, base: str, doc_
     ``CLARA_LLM_*`` endpoint when set, else the run's base model locally)."""
     import os
 
-    from .generators import ENV_BASE_URL, make_generator, make_vision
 
     api = bool(os.environ.get(ENV_BASE_URL))
     generator = make_generator("api") if api else make_generator("local", base)

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from itertools import groupby
 
+from ..model import base as models
 from .records import Chunk, Page, fill_images
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ def load_tokenizer(base: str):
     """The tokenizer of a base model (registry name, Hub id or folder), without loading weights."""
     from transformers import AutoTokenizer
 
-    from ..model import base as models
 
     spec = models.resolve(base)
     if spec.source == "embedded":

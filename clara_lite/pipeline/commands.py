@@ -130,7 +130,7 @@ def _synthesize(args) -> int:
 
 
 def _negatives(args) -> int:
-    rows, _ = stage_rows(from_synthesis(read_rows(args.input)), k=args.k, strategy=args.strategy, heldout=0.0,
+    rows, _ = stage_rows(from_synthesis(read_rows(args.input), where=str(args.input)), k=args.k, strategy=args.strategy, heldout=0.0,
                          seed=args.seed)
     qa = rows[ORDER[-1]]  # questions with candidates, as the retrieving stage reads them
     write_jsonl(args.out, qa)
@@ -149,7 +149,7 @@ def _write(corpus, args) -> int:
 
 def _split(args) -> int:
     ids = {c.id for c in load_chunks(args.chunks)} if args.chunks else None
-    return _write(from_synthesis(read_rows(args.input), ids=ids), args)
+    return _write(from_synthesis(read_rows(args.input), ids=ids, where=str(args.input)), args)
 
 
 def _convert(args) -> int:

@@ -269,12 +269,18 @@ def from_nq(records: Iterable[dict]) -> Corpus:
 # --------------------------------------------------------------------------- our synthesis
 
 
-def from_synthesis(rows: Iterable[dict], ids: set[str] | None = None) -> Corpus:
-    """``synth.jsonl`` rows (only those whose chunk id is in ``ids``, if given)."""
-    corpus = Corpus()
-    for row in rows:
+def from_synthesis(rows: Iterable[dict], ids: set[str] | None = None, where: str = "synth.jsonl") -> Corpus:
+    """``synth.jsonl`` rows (only those whose chunk id is in ``ids``, if given). A chunk id used for
+    two different documents is refused: the second's questions would be paired with the first's text."""
+    corpus, first = Corpus(), {}
+    for n, row in enumerate(rows, start=1):
         if ids is not None and row["id"] not in ids or not row.get("doc"):
             continue
+        if row["id"] in first and corpus.docs[row["id"]] != row["doc"]:
+            raise ValueError(f"{where}: row {n} has chunk id {row['id']!r}, which row {first[row['id']]} uses for "
+                             "another document: its questions would be paired with the wrong text. Ids must be "
+                             "unique: rerun `clara-lite data chunk` (or remove one of the rows) and synthesize again")
+        first.setdefault(row["id"], n)
         doc = corpus.add_doc(row["id"], row["doc"], row["source"])
         if row.get("summary"):
             corpus.summaries[doc] = row["summary"]

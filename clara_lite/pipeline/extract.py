@@ -104,8 +104,9 @@ def place_images(text: str, n_images: int) -> str:
 class _Images:
     """Collects a document's embedded images, saving their bytes under ``images_dir`` if given."""
 
-    def __init__(self, source: str, images_dir: Path | None):
+    def __init__(self, source: str, images_dir: Path | None, root: Path | None = None):
         self.source, self.images_dir, self.count = source, images_dir, 0
+        self.root = root  # images a document points to are read only from inside this folder
 
     def add(self, name: str, data: bytes | None = None) -> dict:
         entry = {"name": name, "index": self.count}
@@ -222,7 +223,10 @@ def _local_image(images: _Images, doc: Path, src: str, alt: str) -> dict:
     candidate = (doc.parent / src.split("?")[0]) if src and "://" not in src and not src.startswith("data:") else None
     entry = images.add(src or alt or "image")
     if candidate is not None and candidate.is_file():
-        entry["path"] = str(candidate.resolve())
+        if inside(candidate, images.root or doc.parent):
+            entry["path"] = str(candidate.resolve())
+        else:  # ../../secret.png, or a link out: never read, never sent to an endpoint
+            log.warning("%s: image %s is outside the input folder: not read", images.source, src)
     if alt:
         entry["alt"] = alt
     return entry
@@ -333,7 +337,8 @@ def extract_file(path: str | Path, root: str | Path | None = None, *, images_dir
     """Pages of one document; raises :class:`Unreadable` (or the library's error) if it cannot be read."""
     path = Path(path)
     source = str(path.relative_to(root)) if root is not None else path.name
-    images = _Images(source, Path(images_dir) if images_dir is not None else None)
+    images = _Images(source, Path(images_dir) if images_dir is not None else None,
+                     Path(root) if root is not None else path.parent)
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:  # a page of its own: the description will be its whole text
         return [Page(source, None, path.stem, IMAGE_REF, [{"name": path.name, "index": 0, "path": str(path.resolve())}])]
@@ -351,6 +356,15 @@ def extract_file(path: str | Path, root: str | Path | None = None, *, images_dir
     if not any(p.text.strip() for p in pages) and not any(p.images for p in pages):
         raise Unreadable("no text found (a scanned document needs OCR: install docling)")
     return pages
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, is within ``root`` (links followed too)."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _lone_image(page: Page) -> bool:
@@ -373,6 +387,10 @@ def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = Non
         suffix = path.suffix.lower()
         if suffix not in EXTRACTORS and suffix not in IMAGE_SUFFIXES:
             result.ignored.append(rel)
+            continue
+        if not inside(path, root):  # a symlink out of the folder (to /etc/passwd, say): its text would be sent on
+            result.skipped.append(Skipped(rel, f"a link to {path.resolve()}, outside the input folder: not read"))
+            log.warning("skipped %s: a link to outside the input folder", rel)
             continue
         try:
             pages = extract_file(path, root, images_dir=images_dir, docling=docling)

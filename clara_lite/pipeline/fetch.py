@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.drive import download
+
 log = logging.getLogger(__name__)
 
 MAX_UNPACKED_BYTES = 20 << 30
@@ -85,7 +87,6 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
 
 def fetch(url_or_id: str, dest: str | Path) -> Fetched:
     """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result."""
-    from ..io.drive import download
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,10 @@ works with OpenAI, DashScope/Qwen (``https://dashscope.aliyuncs.com/compatible-m
 DeepSeek (``https://api.deepseek.com``), Ollama (``http://localhost:11434/v1``) and vLLM
 (``http://host:8000/v1``). Its settings come from the environment (``CLARA_LLM_BASE_URL``,
 ``CLARA_LLM_MODEL``, ``CLARA_LLM_API_KEY``; ``CLARA_VLM_MODEL`` names a vision model on the same
-endpoint). The key is never put in a message, log line, repr or file: only in the request header.
+endpoint). The key is never put in a message, log line, repr or file: only in the request header,
+checked before the first request (:func:`clara_lite.secrets.header_value`); URLs in messages are
+shown without credentials or query values (:func:`clara_lite.secrets.redact`). Redirects are not
+followed: urllib would copy the ``Authorization`` header to whatever host the endpoint names.
 Rate limits (429) and server or network errors are retried with exponential back-off, honouring
 ``Retry-After``.
 
@@ -28,12 +31,17 @@ import mimetypes
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
+
+from ..hardware import detect_hardware
+from ..model.base import load_base_model
+from ..secrets import SHOWN_PARAMS, header_value, redact
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,18 @@ class OpenAICompatible:
     temperature: float = 0.0  # 0: as repeatable as the endpoint allows (resume relies on it)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.strip()
+        if self.api_key is not None:
+            self.api_key = header_value(self.api_key, ENV_API_KEY) or None
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{ENV_BASE_URL} must be an http(s) URL such as https://api.openai.com/v1, got "
+                             f"{self._redact(self.base_url)!r}")
+        if "@" in parts.netloc:  # urllib would not send it as credentials, only show it in messages
+            raise ValueError(f"{ENV_BASE_URL} holds a user name or key before '@' ({self._redact(self.base_url)}): "
+                             f"give the URL without it and put the key in {ENV_API_KEY}")
+
     @classmethod
     def from_env(cls, model: str | None = None, base_url: str | None = None, **kwargs) -> OpenAICompatible:
         """Settings from ``CLARA_LLM_*``; ``model``/``base_url`` override the environment."""
@@ -106,7 +126,10 @@ class OpenAICompatible:
         return self.model
 
     def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
+        # a key may also travel in the URL (?api_key=..., ?key=...): its values are secrets too
+        in_url = [v for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(self.base_url).query)
+                  if k not in SHOWN_PARAMS and len(v) >= 6]
+        return redact(text, self.api_key, *in_url)
 
     def chat(self, messages: list[dict], *, max_tokens: int = 512) -> str:
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
@@ -115,7 +138,7 @@ class OpenAICompatible:
         try:
             content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise GeneratorError(f"{self.base_url}: unexpected response {self._redact(str(data))[:300]}") from None
+            raise GeneratorError(f"{self._redact(self.base_url)}: unexpected response {self._redact(str(data))[:300]}") from None
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         return content or ""
@@ -134,7 +157,9 @@ class OpenAICompatible:
         return self.chat([{"role": "user", "content": content}], max_tokens=max_tokens)
 
     def _post(self, path: str, body: dict) -> dict:
-        url = self.base_url.rstrip("/") + path
+        parts = urllib.parse.urlsplit(self.base_url)  # a ?key=... stays after the path
+        url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+        shown = self._redact(url)  # user:key@host and ?api_key=... never reach a message
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -143,7 +168,7 @@ class OpenAICompatible:
             wait, problem, status = None, "", None
             try:
                 request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     raw = response.read()
                 try:
                     return json.loads(raw)
@@ -152,19 +177,36 @@ class OpenAICompatible:
             except urllib.error.HTTPError as err:
                 detail = self._redact(err.read()[:300].decode("utf-8", "replace"))
                 problem, status = f"HTTP {err.code}: {detail}", err.code
+                if 300 <= err.code < 400:
+                    where = self._redact(err.headers.get("Location") or "(no Location)")
+                    raise GeneratorError(
+                        f"POST {shown}: the endpoint redirects (HTTP {err.code}) to {where}; not followed, so the "
+                        f"API key is not sent to another address. Set {ENV_BASE_URL} to the address that answers "
+                        "directly", err.code) from None
                 if err.code not in RETRY_STATUSES:
                     hint = " (check the API key)" if err.code in (401, 403) else ""
-                    raise GeneratorError(f"POST {url}: {problem}{hint}", err.code) from None
+                    raise GeneratorError(f"POST {shown}: {problem}{hint}", err.code) from None
                 wait = _retry_after(err.headers.get("Retry-After"))
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:  # refused, reset, timeout
                 reason = getattr(err, "reason", err)
                 problem = f"network error: {self._redact(str(reason))}"
             if attempt == self.max_retries:
-                raise GeneratorError(f"POST {url}: {problem} (gave up after {attempt + 1} attempts)", status)
+                raise GeneratorError(f"POST {shown}: {problem} (gave up after {attempt + 1} attempts)", status)
             wait = min(self.backoff * 2**attempt if wait is None else wait, self.max_wait)
-            log.warning("POST %s: %s; retrying in %.1f s (%d/%d)", url, problem, wait, attempt + 1, self.max_retries)
+            log.warning("POST %s: %s; retrying in %.1f s (%d/%d)", shown, problem, wait, attempt + 1, self.max_retries)
             self.sleep(wait)
         raise AssertionError("unreachable")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Every 3xx comes back as an HTTPError: urllib would follow it with our headers, the key included,
+    to any host (and turn the POST into a GET)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class LocalModel:
@@ -181,8 +223,6 @@ class LocalModel:
         import torch
 
         if model is None:
-            from ..hardware import detect_hardware
-            from ..model.base import load_base_model
 
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             # the training plan's dtype: fp32 on CPU, bf16 from Ampere on, fp16 on a T4 (whose bf16

@@ -127,9 +127,17 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Every JSON object of a JSONL file (blank lines skipped)."""
+    """Every JSON object of a JSONL file (blank lines skipped); a bad line is named with its number."""
+    rows = []
     with open(path, encoding="utf-8-sig") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except (ValueError, RecursionError) as err:
+                raise ValueError(f"{path}:{n}: not a JSON row ({type(err).__name__}: {str(err)[:200]})") from None
+    return rows
 
 
 def read_records(path: str | Path, cls) -> list:

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .convert import load_records as read_file
+
 log = logging.getLogger(__name__)
 
 # short names -> (Hub id, config, default split); any other Hub id works as it is
@@ -85,7 +87,6 @@ def _json_files(folder: Path, split: str | None) -> list[Path]:
 
 
 def _plain_json(paths: list[Path]) -> Iterator[dict]:
-    from .convert import load_records as read_file
 
     for path in paths:
         yield from read_file(path)
@@ -97,7 +98,6 @@ def open_dataset(source: str | Path, *, split: str | None = None, config: str | 
     path = Path(str(source)).expanduser()
     if path.is_file():
         if path.suffix.lower() in (".json", ".jsonl"):
-            from .convert import load_records as read_file
 
             records = read_file(path)
             return records, len(records), f"file {path}"

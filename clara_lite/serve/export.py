@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -51,7 +50,9 @@ class ExportError(ValueError):
 def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     """Zip ``stage``'s final model of ``run_dir`` (default: the newest final stage) with a model card.
 
-    ``out`` defaults to ``RunLayout.default_export``. Written to a temporary file beside ``out``, then renamed.
+    ``out`` defaults to ``RunLayout.default_export``. Written in place, flushed and fsync'd: renames on Drive
+    have lost data (drive_layout.md). A failed export removes its partial zip; an interrupted one leaves a
+    zip that does not open, which the next export rewrites.
 
     >>> export_zip("runs/demo")  # doctest: +SKIP
     PosixPath('exports/demo-stage3.zip')
@@ -74,9 +75,8 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     names = sorted(set(listed) - {SUMMARY_FILE})
     out = Path(out) if out else run.layout.default_export(stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with open(out, "wb") as raw:
             with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
                 files = {name: _add_file(zf, final / name, name) for name in names}
                 changed = [n for n in names if files[n]["sha256"] != listed[n]["sha256"]]
@@ -90,10 +90,8 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
                 _add_bytes(zf, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
             raw.flush()
             os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary shareable file
-        os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         raise
     log.info("Exported %s/final of %s to %s (%.1f MB)", stage, run.root, out, out.stat().st_size / 1e6)
     return out
@@ -156,7 +154,7 @@ def model_card(run: Run, stage: str, zip_name: str) -> str:
                     f"| `{data.path if data else '?'}` | {data.rows if data and data.rows is not None else '?'} "
                     f"| `{data.sha256[:16] if data else '?'}` |")
     sessions = run.record.sessions
-    hardware = [f"- {s.stage}, session of {s.started}: {_device(s.hardware)}" for s in sessions]
+    hardware = [f"- {s.stage}, session of {s.started}: {_device(s.hardware, s.training)}" for s in sessions]
     versions = sorted({", ".join(f"{k} {v}" for k, v in s.versions.items()) for s in sessions})
     base = config.base_model
     qr = QUERY_REASONER in adapters
@@ -215,8 +213,14 @@ def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _device(hw: dict) -> str:
-    d = hw.get("device", {})
+def _device(hw: dict, ran: dict | None = None) -> str:
+    """One session's device and what it ran (``ran``: the session's ``training`` record, when there is one)."""
+    d, ran = hw.get("device", {}), ran or {}
     mem = f", {d['total_mem_gb']} GB" if d.get("total_mem_gb") else ""
-    return (f"{d.get('kind', '?')} {d.get('name', '?')}{mem}; {hw.get('dtype', '?')}, mixed precision "
-            f"{hw.get('mixed_precision', '?')}, attention {hw.get('attn_implementation', '?')}")
+    line = (f"{d.get('kind', '?')} {d.get('name', '?')}{mem}; {ran.get('dtype', hw.get('dtype', '?'))}, mixed precision "
+            f"{ran.get('mixed_precision', hw.get('mixed_precision', '?'))}, attention "
+            f"{ran.get('attn_implementation', hw.get('attn_implementation', '?'))}")
+    if ran:
+        line += (f", base {ran.get('quantization', 'none')}, {ran.get('micro_batch_size')} x "
+                 f"{ran.get('grad_accum_steps')} = {ran.get('rows_per_step')} rows per step")
+    return line

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import ClaraConfig
 from ..layout import (
     ADAPTER_WEIGHTS,
     ADAPTERS_DIR,
+    CONFIG_FILE,
     KIND_CHECKPOINT,
     MODEL_DIR,
     OPTIMIZER_META,
@@ -42,6 +44,7 @@ from ..layout import (
     write_manifest,
 )
 from ..model.saving import save_model
+from .faults import as_write_error
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,30 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def model_config_file(folder: Path) -> Path:
+    """The ``clara_config.json`` a step checkpoint (under ``model/``) or a final folder carries."""
+    nested = Path(folder) / MODEL_DIR / CONFIG_FILE
+    return nested if nested.is_file() else Path(folder) / CONFIG_FILE
+
+
+def config_differences(saved: ClaraConfig, wanted: ClaraConfig, ignore=("trained_stages",)) -> list[str]:
+    """``name: saved there, wanted here`` for every model setting that differs (``trained_stages``
+    aside: it grows as stages finish)."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    return [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in a if k not in ignore and a[k] != b.get(k)]
+
+
+def check_same_model(folder: Path, config: ClaraConfig) -> None:
+    """A ValueError naming ``folder``'s config file when the model it was saved from had other
+    settings than ``config``: its adapters would load into the wrong model without a word. The
+    base model's name is not compared (``--base-path`` may name a local copy of it)."""
+    path = model_config_file(folder)
+    diffs = config_differences(ClaraConfig.load(path.parent), config, ignore=("trained_stages", "base_model"))
+    if diffs:
+        raise ValueError(f"{folder} was saved from a model with other settings ({path}):\n  " + "\n  ".join(diffs)
+                         + "\nResume with that checkpoint's settings (drop those options), or use a new --run-dir.")
+
+
 # --------------------------------------------------------------------------- state <-> files
 
 
@@ -89,10 +116,9 @@ def _optimizer_files(optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "other": other}
 
 
-def _load_optimizer(optimizer, folder: Path) -> None:
-    meta = json.loads((folder / OPTIMIZER_META).read_text())
+def _load_optimizer(optimizer, meta: dict, tensors: dict) -> None:
     state: dict[int, dict] = {}
-    for name, value in load_file(folder / OPTIMIZER_TENSORS).items():
+    for name, value in tensors.items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, extra in meta["other"].items():
@@ -123,8 +149,12 @@ def _restore_rng(folder: Path, meta: dict) -> None:
     np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress) -> Path:
-    """Write a complete checkpoint into ``folder`` (any previous content there is discarded)."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: Progress,
+                    train: dict | None = None) -> Path:
+    """Write a complete checkpoint into ``folder`` (any previous content there is discarded).
+
+    ``train`` (the stage's TrainConfig) is kept in ``state.json``: with the model's own
+    ``clara_config.json`` it lets a run whose run.json is lost be rebuilt from its checkpoints."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -139,21 +169,73 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_meta,
+        "train": train,
     }
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     write_manifest(folder, KIND_CHECKPOINT, {"step": progress.step, "stage": progress.stage})
     return folder
 
 
+class CheckpointUnusable(ValueError):
+    """A checkpoint whose manifest matches but whose content does not fit the model being trained."""
+
+
+def _read_checkpoint(folder: Path, model, optimizer) -> tuple[dict, dict, dict, dict]:
+    """Everything a resume needs, read and checked against ``model`` and ``optimizer`` before any
+    of it is applied, so a checkpoint that does not fit leaves them untouched (the caller then
+    tries an older one). Raises :class:`CheckpointUnusable` naming the file."""
+    from peft import get_peft_model_state_dict
+
+    where = folder
+    try:
+        adapters = {}
+        for name in model.adapter_names:
+            where = folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS
+            weights = load_file(where)
+            expected = get_peft_model_state_dict(model.lm, adapter_name=name, save_embedding_layers=False)
+            wrong = sorted(k for k in expected.keys() | weights.keys()
+                           if k not in weights or k not in expected or weights[k].shape != expected[k].shape)
+            if wrong:
+                raise CheckpointUnusable(f"{where}: {len(wrong)} tensors missing, extra or of another shape "
+                                         f"(first: {wrong[0]})")
+            if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+                raise CheckpointUnusable(f"{where}: holds non-finite weights")
+            adapters[name] = weights
+        where = folder / STATE_FILE
+        state = json.loads(where.read_text())
+        Progress(**state["progress"])  # the keys it must have
+        where = folder / OPTIMIZER_META
+        meta = json.loads(where.read_text())
+        where = folder / OPTIMIZER_TENSORS
+        tensors = load_file(where)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if len(meta["param_groups"]) != len(optimizer.param_groups):
+            raise CheckpointUnusable(f"{folder / OPTIMIZER_META}: {len(meta['param_groups'])} parameter groups, "
+                                     f"the optimizer has {len(optimizer.param_groups)}")
+        for key, value in tensors.items():
+            idx, name = key.split(".", 1)
+            if not 0 <= int(idx) < len(params) or (value.dim() and value.shape != params[int(idx)].shape):
+                raise CheckpointUnusable(f"{where}: {key} does not fit the optimizer's parameters")
+        where = folder / RNG_FILE
+        rng = load_file(where)
+        if "torch" not in rng or "numpy" not in rng:
+            raise CheckpointUnusable(f"{where}: no torch/numpy RNG state")
+    except CheckpointUnusable:
+        raise
+    except Exception as err:  # a file that matches its hash but is not what we wrote: SafetensorError, KeyError...
+        raise CheckpointUnusable(f"{where}: {type(err).__name__}: {err}") from None
+    return adapters, state, {"meta": meta, "tensors": tensors}, rng
+
+
 def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progress:
-    """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint."""
+    """Restore adapters, optimizer, scheduler, scaler and RNG states from a verified checkpoint
+    (:class:`CheckpointUnusable`, with nothing changed, when its content does not fit)."""
     from peft import set_peft_model_state_dict
 
-    for name in model.adapter_names:
-        weights = load_file(folder / MODEL_DIR / ADAPTERS_DIR / name / ADAPTER_WEIGHTS)
+    adapters, state, opt, _ = _read_checkpoint(folder, model, optimizer)
+    for name, weights in adapters.items():
         set_peft_model_state_dict(model.lm, weights, adapter_name=name)
-    state = json.loads((folder / STATE_FILE).read_text())
-    _load_optimizer(optimizer, folder)
+    _load_optimizer(optimizer, opt["meta"], opt["tensors"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
@@ -166,14 +248,18 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> Progre
 
 def with_retries(action: Callable[[], Path], *, attempts: int = 4, delay_s: float = 2.0,
                  cleanup: Callable[[], None] | None = None) -> Path | None:
-    """Run ``action``; on OSError (ENOSPC, a Drive hiccup) clean up and retry with back-off.
+    """Run ``action``; on a failed write (ENOSPC, a Drive hiccup, however the writer words it:
+    :func:`.faults.as_write_error`) clean up and retry with back-off. Other exceptions propagate.
 
     Returns None when every attempt failed: the caller keeps training on its last good checkpoint.
     """
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except OSError as err:
+        except Exception as exc:
+            err = as_write_error(exc)
+            if err is None:
+                raise
             hint = " (disk full: free space on Drive)" if err.errno == errno.ENOSPC else ""
             log.warning("Checkpoint write failed (attempt %d/%d): %s%s", attempt, attempts, err, hint)
             if cleanup is not None:

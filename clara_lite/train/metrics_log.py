@@ -1,13 +1,15 @@
 """A stage's metrics as JSON lines, and its loss curve as a PNG.
 
 Append-only while training; on resume, rows after the checkpoint's step are dropped, so a
-killed-and-resumed run logs each step once.
+killed-and-resumed run logs each step once. A failed append (a full disk) never stops training:
+the file is cut back to its last whole line and the rows wait in memory for the next append.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ class MetricsLog:
         self.stage = stage
         self._rows: list[dict] | None = None
         self._torn = False  # the file holds a line cut by a crash
+        self._pending: list[dict] = []  # rows a failed append could not write yet
 
     def rows(self) -> list[dict]:
         if self._rows is None:
@@ -37,15 +40,37 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         row = {"stage": self.stage, **row}
         self.rows().append(row)
+        self._pending.append(row)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the rows still waiting; False (logged) when the disk refuses them again."""
+        if not self._pending:
+            return True
+        text = "".join(json.dumps(r) + "\n" for r in self._pending)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:
+            try:  # never leave half a line: the next append would glue its row to it
+                os.truncate(self.path, size)
+            except OSError:
+                self._torn = True
+            log.warning("Could not append to %s (%s): %d metrics rows kept in memory, written with the next "
+                        "one", self.path, err, len(self._pending))
+            return False
+        self._pending = []
+        return True
 
     def truncate_after(self, step: int) -> None:
         rows = self.rows()
         kept = [r for r in rows if r.get("step", 0) <= step]
+        self._pending = [r for r in self._pending if r.get("step", 0) <= step]
         if len(kept) != len(rows) or self._torn:  # a torn line would swallow the next appended row
             self._rows, self._torn = kept, False
+            self._pending = []  # the rewrite below holds them
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def plot(self, png: Path) -> Path | None:

@@ -9,7 +9,10 @@ Reading it needs no training code (export reads it for the model card).
      "model": {ClaraConfig without trained_stages},
      "stages": {"stage1": {"data": {"path", "sha256", "rows"}, "train": {TrainConfig},
                            "init_from": "...", "final": {summary}}, ...},
-     "sessions": [{"stage", "started", "hardware": {HardwareProfile}, "versions": {...}}, ...],
+     "sessions": [{"stage", "started", "hardware": {HardwareProfile}, "versions": {...},
+                   "training": {what the session ran: quantization, dtype, attention, micro-batch x accumulation,
+                                rows per step, warnings; see train.plan.SessionPlan.record}}, ...],
+                   "step": where the session started, "train": {its TrainConfig}}, ...],
      "settings": {notebook settings} | null}
 """
 
@@ -63,18 +66,24 @@ class StageRecord:
     def from_dict(cls, data: dict, where: str) -> StageRecord:
         data = _known(cls, data, where)
         return cls(data=DataRecord(**data["data"]) if data.get("data") else None,
-                   train=TrainConfig.from_dict(data["train"]) if data.get("train") else None,
+                   train=TrainConfig.from_dict(data["train"], f"{where}.train") if data.get("train") else None,
                    init_from=data.get("init_from"), final=data.get("final"))
 
 
 @dataclass
 class SessionRecord:
-    """One process that trained a stage: when, on which hardware plan, with which libraries."""
+    """One process that trained a stage: when, on which hardware plan, with which libraries, what it ran
+    (each session re-plans the hardware choices; older run.json files have no ``training``), from which
+    step and with which settings (each session keeps its own, so the record of earlier steps is never
+    overwritten)."""
 
     stage: str
     started: str
     hardware: dict
     versions: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    step: int | None = None  # the step the session started from (0: the stage's start)
+    train: dict | None = None  # the TrainConfig this session trained with
 
 
 @dataclass
@@ -100,15 +109,19 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str = "run.json") -> RunRecord:
         data = _known(cls, data, where)
+        if not isinstance(data.get("format", RUN_FORMAT), int):
+            raise RunRecordError(f"{where}: 'format' must be an integer, got {data['format']!r}")
         if data.get("format", RUN_FORMAT) > RUN_FORMAT:
             raise RunRecordError(f"{where} was written by a newer clara_lite (format {data['format']}): upgrade")
         try:
-            model = ClaraConfig.from_dict({**data["model"], "trained_stages": []}) if data.get("model") else None
+            model = ClaraConfig.from_dict({**data["model"], "trained_stages": []}, f"{where}: model") \
+                if data.get("model") else None
             stages = {name: StageRecord.from_dict(rec, f"{where}: stages.{name}")
                       for name, rec in (data.get("stages") or {}).items()}
             sessions = [SessionRecord(**s) for s in data.get("sessions") or []]
         except (TypeError, ValueError) as err:
-            raise RunRecordError(f"{where}: {err}") from None
+            text = str(err)
+            raise RunRecordError(text if text.startswith(where) else f"{where}: {text}") from None
         return cls(format=data.get("format", RUN_FORMAT), model=model, stages=stages, sessions=sessions,
                    settings=data.get("settings"))
 
@@ -120,6 +133,6 @@ class RunRecord:
             return cls()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # torn, empty, not UTF-8, absurd numbers or nesting
             raise RunRecordError(f"{path} is not valid JSON ({err})") from None
         return cls.from_dict(data, str(path))

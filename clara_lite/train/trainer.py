@@ -2,8 +2,10 @@
 gradient sync come from the library; this module adds what Colab needs: checkpoints by steps and
 minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a loss curve.
 
-Data order is a pure function of (seed, epoch): micro-batch ``i`` of the run is always the same
-rows, so resuming at micro-batch ``i`` needs no data-loader state and skips seen rows instantly.
+Data order is a pure function of (seed, epoch): the run reads one stream of rows (epoch after epoch,
+each a seeded permutation) and optimizer step ``s`` always takes rows ``s*R .. (s+1)*R - 1`` of it (R
+rows per step), however they are cut into micro-batches. So a resume needs no data-loader state,
+skips seen rows instantly, and may use another micro-batch size than the session before (another GPU).
 
 An optimizer step's loss is averaged over the whole step, on every process (see
 ``stages.StepTotals`` and :func:`optimizer_step`), so how a step is cut into micro-batches and
@@ -25,29 +27,42 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, is_quantized
 from ..layout import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
     KIND_CHECKPOINT,
     LOSS_PLOT,
+    MANIFEST,
     METRICS_FILE,
+    MODEL_DIR,
     SUMMARY_FILE,
     step_dir,
+    step_folders,
     write_json,
     write_manifest,
 )
 from ..model.saving import save_model
 from ..stages import StepTotals
 from . import checkpoint as ckpt
+from .faults import folder_bytes, space_note
 from .heldout import HeldOut
 from .metrics_log import MetricsLog
+from .plan import oom_advice, smaller_micro
 
 log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(RuntimeError):
     """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
+
+
+class OutOfMemory(RuntimeError):
+    """Even one row at a time does not fit; the message lists the exact next options."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``max_nonfinite_steps`` skipped steps in a row, once the last good weights are saved."""
 
 
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
@@ -57,11 +72,10 @@ def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * n_rows / per_step))
 
 
-def micro_batch_rows(i: int, n_rows: int, size: int, seed: int) -> list[int]:
-    """Row indices of global micro-batch ``i``: epochs are seeded permutations, cut into batches."""
-    per_epoch = math.ceil(n_rows / size)
-    epoch, within = divmod(i, per_epoch)
-    return list(_epoch_order(n_rows, seed, epoch)[within * size : (within + 1) * size])
+def stream_rows(first: int, count: int, n_rows: int, seed: int) -> list[int]:
+    """Row indices at positions ``first .. first+count-1`` of the run's row stream: epochs are seeded
+    permutations of the rows, one after the other."""
+    return [_epoch_order(n_rows, seed, p // n_rows)[p % n_rows] for p in range(first, first + count)]
 
 
 @functools.lru_cache(maxsize=2)
@@ -110,10 +124,14 @@ def make_accelerator(cfg: TrainConfig, project_dir: Path):
     return acc
 
 
+SKIPPED = "skipped_steps"  # a metrics key: steps skipped for a non-finite loss or gradient
+
+
 def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
     """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
     but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
-    as one forward over all rows of all processes would give.
+    as one forward over all rows of all processes would give; with ``skipped_steps: 1`` when a
+    non-finite loss or gradient skipped the update.
 
     Under DDP the loss terms' denominators are counted over every process, and each process's
     loss is multiplied by their number, because DDP averages gradients where a one-batch loss
@@ -131,15 +149,36 @@ def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, ma
             acc.backward(loss * world if world > 1 else loss)
         for key, value in {"loss": loss.item(), **metrics}.items():
             summed[key] = summed.get(key, 0.0) + value
-    if max_grad_norm:
-        acc.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    # A non-finite loss or gradient skips the step, as GradScaler does for fp16 overflows: one bad
+    # batch must not turn every weight into NaN. A non-finite loss (a row with nothing to score,
+    # an overflow in the forward pass) is skipped before anything touches the gradients; non-finite
+    # gradients of a finite loss (fp16's overflow in backward) go to the scaler, which skips the
+    # step and lowers its scale. Losses are each process's own, so that vote is collective.
+    loss_ok = all(math.isfinite(v) for v in summed.values())
+    if world > 1:
+        loss_ok = not _any_process(acc, not loss_ok)
+    skipped = not loss_ok
+    if loss_ok:
+        norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+        # the same on every process (DDP all-reduced them); the clipping norm says it for free
+        grads_ok = bool(torch.isfinite(norm)) if torch.is_tensor(norm) else _finite_grads(params)
+        if grads_ok or acc.scaler is not None:
+            optimizer.step()  # with a scaler and inf/NaN gradients: skipped by the scaler, scale lowered
+        skipped = not grads_ok or bool(getattr(optimizer, "step_was_skipped", False))
     optimizer.zero_grad(set_to_none=True)
     if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
         keys = sorted(summed)
         values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
         summed = dict(zip(keys, values.tolist(), strict=True))
+    if skipped:
+        summed[SKIPPED] = 1.0
     return summed
+
+
+def _finite_grads(params) -> bool:
+    """Whether every gradient is finite: one device sync per device, not one per tensor."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return all(bool(torch.stack([f for f in flags if f.device == d]).all()) for d in {f.device for f in flags})
 
 
 class _StopFlag:
@@ -176,10 +215,11 @@ class Trainer:
     >>> summary = Trainer(model, get_stage("stage1"), rows, Path("runs/x/stage1"), TrainConfig()).train()  # doctest: +SKIP
     """
 
-    def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig):
+    def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig, on_replan=None):
         if not examples:
             raise ValueError("no training rows")
         self.model, self.stage, self.examples, self.cfg = model, stage, examples, cfg
+        self.on_replan = on_replan  # called with the new TrainConfig after an out-of-memory split
         self.stage_dir = Path(stage_dir)
         self.checkpoints = self.stage_dir / CHECKPOINTS_DIR
         self.metrics_log = MetricsLog(self.stage_dir / METRICS_FILE, stage.name)
@@ -206,9 +246,18 @@ class Trainer:
         self.progress = ckpt.Progress(stage=self.stage.name, step=0, micro_batches=0, total_steps=self.steps)
 
     def resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.checkpoints)
+        latest = None
+        for _, folder in reversed(ckpt.complete_checkpoints(self.checkpoints)):  # newest first
+            ckpt.check_same_model(folder, self.model.config)
+            try:
+                self.progress = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+                                                     self.acc.scaler)
+            except ckpt.CheckpointUnusable as err:  # nothing was applied: an older one may do
+                log.warning("Skipping checkpoint %s: its manifest matches but it cannot be used (%s)", folder, err)
+                continue
+            latest = folder
+            break
         if latest is not None:
-            self.progress = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.acc.scaler)
             if self.progress.total_steps != self.steps:
                 raise ValueError(f"{latest} was made for {self.progress.total_steps} steps, this run plans "
                                  f"{self.steps}: keep max_steps/epochs/batch settings when resuming")
@@ -240,9 +289,18 @@ class Trainer:
         window: list[dict] = []
         tokens, window_start = 0, time.monotonic()
         self.wrapped.train()
+        bad_in_a_row = 0
         with _StopFlag() as stop:
             while progress.step < steps:
                 step_metrics, step_tokens = self.step()
+                bad_in_a_row = bad_in_a_row + 1 if step_metrics.get(SKIPPED) else 0
+                if bad_in_a_row:
+                    log.warning("%s step %d: non-finite loss or gradient (loss %s): step skipped (%d in a row)",
+                                self.stage.name, progress.step, step_metrics.get("loss"), bad_in_a_row)
+                if bad_in_a_row >= cfg.max_nonfinite_steps:
+                    self.log_window([*window, step_metrics], 0.0)
+                    bar.close()
+                    raise TrainingDiverged(self._diverged(bad_in_a_row, self.save()))
                 window.append(step_metrics)
                 tokens += step_tokens
                 bar.update(1)
@@ -257,14 +315,17 @@ class Trainer:
                     stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
                 due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
                     cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
+                saved = None
                 if (due or stopping) and progress.step < steps:
-                    self.save()
+                    saved = self.save()
                     last_save = time.monotonic()
                 if stopping and progress.step < steps:  # at the last step, finishing is the better checkpoint
                     bar.close()
+                    where = f"checkpoint in {saved}" if saved or not acc.is_main_process else \
+                        f"this step's checkpoint could not be written; the newest complete one in {self.checkpoints} is kept"
                     raise TrainingInterrupted(
                         f"{self.stage.name} stopped by {stopping} at step {progress.step}/{steps}; "
-                        f"checkpoint in {self.checkpoints}. Run the same command again to resume.")
+                        f"{where}. Run the same command again to resume.")
         bar.close()
         if cfg.report_to:
             acc.end_training()
@@ -272,31 +333,78 @@ class Trainer:
         acc.wait_for_everyone()  # the next stage, on every process, starts from the final main wrote
         return summary
 
+    def _diverged(self, n: int, saved: Path | None) -> str:
+        step = self.progress.step
+        kept = (f"saved in {saved}" if saved else "not saved (see the log); the newest complete checkpoint in "
+                f"{self.checkpoints} is kept")
+        return (f"{self.stage.name} stopped at step {step}/{self.steps}: {n} steps in a row had a non-finite loss or "
+                f"gradient and were skipped, so the weights are those of step {step - n}, {kept}. Likely causes: "
+                "a learning rate too high (--lr; a new --run-dir to change it), fp16 overflowing on a T4 "
+                "(--mixed-precision no), or rows whose answer does not fit the decoder (clara-lite data validate "
+                "FILE --stage STAGE). Fix the cause, then run the same command again to resume.")
+
     def step(self) -> tuple[dict, int]:
-        """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens)."""
-        acc, progress, cfg = self.acc, self.progress, self.cfg
-        world, rank = acc.num_processes, acc.process_index
+        """One optimizer step = ``grad_accum_steps`` micro-batches on each process -> (metrics, tokens).
+        Out of GPU memory, the same step is tried again as twice as many half-size micro-batches
+        (same rows, same update), down to one row at a time."""
+        while True:
+            batches, tokens = self._step_batches()
+            try:
+                metrics = optimizer_step(self.acc, self.wrapped, self.stage, batches, self.params, self.optimizer,
+                                         self.cfg.max_grad_norm)
+                break
+            except torch.OutOfMemoryError as err:
+                del batches
+                self._split_step(err)
+        self.scheduler.step()
+        self.progress.step += 1
+        self.progress.micro_batches += self.cfg.grad_accum_steps * self.acc.num_processes
+        return metrics, tokens
+
+    def _step_batches(self) -> tuple[list[dict], int]:
+        """This process's micro-batches of the current step: its share of the step's rows of the stream."""
+        cfg, world, rank = self.cfg, self.acc.num_processes, self.acc.process_index
+        size = cfg.micro_batch_size
+        start = self.progress.step * size * cfg.grad_accum_steps * world
         batches, tokens = [], 0
-        for _ in range(cfg.grad_accum_steps):
-            rows = micro_batch_rows(progress.micro_batches + rank, len(self.examples), cfg.micro_batch_size, cfg.seed)
-            progress.micro_batches += world
+        for j in range(cfg.grad_accum_steps):
+            rows = stream_rows(start + (j * world + rank) * size, size, len(self.examples), cfg.seed)
             batches.append(self.collate([self.examples[i] for i in rows]))
             tokens += _count_tokens(batches[-1]) * world
-        metrics = optimizer_step(acc, self.wrapped, self.stage, batches, self.params, self.optimizer,
-                                 cfg.max_grad_norm)
-        self.scheduler.step()
-        progress.step += 1
-        return metrics, tokens
+        return batches, tokens
+
+    def _split_step(self, err: BaseException) -> None:
+        """After an out-of-memory error: half the micro-batch, twice the accumulation, or the next options."""
+        self.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg, world = self.cfg, self.acc.num_processes
+        per_process = cfg.micro_batch_size * cfg.grad_accum_steps
+        smaller = smaller_micro(cfg.micro_batch_size, per_process) if world == 1 else None  # DDP: all or none
+        if smaller is None:
+            advice = oom_advice(self.model.config, self.stage, quantized=is_quantized(self.model.config.quantization),
+                                rows_per_step=per_process * world, micro=cfg.micro_batch_size)
+            raise OutOfMemory(advice) from err
+        self.cfg = dataclasses.replace(cfg, micro_batch_size=smaller, grad_accum_steps=per_process // smaller)
+        log.warning("Out of GPU memory at step %d with %d row(s) per pass: trying the step again as %d x %d "
+                    "(the same %d rows, the same update)", self.progress.step + 1, cfg.micro_batch_size, smaller,
+                    per_process // smaller, per_process)
+        if self.on_replan is not None:
+            self.on_replan(self.cfg)
 
     def log_window(self, window: list[dict], tokens_per_s: float) -> None:
         progress, acc = self.progress, self.acc
         row = _mean(window)
+        skipped = sum(1 for r in window if r.get(SKIPPED))
+        row.pop(SKIPPED, None)
+        if skipped:
+            row[SKIPPED] = skipped
         row.update(step=progress.step, lr=self.scheduler.get_last_lr()[0], elapsed_s=round(self.elapsed(), 2),
                    tokens_per_s=round(tokens_per_s, 1))
         if acc.is_main_process:
             self.metrics_log.append(row)
         log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", self.stage.name, progress.step, self.steps,
-                 row["loss"], row["lr"], row["tokens_per_s"])
+                 row.get("loss", math.nan), row["lr"], row["tokens_per_s"])
         if self.cfg.report_to:
             acc.log({f"train/{k}": v for k, v in row.items()}, step=progress.step)
 
@@ -321,15 +429,28 @@ class Trainer:
             return None
         target = step_dir(self.checkpoints, self.progress.step)
         self.progress.elapsed_s = self.elapsed()
+        self.metrics_log.flush()  # rows up to this step reach the disk before a checkpoint claims the step
         saved = ckpt.with_retries(
             lambda: ckpt.save_checkpoint(target, self.model, self.optimizer, self.scheduler, self.acc.scaler,
-                                         self.progress),
+                                         self.progress, train=self.cfg.to_dict()),
             attempts=self.cfg.retry_attempts, delay_s=self.cfg.retry_delay_s, cleanup=lambda: _remove(target),
         )
         if saved is not None:
+            log.info("Checkpoint %s saved", saved)
             ckpt.prune(self.checkpoints, self.cfg.keep)
+            self.metrics_log.flush()
             self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
+        else:
+            log.error("%s was not written: %s. Training goes on; the newest complete checkpoint is kept",
+                      target, space_note(self.checkpoints, self._save_bytes()))
         return saved
+
+    def _save_bytes(self, model_only: bool = False) -> int:
+        """What a save writes, from the newest checkpoint on disk (its model part for a final)."""
+        with_manifest = [f for _, f in step_folders(self.checkpoints) if (f / MANIFEST).is_file()]
+        if not with_manifest:
+            return 0
+        return folder_bytes(with_manifest[-1] / MODEL_DIR if model_only else with_manifest[-1])
 
     def finish(self) -> dict:
         """Write ``final`` (model, summary, manifest) on the main process; return the summary."""
@@ -359,8 +480,12 @@ class Trainer:
 
         if ckpt.with_retries(write, attempts=max(cfg.retry_attempts, 6), delay_s=cfg.retry_delay_s,
                              cleanup=lambda: _remove(final)) is None:
-            raise OSError(f"could not write {final}; the last checkpoint in {self.checkpoints} is intact: "
-                          "free space / check Drive, then rerun to finish")
+            newest = ckpt.latest_checkpoint(self.checkpoints)
+            raise OSError(f"could not write {final}: {space_note(self.stage_dir, self._save_bytes(model_only=True))}. "
+                          + (f"The newest complete checkpoint, {newest}, is intact" if newest else
+                             "No checkpoint was written yet") + ": free space (on Colab: empty Drive's bin), then "
+                          "run the same command again to finish")
+        self.metrics_log.flush()
         self.metrics_log.plot(self.stage_dir / LOSS_PLOT)
         log.info("%s finished: %d steps, final model in %s", progress.stage, progress.step, final)
         return summary
@@ -393,5 +518,11 @@ def _count_tokens(batch: dict) -> int:
 
 
 def _mean(rows: list[dict]) -> dict:
+    """Each key's mean over the rows with a finite value for it (a skipped step's NaN stays out)."""
     keys = {k for r in rows for k in r}
-    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        values = [r[k] for r in rows if k in r and math.isfinite(r[k])]
+        if values:
+            out[k] = sum(values) / len(values)
+    return out

