@@ -10,10 +10,13 @@ Rerunning the same command resumes (each stage from its newest checkpoint) and r
 minutes per phase, the comparison table (also run-dir/compare/comparison.{md,json,png}), the loss
 curves' paths (run-dir/stage{1,2}/loss.png, with held-out loss and EM/F1 as they trained).
 
-Why these settings (README "Real text" in benchmarks/): the budget is ~1,000 training rows on this
+Why these settings (benchmarks/README.md, "Real text"): the budget is ~1,000 training rows on this
 CPU, so stage1 spends it where it teaches compression most (a stage1 row asks all ~8 questions of
 its document from one compression) and stage2 teaches the answer prompt the evaluation uses; a
 short schedule wants LoRA learning rates above the stages' defaults (tuned for millions of rows).
+``--memory-space tokens --chunk-loss-weight 1`` (the default here) has the decoder read each memory
+vector as the token mixture the LM head predicts from it and teaches vector i its document's i-th
+chunk; ``--memory-space hidden --chunk-loss-weight 0 --mse-weight 0.1`` is upstream's recipe.
 """
 
 from __future__ import annotations

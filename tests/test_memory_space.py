@@ -24,20 +24,24 @@ def test_chunk_targets_are_each_memory_vectors_share_of_the_text():
     assert targets[1].flatten().tolist() == rome + [inputs.IGNORE_INDEX] * (8 - len(rome))
 
 
-def test_token_memory_is_the_embedding_mixture_the_lm_head_predicts():
+def test_the_decoder_reads_token_memory_as_the_embedding_mixture_the_lm_head_predicts():
     hidden = tiny_model(doc_max_length=16, compr_rate=4)
     tokens = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens")  # the same seed: same weights
-    enc = tokens._encode(DOCS)
     states, _ = hidden.compress_documents(DOCS)  # (2, 4, H): last hidden states
     memory, _ = tokens.compress_documents(DOCS)
+    assert torch.equal(memory, states)  # stored, indexed and scored as hidden states in both spaces
+    assert torch.equal(hidden.readable(states), states)
     table = tokens.lm.get_input_embeddings().weight
     expected = F.softmax(tokens.causal_lm.get_output_embeddings()(states).float(), -1) @ table
-    assert torch.allclose(memory, expected, atol=1e-5)
-    assert memory.norm(dim=-1).max() <= table.norm(dim=-1).max() + 1e-5  # inside the embeddings' hull
-    assert states.norm(dim=-1).mean() > memory.norm(dim=-1).mean()
-    tokens.add_query_reasoner()  # a copy of the encoder: its query vectors are the documents' memory vectors
-    assert torch.allclose(tokens.embed_queries(enc).view(2, 4, -1), memory, atol=1e-5)
-    with pytest.raises(ValueError, match="memory_space must be one of"):
+    read = tokens.readable(memory)
+    assert torch.allclose(read, expected, atol=1e-5)
+    assert read.norm(dim=-1).max() <= table.norm(dim=-1).max() + 1e-5  # inside the embeddings' hull
+    assert states.norm(dim=-1).mean() > read.norm(dim=-1).mean()
+    ids = tokens._answer_prompts(["Where does Orla live?"], 1)["input_ids"]
+    embeds = tokens.decoder_embeds(ids, memory[:1])
+    slots = torch.isin(ids, torch.tensor(tokens.tokens.mem_ids))
+    assert torch.allclose(embeds[slots], read[0], atol=1e-6)
+    with pytest.raises(ValueError, match="memory_space .*must be one of"):
         ClaraConfig(memory_space="latent")
 
 
@@ -48,7 +52,7 @@ def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lower
     model.eval()
     with torch.no_grad():
         _, _, chunk = model.compress_for_training(enc)
-        states, _ = model._states(enc)
+        states, _ = model.compress(enc)
         logp = F.log_softmax(model.causal_lm.get_output_embeddings()(states).float(), -1)
         per_doc = []
         for b in range(2):

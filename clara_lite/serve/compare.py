@@ -12,7 +12,8 @@ Systems (:data:`SYSTEMS`), all on one :class:`~clara_lite.model.modeling.ClaraMo
 - ``text-rag``: the base model (no adapter active), the documents' text in the prompt;
 - ``clara``: the trained adapters, documents compressed into memory vectors (a model with a query
   reasoner picks its top-k among the candidates itself);
-- ``clara-zeroed``: ``clara``'s prompts with every memory vector set to zero.
+- ``clara-zeroed``: ``clara``'s prompts with every memory vector set to zero (read in the model's
+  ``memory_space``: a constant that carries nothing of any document).
 
 Settings (:data:`SETTINGS`):
 
