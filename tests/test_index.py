@@ -37,9 +37,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def served_model(adapters=("encoder", "decoder", "query_reasoner"), scale: float = 1.0):
+def served_model(adapters=("encoder", "decoder", "query_reasoner"), scale: float = 1.0, **config):
     """A tiny model whose LoRA weights are not zero (a fresh LoRA's B is 0: every adapter would be the base)."""
-    model = tiny_model(adapters=adapters, **MODEL)
+    model = tiny_model(adapters=adapters, **{**MODEL, **config})
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, p in model.lm.named_parameters():
@@ -278,8 +278,9 @@ def test_minilm_bm25_and_hybrid_retrievers_serve_the_same_index(tmp_path):
 # --------------------------------------------------------------------------- the serving decoder
 
 
-def test_merged_prefix_cached_batched_decoding_answers_like_the_model():
-    model = served_model(adapters=("encoder", "decoder"))
+@pytest.mark.parametrize("memory_space", ["hidden", "tokens"])
+def test_merged_prefix_cached_batched_decoding_answers_like_the_model(memory_space):
+    model = served_model(adapters=("encoder", "decoder"), memory_space=memory_space)
     memory, _ = model.compress_documents(corpus(6, seed=3))
     per_q = torch.cat([memory[[0, 1]], memory[[2, 3]], memory[[4, 5]]])
     reference, ids = [], []
