@@ -67,6 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/real-text")
     p.add_argument("--data", default=str(SHARED), help="upstream stage1 rows (the shared 1,000-row file)")
+    p.add_argument("--model", default="smollm2-135m", help="base model (tiny-random: the smoke run in the tests)")
     p.add_argument("--train-rows", type=int, default=900, help="the first N rows train")
     p.add_argument("--heldout-rows", type=int, default=100, help="the last N rows are scored")
     p.add_argument("--questions-per-doc", type=int, default=2, help="held-out questions per document (0: all)")
@@ -100,7 +101,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     layout = RunLayout(run_dir)
     files = prepare(run_dir / "data", Path(args.data), args.train_rows, args.heldout_rows, args.questions_per_doc)
-    model_options = {"base_model": "smollm2-135m", "doc_max_length": args.doc_max_length,
+    model_options = {"base_model": args.model, "doc_max_length": args.doc_max_length,
                      "compr_rate": args.compr_rate, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
                      "memory_space": args.memory_space, "chunk_loss_weight": args.chunk_loss_weight,
                      "mse_weight": args.mse_weight}

@@ -62,3 +62,27 @@ def test_rag_latency_benchmark_measures_the_three_systems(tmp_path):
     assert re.search(r"\(c\) ask_many, 2 questions in batches of 10: \d+\.\d+ s", out)
     sizes = [int(n) for n in re.findall(r"\(c\) alone in a fresh process, (\d+) chunks", out)]
     assert len(sizes) == 2 and sizes[1] == 2 * sizes[0]  # the grown corpus is twice the index
+
+
+def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_out_rows(tmp_path):
+    import json
+
+    rows = [{"data_type": "qa", "question": [f"Where does person {i} live?", f"What is person {i}'s job?"],
+             "answers": [f"Town {i}", f"Job {i}"], "docs": [f"Person {i} lives in Town {i} and works as Job {i}."]}
+            for i in range(6)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    out = _run("benchmarks/real_text.py", "--run-dir", str(run), "--data", str(data), "--model", "tiny-random",
+               "--train-rows", "4", "--heldout-rows", "2", "--stage1-steps", "1", "--stage2-steps", "1",
+               "--rows-per-step", "1", "--questions-per-doc", "1", "--doc-max-length", "32", "--compr-rate", "4",
+               "--max-new-tokens", "2", "--threads", "1")
+    table = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table == ["system", "closed-book", "text-rag", "clara", "clara-zeroed"]
+    report = json.loads((run / "compare" / "comparison.json").read_text())
+    assert report["count"] == 2  # one question for each held-out document, none of them trained on
+    held = {r["docs"][0] for r in map(json.loads, (run / "data" / "heldout.jsonl").read_text().splitlines())}
+    trained = {d for r in map(json.loads, (run / "data" / "stage1.jsonl").read_text().splitlines()) for d in r["docs"]}
+    assert held and not held & trained
+    for path in ("compare/comparison.png", "compare/timing.json", "stage1/loss.png", "stage2/loss.png"):
+        assert (run / path).is_file(), path
