@@ -2,7 +2,7 @@
 (Wikipedia-style documents, ~8 synthetic questions each), then closed-book, text RAG and CLaRa (and
 CLaRa with its memory vectors zeroed) on questions about rows 900-999, documents never trained on.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --run-dir runs/real-text     # ~45-60 min, quiet 2-core CPU
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --run-dir runs/real-text     # ~60 min on a 2-core CPU (results: benchmarks/README.md)
     python benchmarks/real_text.py --run-dir /tmp/rt-check --train-rows 50 --heldout-rows 10 \\
         --stage1-steps 2 --stage2-steps 2 --questions-per-doc 1     # the same path in a few minutes
 
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--rows-per-step", type=int, default=4)
     p.add_argument("--lr1", type=float, default=1e-3)
     p.add_argument("--lr2", type=float, default=5e-4)
-    p.add_argument("--compr-rate", type=int, default=16)
+    p.add_argument("--compr-rate", type=int, default=4)
     p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
                    help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
     p.add_argument("--chunk-loss-weight", type=float, default=1.0)
