@@ -86,3 +86,6 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     assert held and not held & trained
     for path in ("compare/comparison.png", "compare/timing.json", "stage1/loss.png", "stage2/loss.png"):
         assert (run / path).is_file(), path
+    probe = _run("benchmarks/memory_probe.py", "--run-dir", str(run), "--limit", "2")
+    losses = dict(re.findall(r"^  (own document|another document|zeroed) +(\d+\.\d+)$", probe, re.M))
+    assert len(losses) == 3 and "over 2 questions" in probe
