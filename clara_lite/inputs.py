@@ -127,10 +127,7 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     input_ids = torch.cat([enc["input_ids"], mem], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(mem)], dim=1)
     position_ids = None if upstream else mask_positions(attention_mask)
-    out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-    if config.chunk_loss_weight:
-        out["chunks"] = chunk_targets(tokenizer, config, texts)
-    return out
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
 def chunk_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.Tensor:

@@ -162,6 +162,14 @@ class _CompressAndAnswer(Stage):
             metrics["chunk_loss"] = chunk.item()
         return total, metrics
 
+    def collate(self, tokenizer, tokens, config, examples):
+        n_docs = _uniform_docs(examples)
+        pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
+        batch = _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
+        if config.chunk_loss_weight:  # the chunk loss's targets: built for training batches only, not at inference
+            batch["enc"]["chunks"] = inputs.chunk_targets(tokenizer, config, [d for ex in examples for d in ex.docs])
+        return batch
+
 
 class Stage1(_CompressAndAnswer):
     """Compression pretraining: QA and paraphrase targets from compressed docs, + MSE."""
@@ -178,11 +186,6 @@ class Stage1(_CompressAndAnswer):
             return inputs.paraphrase_prompt(tokenizer, tokens, example.answers[0], n_docs, rng=_rng_for(example.docs[0]))
         return inputs.qa_prompt(tokenizer, tokens, example.questions, example.answers, n_docs)
 
-    def collate(self, tokenizer, tokens, config, examples):
-        n_docs = _uniform_docs(examples)
-        pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
-        return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
-
 
 class Stage2(_CompressAndAnswer):
     """Compression instruction tuning: question + its k compressed documents -> answer."""
@@ -196,11 +199,6 @@ class Stage2(_CompressAndAnswer):
 
     def prompt(self, tokenizer, tokens, config, example, n_docs):
         return inputs.answer_prompt(tokenizer, tokens, example.question, n_docs, example.answers[0])
-
-    def collate(self, tokenizer, tokens, config, examples):
-        n_docs = _uniform_docs(examples)
-        pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
-        return _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
 
 
 class Stage3(Stage):

@@ -47,8 +47,13 @@ def test_the_decoder_reads_token_memory_as_the_embedding_mixture_the_lm_head_pre
 
 def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lowers_it():
     model = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens", chunk_loss_weight=1.0, mse_weight=0.0)
-    enc = model._encode(DOCS)
+    stage = get_stage("stage2")
+    rows = [QAExample("Where does Orla Vennimark live?", (DOCS[0],), ("Japan",)),
+            QAExample("Where does Tavi Brask live?", (DOCS[1],), ("Rome",))]
+    batch = stage.collator(model)(rows)
+    enc = batch["enc"]
     assert enc["chunks"].shape == (2, 4, 4)
+    assert "chunks" not in model._encode(DOCS)  # inference (compressing, indexing, queries) builds no targets
     model.eval()
     with torch.no_grad():
         _, _, chunk = model.compress_for_training(enc)
@@ -60,12 +65,8 @@ def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lower
             per_doc.append(-torch.stack(picked).mean())
     assert chunk.item() == pytest.approx(torch.stack(per_doc).mean().item(), rel=1e-5)
 
-    stage = get_stage("stage2")
     stage.prepare(model)
     model.train()
-    rows = [QAExample("Where does Orla Vennimark live?", (DOCS[0],), ("Japan",)),
-            QAExample("Where does Tavi Brask live?", (DOCS[1],), ("Rome",))]
-    batch = stage.collator(model)(rows)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     history = []
