@@ -79,16 +79,22 @@ def _fits(value, kind: str) -> bool:
     return True
 
 
-def from_json(cls, data, where: str):
-    """``cls(**data)`` for a dict read from JSON, naming ``where`` when it is not an object, holds an
-    unknown key (a typo in a hand-edited file fails loudly) or a value of the wrong type."""
+def check_keys(cls, data, where: str) -> dict:
+    """``data`` (read from JSON) if it is an object whose keys are all fields of the dataclass ``cls``;
+    else a ValueError naming ``where`` (a typo in a hand-edited file fails loudly)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-    check_types(cls, data, where)
+    return data
+
+
+def from_json(cls, data, where: str):
+    """``cls(**data)`` for a dict read from JSON, naming ``where`` when it is not an object, holds an
+    unknown key or a value of the wrong type."""
+    check_types(cls, check_keys(cls, data, where), where)
     return cls(**data)
 
 

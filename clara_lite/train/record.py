@@ -19,10 +19,10 @@ Reading it needs no training code (export reads it for the model card).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig
+from ..config import ClaraConfig, TrainConfig, check_keys
 
 RUN_FORMAT = 1
 
@@ -32,13 +32,10 @@ class RunRecordError(ValueError):
 
 
 def _known(cls, data: dict, where: str) -> dict:
-    if not isinstance(data, dict):
-        raise RunRecordError(f"{where}: expected a JSON object")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RunRecordError(f"{where}: unknown keys {unknown}; known keys: {sorted(names)}")
-    return data
+    try:
+        return check_keys(cls, data, where)
+    except ValueError as err:
+        raise RunRecordError(str(err)) from None
 
 
 @dataclass
