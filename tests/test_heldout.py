@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
-from test_training import CLI_MODEL, CLI_TRAIN, MODEL, TRAIN, _wait_for
+from test_training import CLI_MODEL, CLI_TRAIN, KILLPOINT, MODEL, TRAIN
 
 from clara_lite.config import TrainConfig
 from clara_lite.layout import verify
@@ -74,13 +74,13 @@ def test_best_metric_keeps_the_best_step(runs):
 
 def test_sigkill_then_rerun_keeps_each_evaluation_once_and_equal(tmp_path, data_dir, runs):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage1", "--run-dir", str(run_dir), "--data",
-           str(data_dir / "stage1.jsonl"), *CLI_MODEL, *CLI_TRAIN, *CLI_EVAL, "--eval-data",
-           str(data_dir / "stage1.jsonl")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["train", "--stage", "stage1", "--run-dir", str(run_dir), "--data", str(data_dir / "stage1.jsonl"),
+            *CLI_MODEL, *CLI_TRAIN, *CLI_EVAL, "--eval-data", str(data_dir / "stage1.jsonl")]
+    step4 = run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json"
+    killed = subprocess.run([sys.executable, str(KILLPOINT), str(step4), "KILL", *args], capture_output=True,
+                            text=True, timeout=300)  # SIGKILL as step 5 starts
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    cmd = [sys.executable, "-m", "clara_lite.cli", *args]
     assert [r["step"] for r in _rows(run_dir)[1]] == [2, 4]
     again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300)  # --eval-data from run.json
     assert again.returncode == 0, again.stdout + again.stderr

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from clara_lite.train.recipe import train
 from clara_lite.train.run import RunError
 from clara_lite.train.trainer import train_stage
 
+KILLPOINT = Path(__file__).with_name("killpoint.py")
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
 TRAIN = {"max_steps": 6, "micro_batch_size": 2, "grad_accum_steps": 2, "save_steps": 2, "lr": 1e-3, "log_steps": 1}
@@ -31,34 +31,25 @@ CLI_TRAIN = ["--max-steps", "6", "--batch-size", "2", "--grad-accum", "2", "--sa
              "--log-steps", "1"]
 
 
-def _cli(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage1", "--run-dir", str(run_dir),
+def _cli(run_dir: Path, data: Path, *extra: str, launcher: tuple[str, ...] = ("-m", "clara_lite.cli")
+         ) -> subprocess.Popen:
+    cmd = [sys.executable, *launcher, "train", "--stage", "stage1", "--run-dir", str(run_dir),
            "--data", str(data), *CLI_MODEL, *CLI_TRAIN, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _signal_after(step: int, run_dir: Path, data_dir: Path, sig: int) -> subprocess.Popen:
-    """Start the stage1 CLI run (6 steps) and send ``sig`` once its checkpoint of ``step`` is complete."""
-    proc = _cli(run_dir, data_dir / "stage1.jsonl")
-    _wait_for(run_dir / "stage1" / "checkpoints" / f"step-{step:06d}" / "manifest.json", proc)
-    proc.send_signal(sig)
-    return proc
+def _signal_after(step: int, run_dir: Path, data_dir: Path, sig: str) -> tuple[int, str]:
+    """Run stage1 from the CLI (6 steps); it gets ``sig`` (KILL, TERM) as step ``step + 1`` starts, i.e. right
+    after its checkpoint of ``step`` is complete (see killpoint.py: exact, no race with the run finishing)."""
+    manifest = run_dir / "stage1" / "checkpoints" / f"step-{step:06d}" / "manifest.json"
+    proc = _cli(run_dir, data_dir / "stage1.jsonl", launcher=(str(KILLPOINT), str(manifest), sig))
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
 
 
 def _diff_to_reference(run_dir: Path, reference: Path) -> float:
     """Largest weight difference between this run's stage1 final and the uninterrupted reference's."""
     return max_abs_diff(saved_adapters(run_dir / "stage1" / "final"), saved_adapters(reference / "stage1" / "final"))
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended before {path} appeared:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +77,10 @@ def test_uninterrupted_run_writes_the_run_folder(reference):
 
 def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _signal_after(4, run_dir, data_dir, signal.SIGKILL)
-    proc.wait()
+    code, out = _signal_after(4, run_dir, data_dir, "KILL")
+    assert code == -signal.SIGKILL, out
     assert not (run_dir / "stage1" / "final").exists()
+    assert sorted(p.name for p in (run_dir / "stage1" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     again = _cli(run_dir, data_dir / "stage1.jsonl")
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
@@ -100,9 +92,8 @@ def test_sigkill_after_second_checkpoint_then_rerun_is_exact(tmp_path, data_dir,
 
 def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_dir, reference, caplog):
     run_dir = tmp_path / "run"
-    proc = _signal_after(2, run_dir, data_dir, signal.SIGTERM)  # a stop at step 6 would finish instead
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
+    code, out = _signal_after(2, run_dir, data_dir, "TERM")  # stopped during step 3
+    assert code == 130, out
     cks = sorted((run_dir / "stage1" / "checkpoints").iterdir())
     assert len(cks) >= 2 and not (run_dir / "stage1" / "final").exists()
     assert "stopped by SIGTERM" in out
@@ -117,8 +108,8 @@ def test_sigterm_checkpoints_and_a_broken_checkpoint_is_skipped(tmp_path, data_d
 
 def test_missing_manifest_is_skipped(tmp_path, data_dir, reference):
     run_dir = tmp_path / "run"
-    proc = _signal_after(4, run_dir, data_dir, signal.SIGKILL)
-    proc.wait()
+    code, out = _signal_after(4, run_dir, data_dir, "KILL")
+    assert code == -signal.SIGKILL, out
     (run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json").unlink()
     train(run_dir, "stage1", model_options={}, train_options={})
     assert _diff_to_reference(run_dir, reference) <= 1e-6
@@ -195,13 +186,12 @@ def test_stage_all_resumes_stage2_then_runs_stage3(tmp_path, data_dir):
     opts = dict(max_steps=4, micro_batch_size=2, save_steps=2, lr=1e-3, log_steps=1)
     train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
           train_options={**opts, "max_steps": 2})
-    cmd = [sys.executable, "-m", "clara_lite.cli", "train", "--stage", "stage2", "--run-dir", str(run_dir),
-           "--data", str(data_dir / "stage2.jsonl"), "--max-steps", "4", "--batch-size", "2", "--save-steps", "2",
-           "--lr", "1e-3", "--log-steps", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(run_dir / "stage2" / "checkpoints" / "step-000002" / "manifest.json", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    step2 = run_dir / "stage2" / "checkpoints" / "step-000002" / "manifest.json"
+    cmd = [sys.executable, str(KILLPOINT), str(step2), "KILL", "train", "--stage", "stage2", "--run-dir",
+           str(run_dir), "--data", str(data_dir / "stage2.jsonl"), "--max-steps", "4", "--batch-size", "2",
+           "--save-steps", "2", "--lr", "1e-3", "--log-steps", "1"]
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # SIGKILL as step 3 starts
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     results = train(run_dir, "all", data_dir=str(data_dir), model_options={},
                     train_options={"max_steps": 4, "micro_batch_size": 2, "lr": 1e-3})
     assert results["stage1"] == "already final"
