@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from synthetic_data import write_run_data
+from test_training import KILLPOINT
 
 from clara_lite.train.lock import RunLock, RunLocked, hold
 
@@ -29,6 +31,11 @@ def _holder(path: Path, **fields) -> dict:
     return data
 
 
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -39,12 +46,16 @@ def test_a_second_trainer_on_the_same_run_stops_naming_the_first(tmp_path):
     data = write_run_data(tmp_path / "data") / "stage1.jsonl"
     run = tmp_path / "run"
     cmd = [*CLI, "--run-dir", str(run), "--data", str(data)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the first one freezes itself (SIGSTOP) as step 2 starts, so it is surely mid-training while the second
+    # one starts up, however fast the machine; it goes on once that one has been refused
+    first = subprocess.Popen([sys.executable, str(KILLPOINT), str(run / "stage1" / "metrics.jsonl"), "STOP",
+                              *cmd[3:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
-    while not (run / "stage1" / "metrics.jsonl").is_file():  # the first one is training
+    while _state(first.pid) != "T":
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else ""
-        time.sleep(0.1)
+        time.sleep(0.05)
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    first.send_signal(signal.SIGCONT)
     out = second.stdout + second.stderr
     assert second.returncode != 0 and "Traceback" not in out, out
     assert f"is in use by process {first.pid} on this machine training stage1" in out
