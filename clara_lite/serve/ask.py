@@ -6,12 +6,11 @@ with a query reasoner (stage3) retrieves the top-k documents, others read every 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.modeling import ClaraModel
-from ..rows import DOC_KEYS
+from .documents import jsonl_documents
 
 MAX_DOCS_WITHOUT_RETRIEVER = 16
 
@@ -29,33 +28,19 @@ def load(path, **kwargs) -> ClaraModel:
 
 
 def read_docs(path) -> list[str]:
-    """Documents from a folder of .txt/.md files (one each, by name) or a JSONL file whose lines are
-    ``{"doc": ...}``, ``{"text": ...}``, a JSON string, or training rows (their docs). Repeats dropped.
+    """Documents from a folder of .txt/.md files (one each, by name, as written) or a JSONL file in
+    any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON
+    string, training rows' docs). Repeats dropped.
 
     >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
     ['Ada lives in Paris.']
     """
     path = Path(path)
-    docs: list[str] = []
     if path.is_dir():
-        docs = [p.read_text(encoding="utf-8").strip() for p in sorted(path.iterdir())
+        docs = [p.read_text(encoding="utf-8") for p in sorted(path.iterdir())
                 if p.is_file() and p.suffix.lower() in (".txt", ".md")]
     elif path.is_file():
-        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            found = [row] if isinstance(row, str) else None
-            if isinstance(row, dict):
-                found = next(([row[k]] for k in ("doc", "text") if isinstance(row.get(k), str)), None) or next(
-                    (row[k] for k in DOC_KEYS if isinstance(row.get(k), list)), None)
-            if not found or not all(isinstance(d, str) for d in found):
-                raise ValueError(f'{path}:{lineno}: expected {{"doc": "..."}}, {{"text": "..."}}, a JSON string, '
-                                 'or a training row with "docs"')
-            docs.extend(found)
+        docs = [d.text for d in jsonl_documents(path)]
     else:
         raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of .txt/.md files)")
     docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))

@@ -88,7 +88,7 @@ def documents_from(source, *, use_docling: str = "auto") -> list[Document]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"documents not found: {path} (a folder, a .jsonl file or a list of strings)")
-        return _jsonl_documents(path)
+        return jsonl_documents(path)
     texts = list(source)
     if not all(isinstance(t, str) for t in texts):
         raise ValueError("documents must be strings, a folder or a JSONL file")
@@ -104,7 +104,9 @@ def _dedupe(docs: list[Document]) -> list[Document]:
     return out
 
 
-def _jsonl_documents(path: Path) -> list[Document]:
+def jsonl_documents(path: Path) -> list[Document]:
+    """The documents of a JSONL file, one reader for the index and ``ask``: a JSON string, ``{"text"|"doc":
+    ..., "source"|"id"?: ..., "title"?: ...}``, or a training row (its ``docs``); a bad line names file:line."""
     docs: list[Document] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
