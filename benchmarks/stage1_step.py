@@ -51,7 +51,7 @@ from clara_lite.model.adapters import SharedDropout
 from clara_lite.model.base import load_base_model
 from clara_lite.model.size import model_params_b
 from clara_lite.stages import Stage1, StepTotals, _part
-from clara_lite.train.trainer import make_accelerator, optimizer_step
+from clara_lite.train.update import make_accelerator, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"

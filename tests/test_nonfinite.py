@@ -19,7 +19,8 @@ from clara_lite.data import read_jsonl
 from clara_lite.layout import verify
 from clara_lite.model.saving import save_model
 from clara_lite.stages import get_stage
-from clara_lite.train.trainer import TrainingDiverged, make_accelerator, optimizer_step, train_stage
+from clara_lite.train.trainer import TrainingDiverged, train_stage
+from clara_lite.train.update import make_accelerator, optimizer_step
 
 MODEL = dict(doc_max_length=16, compr_rate=4, lora_r=4, max_decoder_length=128)
 LONG = "Where does she live, " + "and what about the river and the hills " * 40 + "?"

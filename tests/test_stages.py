@@ -138,7 +138,7 @@ def test_a_step_has_the_same_gradient_however_it_is_cut_into_micro_batches(stage
     """Losses are step-wide means (answer tokens, documents, queries with a gold doc), so 4 rows as
     one padded batch, as 1+3 or as four 1-row micro-batches give one and the same update."""
     from clara_lite.config import TrainConfig
-    from clara_lite.train.trainer import make_accelerator, optimizer_step
+    from clara_lite.train.update import make_accelerator, optimizer_step
 
     stage = get_stage(stage_name)
     results = []

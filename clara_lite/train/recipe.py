@@ -25,7 +25,8 @@ from .lock import hold
 from .plan import SessionPlan, plan_session
 from .record import SessionRecord
 from .run import Run, stages_to_train
-from .trainer import Trainer, process_state
+from .trainer import Trainer
+from .update import process_state
 
 log = logging.getLogger(__name__)
 

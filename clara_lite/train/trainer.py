@@ -1,23 +1,18 @@
 """The training loop of one stage, on ``accelerate``: mixed precision, distribution (DDP) and
-gradient sync come from the library; this module adds what Colab needs: checkpoints by steps and
-minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log and a loss curve.
+gradient sync come from the library (:mod:`.update`: one optimizer step); this module adds what Colab
+needs: checkpoints by steps and minutes, exact resume, graceful stops on SIGTERM/SIGINT, a metrics log
+and a loss curve.
 
-Data order is a pure function of (seed, epoch): the run reads one stream of rows (epoch after epoch,
-each a seeded permutation) and optimizer step ``s`` always takes rows ``s*R .. (s+1)*R - 1`` of it (R
-rows per step), however they are cut into micro-batches. So a resume needs no data-loader state,
-skips seen rows instantly, and may use another micro-batch size than the session before (another GPU).
-
-An optimizer step's loss is averaged over the whole step, on every process (see
-``stages.StepTotals`` and :func:`optimizer_step`), so how a step is cut into micro-batches and
-processes changes memory and speed, never the gradient. On CPU one row per forward pass is
-fastest and leanest: no padding, one row's activations alive at a time.
+Data order is a pure function of (seed, epoch) (:mod:`.order`), so a resume needs no data-loader state
+and may use another micro-batch size than the session before (another GPU). An optimizer step's loss is
+averaged over the whole step, on every process, so how a step is cut into micro-batches and processes
+changes memory and speed, never the gradient. On CPU one row per forward pass is fastest and leanest:
+no padding, one row's activations alive at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import shutil
@@ -43,12 +38,13 @@ from ..layout import (
     write_manifest,
 )
 from ..model.saving import save_model
-from ..stages import StepTotals
 from . import checkpoint as ckpt
 from .faults import folder_bytes, space_note
 from .heldout import HeldOut
 from .metrics_log import MetricsLog
+from .order import stream_rows, total_steps
 from .plan import oom_advice, smaller_micro
+from .update import SKIPPED, any_process, make_accelerator, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -63,122 +59,6 @@ class OutOfMemory(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """Raised after ``max_nonfinite_steps`` skipped steps in a row, once the last good weights are saved."""
-
-
-def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    per_step = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
-    return max(1, math.ceil(cfg.epochs * n_rows / per_step))
-
-
-def stream_rows(first: int, count: int, n_rows: int, seed: int) -> list[int]:
-    """Row indices at positions ``first .. first+count-1`` of the run's row stream: epochs are seeded
-    permutations of the rows, one after the other."""
-    return [_epoch_order(n_rows, seed, p // n_rows)[p % n_rows] for p in range(first, first + count)]
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
-    """One epoch's permutation, drawn once (a step on CPU reads 16 one-row micro-batches of it)."""
-    return tuple(torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
-
-
-def _cpu_only() -> bool:
-    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
-
-
-def process_state():
-    """This process's place in the run (alone, or one of several under ``accelerate launch`` /
-    ``torchrun``). Set up before a model is loaded: it pins the process to its own GPU, so a 4-bit
-    base lands there (bitsandbytes loads onto the current CUDA device), and on a machine without
-    GPUs it makes torchrun's processes a gloo DDP group (accelerate does that only when told CPU)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=_cpu_only())
-
-
-def make_accelerator(cfg: TrainConfig, project_dir: Path):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # One process may train several stages (a notebook): forget the previous stage's precision
-    # settings; the process-group state (PartialState) is kept.
-    AcceleratorState._reset_state()
-    acc = Accelerator(
-        cpu=_cpu_only(),
-        mixed_precision=cfg.mixed_precision,
-        # accumulation is optimizer_step's: its losses are already step-wide means, which
-        # accelerate's division by the number of micro-batches would undo
-        gradient_accumulation_steps=1,
-        log_with=cfg.report_to or None,
-        project_dir=str(project_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    if cfg.mixed_precision == "fp16" and acc.scaler is None and acc.device.type == "cpu":
-        # accelerate runs no fp16 AMP on CPU; torch does. Turning it on lets the T4 code path
-        # (fp16 autocast + GradScaler) run, and be tested, on a CPU machine.
-        acc.native_amp = True
-        acc.scaler = torch.amp.GradScaler("cpu")
-    return acc
-
-
-SKIPPED = "skipped_steps"  # a metrics key: steps skipped for a non-finite loss or gradient
-
-
-def optimizer_step(acc, model, stage, batches: list[dict], params, optimizer, max_grad_norm: float | None) -> dict:
-    """One optimizer step over a step's micro-batches: forward + backward each (gradients of all
-    but the last kept local under DDP), clip, step. Returns the step's loss and metrics, the same
-    as one forward over all rows of all processes would give; with ``skipped_steps: 1`` when a
-    non-finite loss or gradient skipped the update.
-
-    Under DDP the loss terms' denominators are counted over every process, and each process's
-    loss is multiplied by their number, because DDP averages gradients where a one-batch loss
-    would sum them: a token counts the same whichever process it landed on."""
-    totals, world = StepTotals.of(batches), acc.num_processes
-    if world > 1:
-        counts = torch.tensor(dataclasses.astuple(totals), device=acc.device)
-        totals = StepTotals(*(int(c) for c in acc.reduce(counts, reduction="sum").tolist()))
-    summed: dict[str, float] = {}
-    for i, batch in enumerate(batches):
-        sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
-        with sync:
-            with acc.autocast():
-                loss, metrics = model(batch, stage, totals)
-            acc.backward(loss * world if world > 1 else loss)
-        for key, value in {"loss": loss.item(), **metrics}.items():
-            summed[key] = summed.get(key, 0.0) + value
-    # A non-finite loss or gradient skips the step, as GradScaler does for fp16 overflows: one bad
-    # batch must not turn every weight into NaN. A non-finite loss (a row with nothing to score,
-    # an overflow in the forward pass) is skipped before anything touches the gradients; non-finite
-    # gradients of a finite loss (fp16's overflow in backward) go to the scaler, which skips the
-    # step and lowers its scale. Losses are each process's own, so that vote is collective.
-    loss_ok = all(math.isfinite(v) for v in summed.values())
-    if world > 1:
-        loss_ok = not _any_process(acc, not loss_ok)
-    skipped = not loss_ok
-    if loss_ok:
-        norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
-        # the same on every process (DDP all-reduced them); the clipping norm says it for free
-        grads_ok = bool(torch.isfinite(norm)) if torch.is_tensor(norm) else _finite_grads(params)
-        if grads_ok or acc.scaler is not None:
-            optimizer.step()  # with a scaler and inf/NaN gradients: skipped by the scaler, scale lowered
-        skipped = not grads_ok or bool(getattr(optimizer, "step_was_skipped", False))
-    optimizer.zero_grad(set_to_none=True)
-    if world > 1:  # every process holds its share of each figure (same keys: they follow the totals)
-        keys = sorted(summed)
-        values = acc.reduce(torch.tensor([summed[k] for k in keys], device=acc.device), reduction="sum")
-        summed = dict(zip(keys, values.tolist(), strict=True))
-    if skipped:
-        summed[SKIPPED] = 1.0
-    return summed
-
-
-def _finite_grads(params) -> bool:
-    """Whether every gradient is finite: one device sync per device, not one per tensor."""
-    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    return all(bool(torch.stack([f for f in flags if f.device == d]).all()) for d in {f.device for f in flags})
 
 
 class _StopFlag:
@@ -312,7 +192,7 @@ class Trainer:
                     self.evaluate()
                 stopping = stop.requested  # a signal arriving after this line counts at the next step
                 if acc.num_processes > 1:  # all processes vote, so all stop after the same step
-                    stopping = (stopping or "a stop on another process") if _any_process(acc, bool(stopping)) else None
+                    stopping = (stopping or "a stop on another process") if any_process(acc, bool(stopping)) else None
                 due = (cfg.save_steps and progress.step % cfg.save_steps == 0) or (
                     cfg.save_minutes and time.monotonic() - last_save >= cfg.save_minutes * 60)
                 saved = None
@@ -497,11 +377,6 @@ def train_stage(model, stage, examples, stage_dir: Path, cfg: TrainConfig) -> di
     Writes ``stage_dir/final`` and returns its summary (see :class:`Trainer`).
     """
     return Trainer(model, stage, examples, stage_dir, cfg).train()
-
-
-def _any_process(acc, mine: bool) -> bool:
-    """Whether any process asked to stop (all call this at the same step: a collective)."""
-    return bool(acc.reduce(torch.tensor([float(mine)], device=acc.device), reduction="sum").item())
 
 
 def _remove(path: Path) -> None:
