@@ -21,7 +21,8 @@ from clara_lite.pipeline.chunk import load_tokenizer
 from clara_lite.serve.decoding import ServingDecoder
 from clara_lite.serve.documents import chunk_documents, document_text, documents_from
 from clara_lite.serve.fingerprint import FingerprintMismatch
-from clara_lite.serve.index import ClaraIndex, IndexFolderError
+from clara_lite.serve.index import ClaraIndex
+from clara_lite.serve.index_folder import IndexFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda sigma omega".split()

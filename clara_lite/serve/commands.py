@@ -15,7 +15,8 @@ import sys
 from ..hardware import detect_hardware
 from ..layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
-from .index import DTYPES, GROUP_DOCS, PART_ROWS, ClaraIndex, merge_shards, parse_shard
+from .index import ClaraIndex
+from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard
 from .retrievers import INDEX_TYPES, RETRIEVERS
 from .server import LOOPBACK, serve
 
