@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--compr-rate", type=int, default=4)
     p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
                    help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
+    p.add_argument("--memory-positions", default="after", choices=("after", "chunks"),
+                   help="'chunks': memory token i sits at the position of its chunk's last token")
     p.add_argument("--chunk-loss-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=0.0)
     p.add_argument("--doc-max-length", type=int, default=256)
@@ -103,7 +105,8 @@ def main() -> None:
     files = prepare(run_dir / "data", Path(args.data), args.train_rows, args.heldout_rows, args.questions_per_doc)
     model_options = {"base_model": args.model, "doc_max_length": args.doc_max_length,
                      "compr_rate": args.compr_rate, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
-                     "memory_space": args.memory_space, "chunk_loss_weight": args.chunk_loss_weight,
+                     "memory_space": args.memory_space, "memory_positions": args.memory_positions,
+                     "chunk_loss_weight": args.chunk_loss_weight,
                      "mse_weight": args.mse_weight}
     common = {"micro_batch_size": 1, "grad_accum_steps": args.rows_per_step, "warmup_ratio": 0.05, "log_steps": 4,
               "save_minutes": 10.0, "eval_questions": 12}

@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
 MEMORY_SPACES = ("hidden", "tokens")
+MEMORY_POSITIONS = ("after", "chunks")
 QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset (None): the hardware plan decides
 # every spelling a user or an upstream config may use, -> ours (bitsandbytes nf4 is our 4-bit)
 _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
@@ -154,6 +155,15 @@ class ClaraConfig:
             "choices": MEMORY_SPACES,
         },
     )
+    memory_positions: str = field(
+        default="after",
+        metadata={
+            "help": "'after': memory tokens take the positions after the document (upstream); 'chunks': memory "
+            "token i takes the position of the last token of the document's i-th chunk of compr_rate tokens, "
+            "so it sits next to what it compresses (not upstream's format)",
+            "choices": MEMORY_POSITIONS,
+        },
+    )
     chunk_loss_weight: float = field(default=0.0, metadata={
         "help": "weight of a loss that has memory vector i, read through the LM head, predict the i-th "
                 "compr_rate tokens of its document (0: upstream's recipe)"})
@@ -176,6 +186,9 @@ class ClaraConfig:
             raise ValueError(f"encoder_layout must be one of {LAYOUTS}, got {self.encoder_layout!r}")
         if self.memory_space not in MEMORY_SPACES:
             raise ValueError(f"{_name('memory_space')} must be one of {MEMORY_SPACES}, got {self.memory_space!r}")
+        if self.memory_positions not in MEMORY_POSITIONS:
+            raise ValueError(f"{_name('memory_positions')} must be one of {MEMORY_POSITIONS}, "
+                             f"got {self.memory_positions!r}")
         if self.generation_top_k < 1:
             raise ValueError(f"{_name('generation_top_k')} must be >= 1, got {self.generation_top_k}")
         check_number("lora_r", self.lora_r, low=1)

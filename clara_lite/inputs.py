@@ -127,6 +127,9 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     input_ids = torch.cat([enc["input_ids"], mem], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(mem)], dim=1)
     position_ids = None if upstream else mask_positions(attention_mask)
+    if config.memory_positions == "chunks":  # <ENC> at 0, bos at 1, the text from 2: chunk i ends at 1 + rate*(i+1)
+        position_ids = mask_positions(attention_mask)
+        position_ids[:, -mem.size(1):] = 1 + config.compr_rate * torch.arange(1, mem.size(1) + 1)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 

@@ -78,3 +78,26 @@ def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lower
         history.append(metrics["chunk_loss"])
     assert history[-1] < history[0]
     assert loss.item() == pytest.approx(metrics["lm_loss"] + metrics["chunk_loss"], rel=1e-4)
+
+
+def test_chunk_positions_put_each_memory_token_beside_the_chunk_it_compresses():
+    """memory_positions="chunks": memory token i takes the position id of the last token of chunk i (the tokens
+    chunk_targets gives it), whatever the padding; "after" keeps the positions running past the document."""
+    after = tiny_model(doc_max_length=16, compr_rate=4)
+    beside = tiny_model(doc_max_length=16, compr_rate=4, memory_positions="chunks")
+    texts = [DOCS[0] + " " + DOCS[1], "Rome"]  # a full document and a short one (left-padded)
+    enc = inputs.encode_texts(beside.tokenizer, beside.tokens, beside.config, texts)
+    targets = inputs.chunk_targets(beside.tokenizer, beside.config, texts)
+    pos, ids, m = enc["position_ids"], enc["input_ids"], beside.config.n_mem
+    assert pos[:, -m:].tolist() == [[5, 9, 13, 17]] * 2
+    for i in range(m):  # the text token at memory token i's position is the last of its chunk
+        at = (pos[0, :-m] == pos[0, -m + i]).nonzero().item()
+        assert ids[0, at].item() == targets[0, i, -1].item()
+    plain = inputs.encode_texts(after.tokenizer, after.tokens, after.config, texts)
+    assert torch.equal(plain["input_ids"], ids) and torch.equal(plain["position_ids"][:, :-m], pos[:, :-m])
+    assert plain["position_ids"][0, -m:].tolist() == list(range(int(pos[0, -m - 1]) + 1, int(pos[0, -m - 1]) + 1 + m))
+    memory, _ = beside.compress_documents(DOCS)  # the same weights (seed), other positions: other memory
+    assert memory.shape == after.compress_documents(DOCS)[0].shape
+    assert not torch.allclose(memory, after.compress_documents(DOCS)[0], atol=1e-3)
+    with pytest.raises(ValueError, match="memory_positions .*must be one of"):
+        ClaraConfig(memory_positions="middle")
