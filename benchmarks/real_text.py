@@ -16,7 +16,9 @@ its document from one compression) and stage2 teaches the answer prompt the eval
 short schedule wants LoRA learning rates above the stages' defaults (tuned for millions of rows).
 ``--memory-space tokens --chunk-loss-weight 1`` (the default here) has the decoder read each memory
 vector as the token mixture the LM head predicts from it and teaches vector i its document's i-th
-chunk; ``--memory-space hidden --chunk-loss-weight 0 --mse-weight 0.1`` is upstream's recipe.
+chunk; ``--memory-positions chunks`` (the default here) puts memory token i at the position of its chunk's last
+token, beside what it compresses; ``--memory-space hidden --memory-positions after --chunk-loss-weight 0
+--mse-weight 0.1`` is upstream's recipe.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def main() -> None:
     p.add_argument("--compr-rate", type=int, default=4)
     p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
                    help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
-    p.add_argument("--memory-positions", default="after", choices=("after", "chunks"),
+    p.add_argument("--memory-positions", default="chunks", choices=("after", "chunks"),
                    help="'chunks': memory token i sits at the position of its chunk's last token")
     p.add_argument("--chunk-loss-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=0.0)
