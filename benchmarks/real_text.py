@@ -76,8 +76,8 @@ def main() -> None:
     p.add_argument("--stage1-steps", type=int, default=64)
     p.add_argument("--stage2-steps", type=int, default=192)
     p.add_argument("--rows-per-step", type=int, default=4)
-    p.add_argument("--lr1", type=float, default=1e-3)
-    p.add_argument("--lr2", type=float, default=5e-4)
+    p.add_argument("--lr1", type=float, default=2e-3)
+    p.add_argument("--lr2", type=float, default=1e-3)
     p.add_argument("--compr-rate", type=int, default=4)
     p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
                    help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
