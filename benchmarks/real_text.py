@@ -66,6 +66,8 @@ def prepare(data_dir: Path, source: Path, train_rows: int, heldout_rows: int, pe
 
 
 def main() -> None:
+    from clara_lite.config import MEMORY_POSITIONS, MEMORY_SPACES  # light: no torch
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/real-text")
     p.add_argument("--data", default=str(SHARED), help="upstream stage1 rows (the shared 1,000-row file)")
@@ -79,9 +81,9 @@ def main() -> None:
     p.add_argument("--lr1", type=float, default=2e-3)
     p.add_argument("--lr2", type=float, default=1e-3)
     p.add_argument("--compr-rate", type=int, default=4)
-    p.add_argument("--memory-space", default="tokens", choices=("hidden", "tokens"),
+    p.add_argument("--memory-space", default="tokens", choices=MEMORY_SPACES,
                    help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
-    p.add_argument("--memory-positions", default="chunks", choices=("after", "chunks"),
+    p.add_argument("--memory-positions", default="chunks", choices=MEMORY_POSITIONS,
                    help="'chunks': memory token i sits at the position of its chunk's last token")
     p.add_argument("--chunk-loss-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=0.0)

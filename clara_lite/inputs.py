@@ -109,7 +109,8 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     """Encoder inputs for documents (or queries): ``<ENC> bos text eos`` then the memory tokens.
 
     Returns ``input_ids``/``attention_mask`` (B, T+n_mem) and ``position_ids`` (None for the
-    upstream layout, which pads every text to doc_max_length+3 and lets positions run from 0).
+    upstream layout, which pads every text to doc_max_length+3 and lets positions run from 0, unless
+    ``memory_positions="chunks"`` places each memory token at its chunk's last position).
     """
     keep = (config.doc_max_length + 3) * MAX_CHARS_PER_TOKEN
     wrapped = [f"<ENC>{tokens.bos}{t if len(t) <= keep else t[:keep]}{tokens.eos}" for t in texts]
@@ -126,9 +127,9 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     mem = torch.tensor(tokens.mem_ids, dtype=torch.long).expand(b, -1)
     input_ids = torch.cat([enc["input_ids"], mem], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(mem)], dim=1)
-    position_ids = None if upstream else mask_positions(attention_mask)
-    if config.memory_positions == "chunks":  # <ENC> at 0, bos at 1, the text from 2: chunk i ends at 1 + rate*(i+1)
-        position_ids = mask_positions(attention_mask)
+    chunks = config.memory_positions == "chunks"
+    position_ids = None if upstream and not chunks else mask_positions(attention_mask)
+    if chunks:  # <ENC> at 0, bos at 1, the text from 2: chunk i ends at 1 + rate*(i+1)
         position_ids[:, -mem.size(1):] = 1 + config.compr_rate * torch.arange(1, mem.size(1) + 1)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
