@@ -26,9 +26,9 @@ def main() -> None:
 
     import torch
 
-    from clara_lite.data import read_jsonl
+    from clara_lite.model.data import read_jsonl
     from clara_lite.model.modeling import ClaraModel
-    from clara_lite.stages import ORDER, get_stage
+    from clara_lite.model.stages import ORDER, get_stage
 
     run = Path(args.run_dir)
     model = ClaraModel.from_pretrained(args.model or run / args.stage / "final")

@@ -116,7 +116,7 @@ def build_model(args):
 
 
 def index_dir(args) -> Path:
-    from clara_lite.layout import cache_dir
+    from clara_lite.core.layout import cache_dir
 
     if args.index_dir:
         return Path(args.index_dir)
@@ -124,7 +124,7 @@ def index_dir(args) -> Path:
 
 
 def ensure_index(args, model, docs) -> tuple[Path, float | None]:
-    from clara_lite.layout import MANIFEST
+    from clara_lite.core.layout import MANIFEST
     from clara_lite.serve.index import ClaraIndex
 
     path = index_dir(args)
@@ -143,7 +143,7 @@ def ensure_index(args, model, docs) -> tuple[Path, float | None]:
 def replicate(src: Path, dst: Path, times: int) -> Path:
     """An index of ``times`` copies of ``src`` (its part files copied under new group numbers): a corpus
     ``times`` larger without compressing it again, to see what (c) needs as the corpus grows."""
-    from clara_lite.layout import (
+    from clara_lite.core.layout import (
         INDEX_CHUNKS,
         INDEX_FILE,
         KIND_INDEX,

@@ -66,7 +66,7 @@ def prepare(data_dir: Path, source: Path, train_rows: int, heldout_rows: int, pe
 
 
 def main() -> None:
-    from clara_lite.config import MEMORY_POSITIONS, MEMORY_SPACES  # light: no torch
+    from clara_lite.core.config import MEMORY_POSITIONS, MEMORY_SPACES  # light: no torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/real-text")
@@ -97,8 +97,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from clara_lite.data import read_jsonl
-    from clara_lite.layout import RunLayout, write_json
+    from clara_lite.core.layout import RunLayout, write_json
+    from clara_lite.model.data import read_jsonl
     from clara_lite.model.modeling import ClaraModel
     from clara_lite.serve.compare import compare
     from clara_lite.serve.report import markdown_table, write_report

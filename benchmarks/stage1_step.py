@@ -43,14 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from clara_lite import ClaraModel
-from clara_lite.config import TrainConfig
-from clara_lite.data import read_jsonl
-from clara_lite.hardware import detect_hardware
-from clara_lite.inputs import IGNORE_INDEX, mask_positions
+from clara_lite.core.config import TrainConfig
+from clara_lite.core.hardware import detect_hardware
 from clara_lite.model.adapters import SharedDropout
 from clara_lite.model.base import load_base_model
+from clara_lite.model.data import read_jsonl
+from clara_lite.model.inputs import IGNORE_INDEX, mask_positions
 from clara_lite.model.size import model_params_b
-from clara_lite.stages import Stage1, StepTotals, _part
+from clara_lite.model.stages import Stage1, StepTotals, _part
 from clara_lite.train.update import make_accelerator, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]

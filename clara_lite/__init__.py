@@ -11,10 +11,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ClaraModel": "model.modeling",
-    "ClaraConfig": "config",
-    "TrainConfig": "config",
+    "ClaraConfig": "core.config",
+    "TrainConfig": "core.config",
     "load_base_model": "model.base",
-    "detect_hardware": "hardware",
+    "detect_hardware": "core.hardware",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,7 @@
 """``clara-lite``: the terminal face of the package. Each subcommand is a thin call into it.
 
-Model and training flags are built from the fields of :class:`~clara_lite.config.ClaraConfig` and
-:class:`~clara_lite.config.TrainConfig` (name, type, choices, help): one home per setting. Stage
+Model and training flags are built from the fields of :class:`~clara_lite.core.config.ClaraConfig` and
+:class:`~clara_lite.core.config.TrainConfig` (name, type, choices, help): one home per setting. Stage
 names become stages here, at the edge.
 """
 
@@ -15,15 +15,17 @@ import sys
 
 import torch
 
-from . import __version__, source
-from .config import ClaraConfig, TrainConfig, add_flags, given
-from .data import read_jsonl, validate_file
+from . import __version__
+from .core import source
+from .core.config import ClaraConfig, TrainConfig, add_flags, given
+from .core.hardware import cpu_threads_note, describe, detect_hardware
 from .demo import run_demo
-from .evaluation import evaluate_model
-from .hardware import cpu_threads_note, describe, detect_hardware
-from .inputs import add_special_tokens
+from .model.data import read_jsonl, validate_file
+from .model.evaluation import evaluate_model
+from .model.inputs import add_special_tokens
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
+from .model.stages import ALL, ORDER, get_stage
 from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
@@ -33,7 +35,6 @@ from .serve.commands import add_index_options, add_serve_commands, ask_index
 from .serve.compare import NORMAL, ORACLE, SETTINGS, SYSTEMS, compare, parse_systems
 from .serve.export import export_zip
 from .serve.report import markdown_table, write_report
-from .stages import ALL, ORDER, get_stage
 from .train.recipe import ALREADY_FINAL, train
 from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
 

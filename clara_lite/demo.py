@@ -23,17 +23,17 @@ import logging
 import time
 from pathlib import Path
 
-from .data import read_jsonl, validate_file
-from .evaluation import exact_match
-from .examples import write_example_data
-from .hardware import describe, detect_hardware
-from .layout import RunLayout, write_json
+from .core.hardware import describe, detect_hardware
+from .core.layout import RunLayout, write_json
+from .model.data import read_jsonl, validate_file
+from .model.evaluation import exact_match
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
+from .model.stages import ORDER, get_stage
+from .pipeline.examples import write_example_data
 from .serve.compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, compare
 from .serve.export import export_zip
 from .serve.report import write_report
-from .stages import ORDER, get_stage
 from .train.recipe import train
 
 log = logging.getLogger(__name__)

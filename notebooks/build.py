@@ -8,7 +8,7 @@ Edit the cells here, never in the .ipynb files. Output is deterministic: cell id
 (``Workspace``: what a notebook does with a run) and ``clara_lite.notebook.colab`` (installs,
 Drive); the logic lives there. The one exception is the first cell, tagged ``bootstrap``: it gets
 clara_lite into a fresh runtime, before there is a package to call. Where it gets it from (and the
-badges' links) is :mod:`clara_lite.source`, the one place that says so.
+badges' links) is :mod:`clara_lite.core.source`, the one place that says so.
 A cell tagged ``parameters`` holds each notebook's inputs, so headless runners (papermill, the
 tests) can override them by adding a cell after it.
 
@@ -24,9 +24,10 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's clara_lite
-from clara_lite import __version__, source  # noqa: E402
+from clara_lite import __version__  # noqa: E402
+from clara_lite.core import source  # noqa: E402
+from clara_lite.model.stages import STAGES  # noqa: E402
 from clara_lite.notebook.colab import COLAB_ROOT, DRIVE_ENV, MOUNT_POINT  # noqa: E402
-from clara_lite.stages import STAGES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -407,7 +408,7 @@ def path(name: str) -> Path:
 
 
 def readme_text() -> str:
-    """README.md with its block of Colab badges (between the two markers) written from clara_lite.source."""
+    """README.md with its block of Colab badges (between the two markers) written from clara_lite.core.source."""
     text = README.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         raise SystemExit(f"{README} lost its markers {README_BEGIN!r} / {README_END!r}: put them back")

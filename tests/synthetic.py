@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from clara_lite import ClaraConfig, ClaraModel, load_base_model
-from clara_lite.data import QAExample
-from clara_lite.stages import get_stage
+from clara_lite.model.data import QAExample
+from clara_lite.model.stages import get_stage
 
 NAMES = tuple("Bob Ann Tom Max Sam Tim Kim Dan Ben Ray Pat Jim Jack Paul Mark Anna Lily Rose Adam John Mary "
               "Alex Carl Fred Greg Jane Nick Ken Lou Hal".split())  # 30

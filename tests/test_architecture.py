@@ -14,9 +14,9 @@ import grimp
 import pytest
 
 from clara_lite.cli import build_parser
-from clara_lite.config import ClaraConfig, TrainConfig
+from clara_lite.core.config import ClaraConfig, TrainConfig
+from clara_lite.model.stages import ORDER, STAGES
 from clara_lite.notebook.settings import Settings
-from clara_lite.stages import ORDER, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"

@@ -10,7 +10,7 @@ import sys
 
 from conftest import ROOT
 
-from clara_lite.data import read_jsonl
+from clara_lite.model.data import read_jsonl
 
 
 def _run(*args: str) -> str:

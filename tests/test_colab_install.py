@@ -20,7 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clara_lite import __version__, source
+from clara_lite import __version__
+from clara_lite.core import source
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources")  # what pip needs to build from git

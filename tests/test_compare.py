@@ -11,10 +11,10 @@ from synthetic_data import write_run_data
 from test_pipeline_convert import hotpot
 from test_pipeline_datasets import musique, two_wiki
 
-from clara_lite import inputs
 from clara_lite import notebook as nb
 from clara_lite.cli import main
-from clara_lite.data import read_jsonl
+from clara_lite.model import inputs
+from clara_lite.model.data import read_jsonl
 from clara_lite.pipeline.questions import load_questions, pool_retriever
 from clara_lite.serve.compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, TEXT_RAG, compare, reading_sets
 from clara_lite.serve.paper import paper_scores

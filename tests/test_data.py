@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_lite.data import (
+from clara_lite.model.data import (
     DataError,
     Problem,
     QAExample,

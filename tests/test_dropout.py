@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from helpers import tiny_model
 
-from clara_lite.data import QAExample
 from clara_lite.model.adapters import SharedDropout
-from clara_lite.stages import get_stage
+from clara_lite.model.data import QAExample
+from clara_lite.model.stages import get_stage
 
 
 def test_shared_dropout_keeps_rate_and_scale_and_shares_only_the_same_input():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from clara_lite.evaluation import (
+from clara_lite.model.evaluation import (
     cover_exact_match,
     evaluate,
     exact_match,

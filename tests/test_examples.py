@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from clara_lite.examples import load_facts, load_world, write_example_data
+from clara_lite.pipeline.examples import load_facts, load_world, write_example_data
 
 
 def test_people_are_invented_and_every_answer_is_in_their_document():

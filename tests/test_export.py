@@ -19,8 +19,8 @@ from synthetic_data import write_run_data
 
 from clara_lite import ClaraModel
 from clara_lite.cli import main
+from clara_lite.core.layout import cache_dir
 from clara_lite.io.unzip import ZipImportError, check_folder, extract_zip
-from clara_lite.layout import cache_dir
 from clara_lite.serve.ask import answer, read_docs
 from clara_lite.serve.export import ExportError, export_zip
 from clara_lite.train.recipe import train

@@ -26,7 +26,7 @@ import torch
 from helpers import saved_adapters
 from synthetic_data import write_run_data
 
-from clara_lite.layout import verify
+from clara_lite.core.layout import verify
 from clara_lite.train.checkpoint import complete_checkpoints
 from clara_lite.train.recipe import ALREADY_FINAL, train
 

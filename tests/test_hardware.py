@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from clara_lite.hardware import (
+from clara_lite.core.hardware import (
     CPU_WARNING,
     DeviceInfo,
     cpu_threads_note,

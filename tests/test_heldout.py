@@ -14,8 +14,8 @@ from helpers import max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
 from test_training import CLI_MODEL, CLI_TRAIN, KILLPOINT, MODEL, TRAIN
 
-from clara_lite.config import TrainConfig
-from clara_lite.layout import verify
+from clara_lite.core.config import TrainConfig
+from clara_lite.core.layout import verify
 from clara_lite.train.recipe import train
 
 EVAL = {"eval_steps": 2, "eval_questions": 4, "best_metric": "loss"}

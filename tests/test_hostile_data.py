@@ -14,7 +14,7 @@ from helpers import tiny_model
 from synthetic_data import write_run_data
 
 from clara_lite.cli import main
-from clara_lite.inputs import encode_texts
+from clara_lite.model.inputs import encode_texts
 from clara_lite.model.saving import save_model
 
 MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]

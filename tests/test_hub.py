@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import lay_out_cache
 
-from clara_lite.config import ClaraConfig, normalize_quantization
+from clara_lite.core.config import ClaraConfig, normalize_quantization
 from clara_lite.model import hub
 
 SECRET = "hf_NOT_A_REAL_TOKEN_but_secret_1234567890"

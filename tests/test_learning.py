@@ -17,7 +17,7 @@ import torch
 from synthetic import JOBS, NAMES, PLACES, learnable_model, qa_rows, retrieval_rows, split_facts, train
 
 from clara_lite import load_base_model
-from clara_lite.evaluation import exact_match
+from clara_lite.model.evaluation import exact_match
 from clara_lite.serve.compare import CLARA, CLARA_ZEROED, compare
 
 N_CANDIDATES = 8

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_model
 
-from clara_lite import ClaraConfig, inputs
-from clara_lite.data import QAExample
-from clara_lite.stages import get_stage
+from clara_lite import ClaraConfig
+from clara_lite.model import inputs
+from clara_lite.model.data import QAExample
+from clara_lite.model.stages import get_stage
 
 DOCS = ["Orla Vennimark is a cook who lives in Japan.", "Tavi Brask lives in Rome and works as a guard."]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clara_lite.layout import cache_dir
+from clara_lite.core.layout import cache_dir
 from clara_lite.model.base import REGISTRY, UnknownModelError, load_base_model, resolve
 
 

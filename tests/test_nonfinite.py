@@ -14,11 +14,11 @@ import torch
 from helpers import saved_adapters, tiny_model
 from synthetic_data import write_run_data
 
-from clara_lite.config import TrainConfig
-from clara_lite.data import read_jsonl
-from clara_lite.layout import verify
+from clara_lite.core.config import TrainConfig
+from clara_lite.core.layout import verify
+from clara_lite.model.data import read_jsonl
 from clara_lite.model.saving import save_model
-from clara_lite.stages import get_stage
+from clara_lite.model.stages import get_stage
 from clara_lite.train.trainer import TrainingDiverged, train_stage
 from clara_lite.train.update import make_accelerator, optimizer_step
 

@@ -27,7 +27,7 @@ from helpers import lay_out_cache
 from nbclient import NotebookClient
 
 from clara_lite import notebook as nb
-from clara_lite.config import ClaraConfig
+from clara_lite.core.config import ClaraConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

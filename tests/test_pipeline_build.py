@@ -10,7 +10,7 @@ from test_pipeline_support import FakeLLM, make_documents
 
 from clara_lite import notebook as nb
 from clara_lite.cli import main
-from clara_lite.data import read_jsonl, validate_file
+from clara_lite.model.data import read_jsonl, validate_file
 from clara_lite.pipeline.records import read_rows
 
 KEY = "sk-live-0123456789abcdef-SECRET"

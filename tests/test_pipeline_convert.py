@@ -8,7 +8,7 @@ import pytest
 from test_pipeline_support import TOPICS
 
 from clara_lite.cli import main
-from clara_lite.data import read_jsonl, validate_file
+from clara_lite.model.data import read_jsonl, validate_file
 from clara_lite.pipeline.convert import convert, load_records
 from clara_lite.pipeline.split import split_units, write_stage_files
 

@@ -10,7 +10,7 @@ from test_pipeline_convert import NAMES, hotpot, nq_hf
 from test_pipeline_support import TOPICS
 
 from clara_lite.cli import main
-from clara_lite.data import read_jsonl, validate_file
+from clara_lite.model.data import read_jsonl, validate_file
 from clara_lite.pipeline.convert import convert
 from clara_lite.pipeline.sources import detect_format, load_records
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clara_lite.examples import load_facts
+from clara_lite.pipeline.examples import load_facts
 from clara_lite.pipeline.negatives import Embedder, candidates, minilm_path, normalize
 
 

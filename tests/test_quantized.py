@@ -11,8 +11,8 @@ from helpers import tiny_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from clara_lite import ClaraModel
-from clara_lite.data import Stage1Example
-from clara_lite.stages import get_stage
+from clara_lite.model.data import Stage1Example
+from clara_lite.model.stages import get_stage
 
 bnb = pytest.importorskip("bitsandbytes")
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from synthetic_data import write_run_data
 
 from clara_lite.cli import main
-from clara_lite.layout import KIND_CHECKPOINT, verify, write_manifest
+from clara_lite.core.layout import KIND_CHECKPOINT, verify, write_manifest
+from clara_lite.model.stages import get_stage
 from clara_lite.serve.export import export_zip
-from clara_lite.stages import get_stage
 from clara_lite.train.recipe import train
 from clara_lite.train.record import RunRecord
 from clara_lite.train.run import Run, RunError

@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_model
 
 from clara_lite import ClaraModel
-from clara_lite.stages import get_stage
+from clara_lite.model.stages import get_stage
 
 QUESTIONS = ["Who wrote the first program?", "Which river is longest?"]
 DOCS = [["Ada Lovelace wrote the first program.", "Paris is in France."],

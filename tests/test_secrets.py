@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from test_pipeline_support import FakeLLM
 
-from clara_lite import secrets
+from clara_lite.core import secrets
 from clara_lite.io import drive
 from clara_lite.pipeline.generators import ENV_API_KEY, GeneratorError, OpenAICompatible
 

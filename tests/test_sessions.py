@@ -19,11 +19,11 @@ import torch
 from helpers import max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
 
-from clara_lite.data import QAExample, read_jsonl
-from clara_lite.hardware import DeviceInfo
+from clara_lite.core.hardware import DeviceInfo
+from clara_lite.model.data import QAExample, read_jsonl
 from clara_lite.model.modeling import ClaraModel
+from clara_lite.model.stages import get_stage
 from clara_lite.serve.export import model_card
-from clara_lite.stages import get_stage
 from clara_lite.train.plan import plan_session, split_rows, tokens_per_row
 from clara_lite.train.recipe import train
 from clara_lite.train.run import Run, RunError

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from clara_lite.data import QAExample, Stage1Example
-from clara_lite.stages import get_stage
+from clara_lite.model.data import QAExample, Stage1Example
+from clara_lite.model.stages import get_stage
 
 DOCS = ["Ada Lovelace wrote the first program in 1843.", "The Nile is the longest river in Africa."]
 STAGE1 = [
@@ -137,7 +137,7 @@ QA_UNEVEN = [
 def test_a_step_has_the_same_gradient_however_it_is_cut_into_micro_batches(stage_name, rows, tmp_path):
     """Losses are step-wide means (answer tokens, documents, queries with a gold doc), so 4 rows as
     one padded batch, as 1+3 or as four 1-row micro-batches give one and the same update."""
-    from clara_lite.config import TrainConfig
+    from clara_lite.core.config import TrainConfig
     from clara_lite.train.update import make_accelerator, optimizer_step
 
     stage = get_stage(stage_name)

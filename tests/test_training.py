@@ -16,9 +16,9 @@ import torch
 from helpers import max_abs_diff, saved_adapters, tiny_model
 from synthetic_data import write_run_data
 
-from clara_lite.config import TrainConfig
-from clara_lite.data import read_jsonl
-from clara_lite.stages import get_stage
+from clara_lite.core.config import TrainConfig
+from clara_lite.model.data import read_jsonl
+from clara_lite.model.stages import get_stage
 from clara_lite.train.recipe import train
 from clara_lite.train.run import RunError
 from clara_lite.train.trainer import train_stage

@@ -7,9 +7,9 @@ import math
 
 from helpers import tiny_model
 
-from clara_lite.config import TrainConfig
-from clara_lite.data import read_jsonl
-from clara_lite.stages import get_stage
+from clara_lite.core.config import TrainConfig
+from clara_lite.model.data import read_jsonl
+from clara_lite.model.stages import get_stage
 from clara_lite.train.trainer import train_stage
 
 

@@ -14,7 +14,7 @@ behaves the same on every gdown the requirements allow. gdown still does what is
 the "can't scan this file for viruses" confirmation page and listing a shared folder.
 
 URLs are logged without credentials or query strings (signed links carry tokens there), through
-:func:`clara_lite.secrets.redact`, the one redaction every layer uses.
+:func:`clara_lite.core.secrets.redact`, the one redaction every layer uses.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..secrets import redact  # one redaction for every layer (re-exported for callers)
+from ..core.secrets import redact  # one redaction for every layer (re-exported for callers)
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from ..layout import (
+from ..core.layout import (
     KIND_MODEL,
     MANIFEST,
     ZIPS_DIR,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ClaraConfig, is_quantized
+from ..core.config import ClaraConfig, is_quantized
 
 
 def lora_config(config: ClaraConfig):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import is_quantized, normalize_quantization
-from ..layout import cache_dir
+from ..core.config import is_quantized, normalize_quantization
+from ..core.layout import cache_dir
 from .hub import hub_token, split_hub_path, token_help
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..layout import (
+from ..core.layout import (
     ADAPTERS_DIR,
     ADDED_TOKENS_FILE,
     CONFIG_FILE,

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import inputs
-from ..config import ClaraConfig
-from ..inputs import SpecialTokens
-from ..stages import QUERY_REASONER
+from ..core.config import ClaraConfig
+from . import inputs
 from .adapters import lora_config, prepare_base, share_dropout
 from .base import load_base_model
+from .inputs import SpecialTokens
 from .saving import load_model, save_model
+from .stages import QUERY_REASONER
 
 log = logging.getLogger(__name__)
 

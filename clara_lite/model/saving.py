@@ -17,11 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import inputs
-from ..config import ClaraConfig
-from ..hardware import detect_hardware, dtype_name
-from ..io.unzip import extract_zip
-from ..layout import (
+from ..core.config import ClaraConfig
+from ..core.hardware import detect_hardware, dtype_name
+from ..core.layout import (
     ADAPTER_WEIGHTS,
     ADAPTERS_DIR,
     ADDED_TOKENS_FILE,
@@ -30,11 +28,13 @@ from ..layout import (
     UPSTREAM_ADAPTERS,
     ZIPS_DIR,
 )
-from ..stages import QUERY_REASONER
+from ..io.unzip import extract_zip
+from . import inputs
 from .adapters import prepare_base
 from .base import UnknownModelError, load_base_model, resolve
 from .hub import resolve_model_path
 from .size import model_params_b
+from .stages import QUERY_REASONER
 from .upstream import load_upstream
 
 log = logging.getLogger(__name__)

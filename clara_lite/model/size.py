@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..layout import CONFIG_FILE, UPSTREAM_ADAPTERS, UPSTREAM_CONFIG
+from ..core.layout import CONFIG_FILE, UPSTREAM_ADAPTERS, UPSTREAM_CONFIG
 from .base import REGISTRY
 from .hub import hub_token, split_hub_path
 

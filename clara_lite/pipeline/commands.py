@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..stages import ORDER
+from ..model.stages import ORDER
 from .build import BuildConfig, build, load_chunks
 from .chunk import ChunkConfig, chunk_pages, load_tokenizer
 from .convert import FORMATS, convert, from_synthesis

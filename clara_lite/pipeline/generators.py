@@ -8,8 +8,8 @@ DeepSeek (``https://api.deepseek.com``), Ollama (``http://localhost:11434/v1``) 
 (``http://host:8000/v1``). Its settings come from the environment (``CLARA_LLM_BASE_URL``,
 ``CLARA_LLM_MODEL``, ``CLARA_LLM_API_KEY``; ``CLARA_VLM_MODEL`` names a vision model on the same
 endpoint). The key is never put in a message, log line, repr or file: only in the request header,
-checked before the first request (:func:`clara_lite.secrets.header_value`); URLs in messages are
-shown without credentials or query values (:func:`clara_lite.secrets.redact`). Redirects are not
+checked before the first request (:func:`clara_lite.core.secrets.header_value`); URLs in messages are
+shown without credentials or query values (:func:`clara_lite.core.secrets.redact`). Redirects are not
 followed: urllib would copy the ``Authorization`` header to whatever host the endpoint names.
 Rate limits (429) and server or network errors are retried with exponential back-off, honouring
 ``Retry-After``.
@@ -39,9 +39,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..hardware import detect_hardware
+from ..core.hardware import detect_hardware
+from ..core.secrets import SHOWN_PARAMS, header_value, redact
 from ..model.base import load_base_model
-from ..secrets import SHOWN_PARAMS, header_value, redact
 
 log = logging.getLogger(__name__)
 

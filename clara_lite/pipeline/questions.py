@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..data import ANSWER_KEYS, DOC_KEYS, QAExample, questions_of, read_jsonl
-from ..stages import ORDER, STAGES, get_stage
+from ..model.data import ANSWER_KEYS, DOC_KEYS, QAExample, questions_of, read_jsonl
+from ..model.stages import ORDER, STAGES, get_stage
 from .convert import convert
 from .negatives import nearest
 from .records import Corpus

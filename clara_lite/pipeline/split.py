@@ -26,7 +26,7 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ..stages import STAGES
+from ..model.stages import STAGES
 from .negatives import Embedder, candidates
 from .records import Corpus, QAItem, write_jsonl
 

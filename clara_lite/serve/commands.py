@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 
-from ..hardware import detect_hardware
-from ..layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
+from ..core.hardware import detect_hardware
+from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import inputs
-from ..evaluation import evaluate
+from ..model import inputs
+from ..model.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import inputs
+from ..model import inputs
 
 log = logging.getLogger(__name__)
 

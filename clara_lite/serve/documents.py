@@ -23,10 +23,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..model.rows import DOC_KEYS
 from ..pipeline.chunk import ChunkConfig, chunk_pages
 from ..pipeline.extract import EXTRACTORS, Unreadable, _choose_docling, extract_file
 from ..pipeline.records import Page, clean_paragraphs, fill_images
-from ..rows import DOC_KEYS
 
 log = logging.getLogger(__name__)
 

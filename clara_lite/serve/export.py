@@ -23,8 +23,8 @@ import zipfile
 from pathlib import Path
 
 from .. import __version__
-from ..config import ClaraConfig
-from ..layout import (
+from ..core.config import ClaraConfig
+from ..core.layout import (
     ADAPTERS_DIR,
     CARD,
     KIND_CHECKPOINT,
@@ -35,7 +35,7 @@ from ..layout import (
     read_manifest,
     verify,
 )
-from ..stages import ORDER, QUERY_REASONER, get_stage
+from ..model.stages import ORDER, QUERY_REASONER, get_stage
 from ..train.run import Run
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import math
 import torch
 
 from ..model.saving import added_rows
-from ..stages import QUERY_REASONER
+from ..model.stages import QUERY_REASONER
 
 SETTINGS = ("base_model", "doc_max_length", "compr_rate", "different_mem_tokens", "encoder_layout")
 RTOL = 2e-3  # relative to the tensor's absolute sum: fp16 rounds each weight by <= 2^-11 (5e-4)

@@ -1,7 +1,7 @@
 """A compressed document index: documents compressed once into memory vectors, kept on disk, and
 every question answered from the few that retrieval picks.
 
-On disk (a folder; names in :mod:`clara_lite.layout`)::
+On disk (a folder; names in :mod:`clara_lite.core.layout`)::
 
     index.json                   settings, the model's fingerprint, the parts (the same build: the same file)
     chunks.jsonl                 one row per chunk: text, source, page, character span, id
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..layout import (
+from ..core.layout import (
     INDEX_CHUNKS,
     INDEX_FILE,
     KIND_INDEX,

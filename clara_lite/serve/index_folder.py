@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..hardware import detect_hardware
-from ..layout import (
+from ..core.hardware import detect_hardware
+from ..core.layout import (
     INDEX_CHUNKS,
     INDEX_FILE,
     INDEX_SHARDS_DIR,
@@ -142,7 +142,7 @@ def read_meta(path: Path) -> dict:
 
 
 def sizes_problem(path: Path) -> str | None:
-    """:func:`~clara_lite.layout.verify` without hashing: every listed file present at its size."""
+    """:func:`~clara_lite.core.layout.verify` without hashing: every listed file present at its size."""
     return verify(path, KIND_INDEX, hashes=False, interrupted="the build or an update was interrupted")
 
 

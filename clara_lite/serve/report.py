@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..layout import COMPARE_CHART, COMPARE_JSON, COMPARE_MARKDOWN, COMPARE_PREDICTIONS, write_json
+from ..core.layout import COMPARE_CHART, COMPARE_JSON, COMPARE_MARKDOWN, COMPARE_PREDICTIONS, write_json
 from .compare import Comparison
 
 CHART_METRICS = (("em", "EM"), ("f1", "F1"), ("cover_em", "cover-EM"))

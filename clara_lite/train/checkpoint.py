@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ClaraConfig
-from ..layout import (
+from ..core.config import ClaraConfig
+from ..core.layout import (
     ADAPTER_WEIGHTS,
     ADAPTERS_DIR,
     CONFIG_FILE,

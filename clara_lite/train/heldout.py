@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, questions_of, read_jsonl
-from ..evaluation import evaluate_model
-from ..layout import BEST_DIR, KIND_CHECKPOINT, SUMMARY_FILE, write_json, write_manifest
+from ..core.layout import BEST_DIR, KIND_CHECKPOINT, SUMMARY_FILE, write_json, write_manifest
+from ..model.data import DataError, questions_of, read_jsonl
+from ..model.evaluation import evaluate_model
 from ..model.saving import save_model
-from ..stages import STAGES, StepTotals
+from ..model.stages import STAGES, StepTotals
 from . import checkpoint as ckpt
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..layout import write_json
+from ..core.layout import write_json
 
 log = logging.getLogger(__name__)
 

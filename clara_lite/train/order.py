@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
 
 
 def total_steps(n_rows: int, cfg: TrainConfig, world_size: int = 1) -> int:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..config import ClaraConfig, is_quantized, normalize_quantization
-from ..hardware import DeviceInfo, HardwareProfile, dtype_name, flash_attn_importable, plan, probe_device
+from ..core.config import ClaraConfig, is_quantized, normalize_quantization
+from ..core.hardware import DeviceInfo, HardwareProfile, dtype_name, flash_attn_importable, plan, probe_device
 from ..model.base import REGISTRY
 from ..model.size import model_family, model_params_b
-from ..stages import Stage
+from ..model.stages import Stage
 from .run import Run, RunError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class SessionPlan:
         return self.profile.attn_implementation
 
     def train_values(self) -> dict:
-        """The :class:`~clara_lite.config.TrainConfig` fields this session sets."""
+        """The :class:`~clara_lite.core.config.TrainConfig` fields this session sets."""
         return {"micro_batch_size": self.micro_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "rows_per_step": self.rows_per_step, "mixed_precision": self.mixed_precision,
                 "gradient_checkpointing": self.gradient_checkpointing}

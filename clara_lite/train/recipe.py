@@ -15,12 +15,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig
-from ..data import check_training_file, read_jsonl
-from ..hardware import DeviceInfo, dtype_name, library_versions
-from ..layout import RunLayout
+from ..core.config import ClaraConfig, TrainConfig
+from ..core.hardware import DeviceInfo, dtype_name, library_versions
+from ..core.layout import RunLayout
+from ..model.data import check_training_file, read_jsonl
 from ..model.modeling import ClaraModel
-from ..stages import ALL, Stage
+from ..model.stages import ALL, Stage
 from .lock import hold
 from .plan import SessionPlan, plan_session
 from .record import SessionRecord
@@ -38,8 +38,8 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
           init_from: str | None = None, base_path: str | None = None, device: DeviceInfo | None = None) -> dict:
     """Train ``stage`` (or ``"all"``: every stage not yet final, in order) in ``run_dir``.
 
-    ``model_options`` are :class:`~clara_lite.config.ClaraConfig` fields, ``train_options``
-    :class:`~clara_lite.config.TrainConfig` fields; only the ones given override run.json or the
+    ``model_options`` are :class:`~clara_lite.core.config.ClaraConfig` fields, ``train_options``
+    :class:`~clara_lite.core.config.TrainConfig` fields; only the ones given override run.json or the
     hardware plan. ``device`` plans for that device instead of the one probed (tests simulate GPUs).
     Returns ``{stage: summary or "already final"}``. The run folder is locked meanwhile
     (:mod:`.lock`): a second trainer there stops with a message naming this one.

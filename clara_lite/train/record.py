@@ -1,7 +1,7 @@
 """``run.json`` as typed records: what a run was asked to do, on what data, on which machines.
 
-One copy of every setting: ``model`` is the :class:`~clara_lite.config.ClaraConfig` the run trains
-(fixed at the first stage), each stage's ``train`` the :class:`~clara_lite.config.TrainConfig` it
+One copy of every setting: ``model`` is the :class:`~clara_lite.core.config.ClaraConfig` the run trains
+(fixed at the first stage), each stage's ``train`` the :class:`~clara_lite.core.config.TrainConfig` it
 started with, ``settings`` only what a notebook adds (run name, data folder, steps per stage).
 Reading it needs no training code (export reads it for the model card).
 
@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig, check_keys
+from ..core.config import ClaraConfig, TrainConfig, check_keys
 
 RUN_FORMAT = 1
 

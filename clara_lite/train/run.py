@@ -9,7 +9,7 @@ run.json is rewritten in place (no renames on Drive), its previous version first
 run.json deleted, the run's own checkpoints say what it was: each carries its model's
 ``clara_config.json`` and its stage's TrainConfig (``state.json``), so a resume with other model
 settings is refused either way.
-Where things are on disk is :class:`clara_lite.layout.RunLayout`; what run.json holds is
+Where things are on disk is :class:`clara_lite.core.layout.RunLayout`; what run.json holds is
 :class:`~clara_lite.train.record.RunRecord`.
 """
 
@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import ClaraConfig, TrainConfig
-from ..layout import (
+from ..core.config import ClaraConfig, TrainConfig
+from ..core.layout import (
     CONFIG_FILE,
     KIND_CHECKPOINT,
     MANIFEST,
@@ -34,7 +34,7 @@ from ..layout import (
     verify,
     write_json_keeping_copy,
 )
-from ..stages import ALL, ORDER, STAGES, Stage, get_stage, previous_stage
+from ..model.stages import ALL, ORDER, STAGES, Stage, get_stage, previous_stage
 from .checkpoint import complete_checkpoints, model_config_file
 from .record import DataRecord, RunRecord, RunRecordError, SessionRecord
 

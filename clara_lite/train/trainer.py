@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig, is_quantized
-from ..layout import (
+from ..core.config import TrainConfig, is_quantized
+from ..core.layout import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
     KIND_CHECKPOINT,

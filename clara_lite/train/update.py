@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
-from ..stages import StepTotals
+from ..core.config import TrainConfig
+from ..model.stages import StepTotals
 
 
 def _cpu_only() -> bool:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.config import ClaraConfig
 from . import inputs
-from .config import ClaraConfig
 from .inputs import IGNORE_INDEX, SpecialTokens
 from .rows import QA_SHAPE, STAGE1_SHAPE, parse_qa_row, parse_stage1_row
 

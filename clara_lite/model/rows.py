@@ -2,7 +2,7 @@
 
 Why strict: a bad row otherwise surfaces as a shape error deep inside a training step, hours in.
 A parser collects ``(field, reason)`` problems instead of raising, so a file can be checked whole
-(:mod:`clara_lite.data`). Like upstream, docs may sit under ``context``/``content`` and a stage2/3
+(:mod:`clara_lite.model.data`). Like upstream, docs may sit under ``context``/``content`` and a stage2/3
 answer under ``answer``/``answers``/``golden_answers`` (a string or a list of acceptable answers;
 the first is the training target). Which stage reads which row is the stage registry's fact.
 """

@@ -20,14 +20,14 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from .stages import ORDER, STAGES
+from ..model.stages import ORDER, STAGES
 
 ATTRIBUTES = ("place", "job", "colour")
 BLOCK = 16  # people per balanced block
 
 
 def load_world() -> dict:
-    return json.loads(resources.files("clara_lite.example_data").joinpath("world.json").read_text("utf-8"))
+    return json.loads(resources.files("clara_lite.pipeline.example_data").joinpath("world.json").read_text("utf-8"))
 
 
 def _article(word: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import __version__
+from .. import __version__
 
 log = logging.getLogger(__name__)
 

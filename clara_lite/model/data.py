@@ -2,7 +2,7 @@
 
 ``read_jsonl`` checks every line and lists every problem at once, as ``file:line: field 'x':
 reason``, so one edit pass fixes the file. One JSON object per line, blank lines ignored; what a
-row looks like is :mod:`clara_lite.rows`, which stage reads which row is :mod:`clara_lite.stages`.
+row looks like is :mod:`clara_lite.model.rows`, which stage reads which row is :mod:`clara_lite.model.stages`.
 
 Beyond a row's shape, a row can still stop training hours in, at the step that batches it:
 text a tokenizer cannot read (an unpaired surrogate), a memory token typed into the text, rows
@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import ClaraConfig
+from ..core.config import ClaraConfig
 from .inputs import RESERVED_TOKENS
 from .rows import (  # noqa: F401  (re-exported: the names data files are about)
     ANSWER_KEYS,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ClaraConfig
+from ..core.config import ClaraConfig
 
 IGNORE_INDEX = -100
 

@@ -1,6 +1,6 @@
 """Secrets (API keys, tokens, passwords and signatures in URLs) never reach a message, log line or file.
 
-The bottom of the package, with :mod:`clara_lite.layout`: it imports nothing from clara_lite, so
+The bottom of the package, with :mod:`clara_lite.core.layout`: it imports nothing from clara_lite, so
 every layer hides secrets the same way, through :func:`redact`. Why one function: the ways a key
 leaks are many (an error body that echoes the request, a URL with ``user:key@`` or ``?api_key=``,
 a library's exception text) and a second, weaker copy of the rules is where the next leak comes from.

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 GITHUB_REPO = "clara-lite/clara_lite"  # THE setting: owner/name of the repository on GitHub
 DIST = "clara_lite"  # the distribution's name on an index and in a wheel's file name
@@ -67,7 +67,7 @@ def describe() -> str:
 
 def checkout() -> Path | None:
     """The source checkout this clara_lite runs from (an editable install), None for an installed wheel."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 
