@@ -108,8 +108,9 @@ def _train(args) -> int:
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return 130
-    except OutOfMemory as oom:
+    except OutOfMemory as oom:  # the advice (4-bit, shorter documents, ...), not a traceback
         log.error("%s", oom)
+        return 4
     except TrainingDiverged as err:
         log.error("%s", err)
         return 3

@@ -52,3 +52,32 @@ def test_each_case_is_one_message_and_a_non_zero_exit(tmp_path):
         error = out[out.index(" ERROR "):]
         assert all(words in error for words in cases[name][1]), (name, out)
     assert not any((tmp_path / name.replace(" ", "-")).exists() for name in cases)  # refused: nothing written
+
+
+def test_train_out_of_memory_prints_the_advice_and_exits_4(tmp_path, caplog):
+    """Every forward pass raises torch's own OutOfMemoryError (a real global forward hook, as a full GPU would):
+    the trainer halves the micro-batch down to one row, then the CLI logs the advice and exits 4."""
+    import logging
+
+    import torch
+
+    from clara_lite.cli import main
+    from clara_lite.model.modeling import ClaraModel
+
+    data = write_run_data(tmp_path / "data")
+
+    def full_gpu(module, _args):
+        if isinstance(module, ClaraModel):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(full_gpu)
+    try:
+        with caplog.at_level(logging.ERROR, logger="clara_lite"):
+            code = main(["train", "--stage", "stage1", "--run-dir", str(tmp_path / "run"), *MODEL, "--data",
+                         str(data / "stage1.jsonl"), "--max-steps", "2", "--batch-size", "2"])
+    finally:
+        handle.remove()
+    assert code == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "4bit" in errors[0].lower().replace("-", ""), errors
+    assert not (tmp_path / "run" / "stage1" / "final").exists()
