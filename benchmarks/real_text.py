@@ -14,11 +14,8 @@ Why these settings (benchmarks/README.md, "Real text"): the budget is ~1,000 tra
 CPU, so stage1 spends it where it teaches compression most (a stage1 row asks all ~8 questions of
 its document from one compression) and stage2 teaches the answer prompt the evaluation uses; a
 short schedule wants LoRA learning rates above the stages' defaults (tuned for millions of rows).
-``--memory-space tokens --chunk-loss-weight 1`` (the default here) has the decoder read each memory
-vector as the token mixture the LM head predicts from it and teaches vector i its document's i-th
-chunk; ``--memory-positions chunks`` (the default here) puts memory token i at the position of its chunk's last
-token, beside what it compresses; ``--memory-space hidden --memory-positions after --chunk-loss-weight 0
---mse-weight 0.1`` is upstream's recipe.
+The settings are the recipe ``clara_lite/recipes/real_text.yaml`` (``--recipe`` takes another file; any
+model or training flag of ``clara-lite train`` overrides one value of it).
 """
 
 from __future__ import annotations
@@ -65,33 +62,32 @@ def prepare(data_dir: Path, source: Path, train_rows: int, heldout_rows: int, pe
     }
 
 
-def main() -> None:
-    from clara_lite.core.config import MEMORY_POSITIONS, MEMORY_SPACES  # light: no torch
+def build_parser():
+    """The benchmark's own flags (data, steps, scoring) plus every model and training setting as
+    ``clara-lite train`` has it (from the config fields); ``--recipe`` gives the rest."""
+    from clara_lite.core.config import ClaraConfig, TrainConfig, add_flags
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/real-text")
     p.add_argument("--data", default=str(SHARED), help="upstream stage1 rows (the shared 1,000-row file)")
-    p.add_argument("--model", default="smollm2-135m", help="base model (tiny-random: the smoke run in the tests)")
+    p.add_argument("--recipe", default="real_text", help="recipe file or shipped recipe name (clara_lite/recipes/)")
     p.add_argument("--train-rows", type=int, default=900, help="the first N rows train")
     p.add_argument("--heldout-rows", type=int, default=100, help="the last N rows are scored")
     p.add_argument("--questions-per-doc", type=int, default=2, help="held-out questions per document (0: all)")
-    p.add_argument("--stage1-steps", type=int, default=64)
-    p.add_argument("--stage2-steps", type=int, default=192)
-    p.add_argument("--rows-per-step", type=int, default=4)
-    p.add_argument("--lr1", type=float, default=2e-3)
-    p.add_argument("--lr2", type=float, default=1e-3)
-    p.add_argument("--compr-rate", type=int, default=4)
-    p.add_argument("--memory-space", default="tokens", choices=MEMORY_SPACES,
-                   help="'hidden': upstream's last hidden states; 'tokens': readable from the first step")
-    p.add_argument("--memory-positions", default="chunks", choices=MEMORY_POSITIONS,
-                   help="'chunks': memory token i sits at the position of its chunk's last token")
-    p.add_argument("--chunk-loss-weight", type=float, default=1.0)
-    p.add_argument("--mse-weight", type=float, default=0.0)
-    p.add_argument("--doc-max-length", type=int, default=256)
+    p.add_argument("--stage1-steps", type=int, default=None, help="stage1's max_steps (default: the recipe's)")
+    p.add_argument("--stage2-steps", type=int, default=None, help="stage2's max_steps (default: the recipe's)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--systems", default="closed-book,text-rag,clara,clara-zeroed")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args()
+    add_flags(p.add_argument_group("model (over the recipe's)"), ClaraConfig)
+    add_flags(p.add_argument_group("training, every stage (over the recipe's)"), TrainConfig)
+    return p
+
+
+def main() -> None:
+    from clara_lite.core.config import ClaraConfig, TrainConfig, given
+
+    args = build_parser().parse_args()
 
     import torch
 
@@ -102,28 +98,22 @@ def main() -> None:
     from clara_lite.model.modeling import ClaraModel
     from clara_lite.serve.compare import compare
     from clara_lite.serve.report import markdown_table, write_report
-    from clara_lite.train.recipe import train
+    from clara_lite.train.launch import train
+    from clara_lite.train.recipe import load_recipe
 
+    recipe = load_recipe(args.recipe)
     run_dir = Path(args.run_dir)
     layout = RunLayout(run_dir)
     files = prepare(run_dir / "data", Path(args.data), args.train_rows, args.heldout_rows, args.questions_per_doc)
-    model_options = {"base_model": args.model, "doc_max_length": args.doc_max_length,
-                     "compr_rate": args.compr_rate, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
-                     "memory_space": args.memory_space, "memory_positions": args.memory_positions,
-                     "chunk_loss_weight": args.chunk_loss_weight,
-                     "mse_weight": args.mse_weight}
-    common = {"micro_batch_size": 1, "grad_accum_steps": args.rows_per_step, "warmup_ratio": 0.05, "log_steps": 4,
-              "save_minutes": 10.0, "eval_questions": 12}
-    plans = {
-        "stage1": {**common, "max_steps": args.stage1_steps, "lr": args.lr1, "eval_data": str(files["eval1"]),
-                   "eval_steps": max(args.stage1_steps // 4, 1), "save_steps": max(args.stage1_steps // 4, 1)},
-        "stage2": {**common, "max_steps": args.stage2_steps, "lr": args.lr2, "eval_data": str(files["eval2"]),
-                   "eval_steps": max(args.stage2_steps // 4, 1), "save_steps": max(args.stage2_steps // 4, 1),
-                   "eval_questions": 24},
-    }
+    model_options = {**recipe.model, **given(args, ClaraConfig)}
     load = os.getloadavg()
     minutes = {}
-    for stage, options in plans.items():
+    for stage, steps in (("stage1", args.stage1_steps), ("stage2", args.stage2_steps)):
+        options = {**recipe.train_options(stage), **given(args, TrainConfig)}
+        if steps is not None:
+            options["max_steps"] = steps
+        every = max(options["max_steps"] // 4, 1)  # held-out scores and checkpoints four times a stage
+        options = {"eval_data": str(files[f"eval{stage[-1]}"]), "eval_steps": every, "save_steps": every, **options}
         start = time.perf_counter()
         train(run_dir, stage, data=str(files[stage]), model_options=model_options, train_options=options)
         minutes[stage] = (time.perf_counter() - start) / 60

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from . import __version__
 from .core import source
 from .core.config import ClaraConfig, TrainConfig, add_flags, given
 from .core.hardware import cpu_threads_note, describe, detect_hardware
-from .demo import run_demo
+from .demo import run_demo, write_recipe_data
 from .model.data import read_jsonl, validate_file
 from .model.evaluation import evaluate_model
 from .model.inputs import add_special_tokens
@@ -35,7 +36,8 @@ from .serve.commands import add_index_options, add_serve_commands, ask_index
 from .serve.compare import NORMAL, ORACLE, SETTINGS, SYSTEMS, compare, parse_systems
 from .serve.export import export_zip
 from .serve.report import markdown_table, write_report
-from .train.recipe import ALREADY_FINAL, train
+from .train.launch import ALREADY_FINAL, train
+from .train.recipe import load_recipe
 from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("clara_lite")
@@ -101,10 +103,17 @@ def _compare(args, model) -> int:
 
 
 def _train(args) -> int:
+    recipe = load_recipe(args.config) if args.config else None  # every value checked before anything is written
+    stage = args.stage or (ALL if recipe else None)
+    if stage is None:
+        raise ValueError("train needs --stage (stage1, stage2, stage3 or all), or --config RECIPE (then all stages)")
+    data_dir = args.data_dir
+    if recipe is not None and recipe.example_data is not None and not (args.data or data_dir):
+        data_dir = str(write_recipe_data(recipe, Path(args.run_dir))[ORDER[0]].parent)
     try:
-        results = train(args.run_dir, args.stage, data=args.data, data_dir=args.data_dir,
+        results = train(args.run_dir, stage, data=args.data, data_dir=data_dir,
                         model_options=given(args, ClaraConfig), train_options=given(args, TrainConfig),
-                        init_from=args.init_from, base_path=args.base_path)
+                        recipe=recipe, init_from=args.init_from, base_path=args.base_path)
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         return 130
@@ -114,9 +123,9 @@ def _train(args) -> int:
     except TrainingDiverged as err:
         log.error("%s", err)
         return 3
-    for stage, result in results.items():
+    for name, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
-        print(f"{stage}: {done} -> {args.run_dir}/{stage}/final")
+        print(f"{name}: {done} -> {args.run_dir}/{name}/final")
     return 0
 
 
@@ -207,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     t = sub.add_parser("train", help="train a stage (or all) in a run folder; reruns resume")
-    t.add_argument("--stage", required=True, choices=[*ORDER, ALL])
+    t.add_argument("--stage", default=None, choices=[*ORDER, ALL], help="the stage to train (default with --config: all)")
+    t.add_argument("--config", default=None, metavar="RECIPE",
+                   help="a recipe file (YAML or JSON: sections model, train, stage1..3, example_data; the configs' own "
+                   "keys) or a shipped recipe's name (demo, real_text); flags given here override it")
     t.add_argument("--run-dir", required=True, help="run folder (on Drive in Colab)")
     t.add_argument("--data", default=None, help="JSONL for this stage (remembered in run.json)")
     t.add_argument("--data-dir", default=None, help="folder with " + ", ".join(get_stage(s).data_file for s in ORDER))
@@ -219,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the whole pipeline on the embedded model, on CPU, in minutes")
     m.add_argument("--run-dir", default="runs/demo")
-    m.add_argument("--base", default=ClaraConfig().base_model)
+    m.add_argument("--base", default=None, help="base model (default: the demo recipe's)")
     m.set_defaults(func=_demo)
 
     x = sub.add_parser("export", help="zip a run's final model (adapters, config, tokenizer, model card)")

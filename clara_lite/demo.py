@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from .core.config import ClaraConfig
 from .core.hardware import describe, detect_hardware
 from .core.layout import RunLayout, write_json
 from .model.data import read_jsonl, validate_file
@@ -34,33 +36,37 @@ from .pipeline.examples import write_example_data
 from .serve.compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, compare
 from .serve.export import export_zip
 from .serve.report import write_report
-from .train.recipe import train
+from .train.launch import train
+from .train.recipe import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
 
-# the demo's recipe (see the module doc)
-MODEL = {"doc_max_length": 32, "compr_rate": 4, "generation_top_k": 1, "lora_r": 16, "lora_dropout": 0.0,
-         "memory_space": "tokens", "chunk_loss_weight": 1.0, "mse_weight": 0.0, "contrastive_weight": 2.0}
-# 384 people to learn from, 16 never seen; stage2 reads each question's own document, stage3 picks it among 4
-DATA = {"n_facts": 400, "heldout": 16, "n_candidates": 4, "stage2_candidates": 1}
-STEPS = dict(zip(ORDER, (24, 60, 20), strict=True))
-LR = dict(zip(ORDER, (2e-3, 2e-3, 2e-3), strict=True))
-ROWS_PER_STEP = 8
+RECIPE = "demo"  # clara_lite/recipes/demo.yaml: model, steps, rates and the example world (see the module doc)
 HELDOUT = "heldout"
 SYSTEMS = (CLARA, CLOSED_BOOK, CLARA_ZEROED)
 LABELS = {CLARA: "CLaRa", CLOSED_BOOK: "closed-book (base model, no documents)",
           CLARA_ZEROED: "CLaRa, memory vectors zeroed"}
 
 
-def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", steps: dict | None = None) -> dict:
+def write_recipe_data(recipe: Recipe, run_dir: Path) -> dict[str, Path]:
+    """The example world of ``recipe`` (its ``example_data``) written into ``<run_dir>/data``: {file: path}."""
+    if recipe.example_data is None:
+        raise ValueError(f"{recipe.path}: no example_data section: pass --data or --data-dir")
+    return write_example_data(run_dir / "data", **asdict(recipe.example_data))
+
+
+def run_demo(run_dir: str | Path = "runs/demo", base: str | None = None, steps: dict | None = None,
+             recipe: str | Path = RECIPE) -> dict:
+    """The demo's recipe on ``base`` (default: the recipe's), ``steps`` overriding its steps per stage."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    steps = {**STEPS, **(steps or {})}
+    recipe = load_recipe(recipe)
+    base = base or recipe.model.get("base_model") or ClaraConfig().base_model
     last = get_stage(ORDER[-1])  # the held-out rows are questions over candidates, as the last stage reads
     print(describe(detect_hardware(model_params_b=model_params_b(base))), flush=True)
 
-    paths = write_example_data(run_dir / "data", **DATA)
+    paths = write_recipe_data(recipe, run_dir)
     for name, path in paths.items():
         report = validate_file(path, last if name == HELDOUT else get_stage(name))
         print(report.format().splitlines()[0], flush=True)
@@ -68,10 +74,9 @@ def run_demo(run_dir: str | Path = "runs/demo", base: str = "smollm2-135m", step
             raise ValueError(report.format())
 
     for stage in ORDER:
-        train(run_dir, stage, data=str(paths[stage]), model_options={"base_model": base, **MODEL},
-              train_options={"max_steps": steps[stage], "micro_batch_size": ROWS_PER_STEP, "grad_accum_steps": 1,
-                             "lr": LR[stage], "log_steps": 5, "save_steps": max(steps[stage] // 2, 1),
-                             "warmup_ratio": 0.1})
+        shorter = {"max_steps": steps[stage], "save_steps": max(steps[stage] // 2, 1)} if steps else {}
+        train(run_dir, stage, data=str(paths[stage]), model_options={"base_model": base}, train_options=shorter,
+              recipe=recipe)
 
     model = ClaraModel.from_pretrained(layout.final(last.name))
     held = read_jsonl(paths[HELDOUT], last)

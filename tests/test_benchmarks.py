@@ -73,9 +73,9 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    out = _run("benchmarks/real_text.py", "--run-dir", str(run), "--data", str(data), "--model", "tiny-random",
+    out = _run("benchmarks/real_text.py", "--run-dir", str(run), "--data", str(data), "--base", "tiny-random",
                "--train-rows", "4", "--heldout-rows", "2", "--stage1-steps", "1", "--stage2-steps", "1",
-               "--rows-per-step", "1", "--questions-per-doc", "1", "--doc-max-length", "32", "--compr-rate", "4",
+               "--grad-accum", "1", "--questions-per-doc", "1", "--doc-max-length", "32", "--compr-rate", "4",
                "--max-new-tokens", "2", "--threads", "1")
     table = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert table == ["system", "closed-book", "text-rag", "clara", "clara-zeroed"]

@@ -23,7 +23,7 @@ from clara_lite.core.layout import cache_dir
 from clara_lite.io.unzip import ZipImportError, check_folder, extract_zip
 from clara_lite.serve.ask import answer, read_docs
 from clara_lite.serve.export import ExportError, export_zip
-from clara_lite.train.recipe import train
+from clara_lite.train.launch import train
 from clara_lite.train.run import Run
 
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}

@@ -28,7 +28,7 @@ from synthetic_data import write_run_data
 
 from clara_lite.core.layout import verify
 from clara_lite.train.checkpoint import complete_checkpoints
-from clara_lite.train.recipe import ALREADY_FINAL, train
+from clara_lite.train.launch import ALREADY_FINAL, train
 
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 TRAIN = {"max_steps": 3, "micro_batch_size": 2, "grad_accum_steps": 1, "save_steps": 1, "lr": 1e-3, "log_steps": 1,

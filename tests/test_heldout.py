@@ -16,7 +16,7 @@ from test_training import CLI_MODEL, CLI_TRAIN, KILLPOINT, MODEL, TRAIN
 
 from clara_lite.core.config import TrainConfig
 from clara_lite.core.layout import verify
-from clara_lite.train.recipe import train
+from clara_lite.train.launch import train
 
 EVAL = {"eval_steps": 2, "eval_questions": 4, "best_metric": "loss"}
 CLI_EVAL = ["--eval-steps", "2", "--eval-questions", "4", "--best-metric", "loss"]

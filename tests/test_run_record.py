@@ -23,7 +23,7 @@ from clara_lite.cli import main
 from clara_lite.core.layout import KIND_CHECKPOINT, verify, write_manifest
 from clara_lite.model.stages import get_stage
 from clara_lite.serve.export import export_zip
-from clara_lite.train.recipe import train
+from clara_lite.train.launch import train
 from clara_lite.train.record import RunRecord
 from clara_lite.train.run import Run, RunError
 

@@ -24,8 +24,8 @@ from clara_lite.model.data import QAExample, read_jsonl
 from clara_lite.model.modeling import ClaraModel
 from clara_lite.model.stages import get_stage
 from clara_lite.serve.export import model_card
+from clara_lite.train.launch import train
 from clara_lite.train.plan import plan_session, split_rows, tokens_per_row
-from clara_lite.train.recipe import train
 from clara_lite.train.run import Run, RunError
 from clara_lite.train.trainer import OutOfMemory, TrainingInterrupted
 

@@ -19,7 +19,7 @@ from synthetic_data import write_run_data
 from clara_lite.core.config import TrainConfig
 from clara_lite.model.data import read_jsonl
 from clara_lite.model.stages import get_stage
-from clara_lite.train.recipe import train
+from clara_lite.train.launch import train
 from clara_lite.train.run import RunError
 from clara_lite.train.trainer import train_stage
 

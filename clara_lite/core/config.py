@@ -361,6 +361,26 @@ class TrainConfig:
         return from_json(cls, data, where)
 
 
+@dataclass
+class ExampleData:
+    """The invented example world (``clara_lite.pipeline.examples``) a recipe trains on: people who exist
+    nowhere else, each with a place, a job and a favourite colour; ``heldout`` of them only in heldout.jsonl."""
+
+    n_facts: int = field(default=24, metadata={"help": "people in the world"})
+    heldout: int = field(default=4, metadata={"help": "people whose documents no stage trains on"})
+    n_candidates: int = field(default=4, metadata={"help": "candidate documents per stage3 / held-out question"})
+    stage2_candidates: int | None = field(default=None, metadata={
+        "help": "candidate documents per stage2 question (default: n_candidates)"})
+
+    def __post_init__(self):
+        check_number("n_facts", self.n_facts, low=1)
+        check_number("heldout", self.heldout, low=0)
+        check_number("n_candidates", self.n_candidates, low=1)
+        check_number("stage2_candidates", self.stage2_candidates, low=1, optional=True)
+        if self.heldout >= self.n_facts:
+            raise ValueError(f"heldout ({self.heldout}) must be below n_facts ({self.n_facts})")
+
+
 # --------------------------------------------------------------------------- command-line flags
 
 _TYPES = {"int": int, "float": float, "str": str}

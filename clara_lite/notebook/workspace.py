@@ -36,7 +36,7 @@ from ..serve.index import ClaraIndex
 from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
 from ..serve.report import markdown_table, write_report
-from ..train.recipe import train
+from ..train.launch import train
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
 from . import colab

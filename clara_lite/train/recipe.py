@@ -1,152 +1,118 @@
-"""The recipe: hardware plan -> configs -> model -> trainer, for one stage or all of them in order.
+"""Recipes are files: a run's model settings and each stage's training settings, in YAML or JSON.
 
-The one function the CLI, the notebooks and the demo call to train. Settings that change results
-(model, LoRA, compression, learning rate, rows per step) are fixed in ``run.json`` by the first
-session; what the hardware decides (dtype, 4-bit, attention, micro-batch x accumulation, gradient
-checkpointing) is planned again each session (:mod:`.plan`) and appended to run.json's ``sessions``.
+A recipe holds only what it sets, under the configs' own names; everything else comes from run.json,
+the hardware plan or the fields' defaults, exactly as when the same values are typed as flags::
 
->>> train("runs/demo", "all", data_dir="data/", model_options={"base_model": "tiny-random"})  # doctest: +SKIP
-{'stage1': {...}, 'stage2': {...}, 'stage3': {...}}
+    model:                 # ClaraConfig fields
+      doc_max_length: 32
+      compr_rate: 4
+    train:                 # TrainConfig fields, every stage
+      micro_batch_size: 8
+    stage1:                # TrainConfig fields, this stage only (over ``train``)
+      max_steps: 24
+    example_data:          # ExampleData fields: train on the invented example world (written into the run)
+      n_facts: 400
+
+Every section, key and value is checked when the file is read, before anything is written: an unknown
+key, a wrong type or a bad value is refused naming the file, the key and what is allowed. The recipes
+that ship (``demo``, ``real_text``) live in ``clara_lite/recipes/`` and are found by name.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import replace
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..core.config import ClaraConfig, TrainConfig
-from ..core.hardware import DeviceInfo, dtype_name, library_versions
-from ..core.layout import RunLayout
-from ..model.data import check_training_file, read_jsonl
-from ..model.modeling import ClaraModel
-from ..model.stages import ALL, Stage
-from .lock import hold
-from .plan import SessionPlan, plan_session
-from .record import SessionRecord
-from .run import Run, stages_to_train
-from .trainer import Trainer
-from .update import process_state
+from ..core.config import ClaraConfig, ExampleData, TrainConfig, check_keys, check_types
+from ..core.layout import sha256_file
+from ..model.stages import ORDER
 
-log = logging.getLogger(__name__)
-
-ALREADY_FINAL = "already final"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SUFFIXES = (".yaml", ".yml", ".json")
+SECTIONS = {"model": ClaraConfig, "train": TrainConfig, **{name: TrainConfig for name in ORDER},
+            "example_data": ExampleData}
 
 
-def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None = None,
-          model_options: dict | None = None, train_options: dict | None = None,
-          init_from: str | None = None, base_path: str | None = None, device: DeviceInfo | None = None) -> dict:
-    """Train ``stage`` (or ``"all"``: every stage not yet final, in order) in ``run_dir``.
-
-    ``model_options`` are :class:`~clara_lite.core.config.ClaraConfig` fields, ``train_options``
-    :class:`~clara_lite.core.config.TrainConfig` fields; only the ones given override run.json or the
-    hardware plan. ``device`` plans for that device instead of the one probed (tests simulate GPUs).
-    Returns ``{stage: summary or "already final"}``. The run folder is locked meanwhile
-    (:mod:`.lock`): a second trainer there stops with a message naming this one.
-    """
-    with hold(RunLayout(run_dir).lock_file, stage=stage, enabled=process_state().is_main_process):
-        return _train(run_dir, stage, data=data, data_dir=data_dir, model_options=model_options,
-                      train_options=train_options, init_from=init_from, base_path=base_path, device=device)
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file, the key and what is allowed."""
 
 
-def _train(run_dir, stage: str, *, data, data_dir, model_options, train_options, init_from, base_path,
-           device) -> dict:
-    """:func:`train`, with the run folder's lock held."""
-    run = Run(run_dir)
-    every = stage == ALL
-    stages = stages_to_train(stage)
-    # with "all", options are meant for the stages still to train: finished ones are not judged
-    final = {s.name: run.is_final(s.name) for s in stages}  # hashes each final once
-    judged = [s.name for s in stages if not every or not final[s.name]]
-    run.check(judged, model_options or {}, train_options or {})
-    results = {}
-    for one in stages:
-        if final[one.name]:
-            log.info("%s is already final in %s: skipping", one.name, run.final_dir(one.name))
-            results[one.name] = ALREADY_FINAL
-            continue
-        results[one.name] = train_one(
-            run, one, data=None if every else data, data_dir=data_dir, model_options=dict(model_options or {}),
-            train_options=dict(train_options or {}),
-            init_from=init_from if not every or one.previous is None else None, base_path=base_path,
-            device=device)
-    return results
+@dataclass(frozen=True)
+class Recipe:
+    """The settings a recipe file gives: ``model`` (ClaraConfig fields), ``train`` (TrainConfig fields for every
+    stage), ``stages`` (TrainConfig fields per stage) and ``example_data``; ``path`` is the file."""
+
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
+    example_data: ExampleData | None = None
+    path: Path | None = None
+
+    def train_options(self, stage: str) -> dict:
+        """TrainConfig fields for ``stage``: the stage's own over the ones for every stage."""
+        return {**self.train, **self.stages.get(stage, {})}
+
+    def record(self) -> dict | None:
+        """What run.json keeps of the recipe a stage came from."""
+        return None if self.path is None else {"path": str(self.path), "sha256": sha256_file(self.path)}
 
 
-def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, train_options: dict,
-              init_from, base_path, device: DeviceInfo | None = None) -> dict:
-    """Plan this session, fix the run's settings, build the model and train ``stage`` to its final."""
-    state = process_state()  # first, so each process loads onto its own device
-    entry = run.record.stage(stage.name)
-    if init_from:
-        entry.init_from = str(init_from)
-    start_dir = run.start_dir(stage)
-    config = run.model_config(model_options)
-    path = run.data_file(stage, data, data_dir)
-    examples = read_jsonl(path, stage)
-    check_training_file(path, stage, config)  # rows that would stop a step, found before run.json is written
-    entry.data.rows = len(examples)
-
-    session = plan_session(run, stage, examples, config, train_options, base=base_path or config.base_model,
-                           quantization=model_options.get("quantization"), world=state.num_processes,
-                           device=device)
-    log.info("%s, this session: %s", stage.name, session.summary())
-    for note in session.notes:
-        log.warning("%s", note)
-    cfg = run.train_config(stage.name, train_options, session.train_values())
-    record = run.record_session(stage.name, session.profile, library_versions(), session.record(), cfg)
-
-    def save() -> None:
-        if state.is_main_process:  # several processes (DDP) share one run folder: one writer
-            run.save()
-
-    save()
-    model = build_model(replace(config, quantization=session.quantization), session, seed=cfg.seed,
-                        start_dir=start_dir, base_path=base_path)
-    _record_attention(record, model, session)
-    save()
-    check_training_file(path, stage, model.config, model.tokenizer, model.tokens)  # prompts, in its tokens
-
-    def replanned(new: TrainConfig) -> None:  # out of memory: the trainer split the step further
-        entry.train = replace(entry.train, micro_batch_size=new.micro_batch_size,
-                              grad_accum_steps=new.grad_accum_steps)
-        record.training.update(micro_batch_size=new.micro_batch_size, grad_accum_steps=new.grad_accum_steps)
-        record.training.setdefault("notes", []).append(
-            f"out of memory: micro-batch -> {new.micro_batch_size} x {new.grad_accum_steps} (same rows per step)")
-        save()
-
-    log.info("Training %s in %s on %d rows of %s", stage.name, run.layout.stage_dir(stage.name), len(examples), path)
-    summary = Trainer(model, stage, examples, run.layout.stage_dir(stage.name), cfg, on_replan=replanned).train()
-    entry.final = summary
-    save()
-    return summary
+def find_recipe(name: str | Path) -> Path:
+    """A recipe file: ``name`` as a path, else a shipped recipe (``demo`` -> clara_lite/recipes/demo.yaml)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for suffix in ("", *SUFFIXES):
+        shipped = RECIPES / f"{name}{suffix}"
+        if shipped.is_file():
+            return shipped
+    known = sorted(p.stem for p in RECIPES.glob("*") if p.suffix in SUFFIXES)
+    raise RecipeError(f"recipe {name!r}: no such file, and no shipped recipe of that name (shipped: {', '.join(known)})")
 
 
-def build_model(config: ClaraConfig, session: SessionPlan, *, seed: int, start_dir: Path | None,
-                base_path: str | None):
-    """A fresh model for the first stage, else the saved model the stage starts from; either way in this
-    session's dtype, attention and quantization (``config.quantization`` is the session's)."""
-    if start_dir is None:
-        model = ClaraModel.from_base(base_path or config.base_model, dtype=session.dtype,
-                                     attn_implementation=session.attn_implementation, seed=seed,
-                                     **{k: v for k, v in config.to_dict().items() if k != "base_model"})
-        model.config.base_model = config.base_model
-        return model
-    load = {"dtype": session.dtype, "attn_implementation": session.attn_implementation,
-            "quantization": session.quantization}
-    if base_path:
-        load["base_path"] = base_path
-    return ClaraModel.from_pretrained(start_dir, **load)
+def load_recipe(name: str | Path) -> Recipe:
+    """The recipe in file ``name`` (or the shipped recipe of that name), every value checked."""
+    path = find_recipe(name)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # transformers' own dependency
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise RecipeError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({err})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise RecipeError(f"{path}: unknown section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}")
+    checked = {name: _section(path, name, values) for name, values in data.items()}
+    example = checked.get("example_data")
+    return Recipe(model=checked.get("model", {}), train=checked.get("train", {}),
+                  stages={s: checked[s] for s in ORDER if s in checked},
+                  example_data=ExampleData(**example) if example is not None else None, path=path)
 
 
-def _record_attention(record: SessionRecord, model, session: SessionPlan) -> None:
-    """run.json records the attention the loaded model runs, not the one planned (a failed flash-attn
-    load falls back to sdpa)."""
-    used = model.attn_implementation
-    record.training["attn_implementation"] = used
-    if session.quantization is None:  # the frozen weights' dtype (4-bit: uint8 blocks and fp32 norms)
-        record.training["dtype"] = dtype_name(model.causal_lm.get_input_embeddings().weight.dtype)
-    if used != session.attn_implementation:
-        record.hardware["attn_implementation"] = used
-        record.hardware["reasons"]["attn_implementation"] += f"; planned, but the load used {used}"
-        log.warning("Attention: planned %s, the model runs %s", session.attn_implementation, used)
+def _section(path: Path, name: str, values) -> dict:
+    """``values`` of section ``name``, each key a field of the section's config and each value one it accepts."""
+    cls = SECTIONS[name]
+    values = {} if values is None else values
+    where = f"{path}: {name}"
+    try:
+        check_keys(cls, values, where)
+        check_types(cls, values, where)
+        settable = {f.name for f in fields(cls) if f.metadata.get("cli", True)}
+        fixed = sorted(set(values) - settable)
+        if fixed:
+            raise ValueError(f"{where}: {fixed[0]!r} is not a setting (it is recorded by training); "
+                             f"allowed keys: {', '.join(sorted(settable))}")
+        cls(**values)  # every check of the config, on these values
+    except ValueError as err:
+        text = str(err)
+        raise RecipeError(text if text.startswith(str(path)) else f"{where}: {text}") from None
+    return dict(values)

@@ -53,18 +53,19 @@ class StageRecord:
     train: TrainConfig | None = None  # as the stage started (result-changing keys are then fixed)
     init_from: str | None = None  # a model the stage started from instead of the previous stage's final
     final: dict | None = None  # the summary written with the stage's final model
+    recipe: dict | None = None  # the recipe file the stage's settings came from: {"path", "sha256"}
 
     def to_dict(self) -> dict:
         return {"data": asdict(self.data) if self.data else None,
                 "train": self.train.to_dict() if self.train else None,
-                "init_from": self.init_from, "final": self.final}
+                "init_from": self.init_from, "final": self.final, "recipe": self.recipe}
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> StageRecord:
         data = _known(cls, data, where)
         return cls(data=DataRecord(**data["data"]) if data.get("data") else None,
                    train=TrainConfig.from_dict(data["train"], f"{where}.train") if data.get("train") else None,
-                   init_from=data.get("init_from"), final=data.get("final"))
+                   init_from=data.get("init_from"), final=data.get("final"), recipe=data.get("recipe"))
 
 
 @dataclass
