@@ -47,7 +47,7 @@ QA_STAGES = tuple(name for name in ORDER if get_stage(name).previous)  # rows of
 
 
 def _doctor(args) -> int:
-    profile = detect_hardware(model_params_b=model_params_b(args.base))
+    profile = detect_hardware(model_params_b=model_params_b(args.base_model or ClaraConfig().base_model))
     print(f"clara_lite    {__version__} ({source.describe()})")
     print(describe(profile))
     if profile.device.kind == "cpu":
@@ -57,16 +57,12 @@ def _doctor(args) -> int:
 
 
 def _validate(args) -> int:
-    defaults = ClaraConfig()
-    config = ClaraConfig(doc_max_length=args.doc_max_length or defaults.doc_max_length,
-                         compr_rate=args.compr_rate or defaults.compr_rate,
-                         max_decoder_length=args.max_decoder_length or defaults.max_decoder_length,
-                         generation_top_k=args.top_k or defaults.generation_top_k)
+    config = ClaraConfig(**{k: v for k, v in given(args, ClaraConfig).items() if k != "base_model"})
     tokenizer = tokens = None
-    if args.base:  # prompts measured in the base model's tokens, with its chat template
-        tokenizer = load_tokenizer(args.base)
+    if args.base_model:  # prompts measured in the base model's tokens, with its chat template
+        tokenizer = load_tokenizer(args.base_model)
         tokens = add_special_tokens(tokenizer, config)
-    report = validate_file(args.file, args.stage, top_k=args.top_k, config=config, tokenizer=tokenizer, tokens=tokens)
+    report = validate_file(args.file, args.stage, top_k=args.generation_top_k, config=config, tokenizer=tokenizer, tokens=tokens)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -130,7 +126,7 @@ def _train(args) -> int:
 
 
 def _demo(args) -> int:
-    run_demo(args.run_dir, base=args.base)
+    run_demo(args.run_dir, base=args.base_model)
     return 0
 
 
@@ -178,18 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("doctor", help="show the hardware profile, its reasons and library versions")
-    d.add_argument("--base", default=ClaraConfig().base_model, help="base model the plan is for")
+    add_flags(d, ClaraConfig, ("base_model",))  # the base model the plan is for
     d.set_defaults(func=_doctor)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     v = data.add_parser("validate", help="report every bad line of a training JSONL")
     v.add_argument("file")
     v.add_argument("--stage", required=True, choices=ORDER)
-    v.add_argument("--top-k", type=int, default=None, help="also check each row's document count against top-k")
-    v.add_argument("--doc-max-length", type=int, default=None, help="as training will use it (default 256)")
-    v.add_argument("--compr-rate", type=int, default=None, help="as training will use it (default 32)")
-    v.add_argument("--max-decoder-length", type=int, default=None, help="as training will use it (default 1024)")
-    v.add_argument("--base", default=None, help="also measure each prompt in this base model's tokens")
+    # as training will use them (unset: the fields' defaults); --base also measures each prompt in its tokens
+    add_flags(v, ClaraConfig, ("generation_top_k", "doc_max_length", "compr_rate", "max_decoder_length", "base_model"))
     v.set_defaults(func=_validate)
     add_data_commands(data)  # extract, chunk, synthesize, negatives, split, convert, build
 
@@ -231,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the whole pipeline on the embedded model, on CPU, in minutes")
     m.add_argument("--run-dir", default="runs/demo")
-    m.add_argument("--base", default=None, help="base model (default: the demo recipe's)")
+    add_flags(m, ClaraConfig, ("base_model",))  # default: the demo recipe's
     m.set_defaults(func=_demo)
 
     x = sub.add_parser("export", help="zip a run's final model (adapters, config, tokenizer, model card)")

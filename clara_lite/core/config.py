@@ -60,6 +60,26 @@ def check_number(setting: str, value, *, low: float | None = None, high: float |
         raise ValueError(f"{_name(setting)} must be {rule}{unset}, got {value!r}")
 
 
+BOUND_KEYS = ("low", "high", "low_open", "high_open")
+
+
+def bounds(f) -> dict:
+    """The bounds a field's metadata declares (``low``, ``high``, ``low_open``, ``high_open``)."""
+    return {k: f.metadata[k] for k in BOUND_KEYS if k in f.metadata}
+
+
+def check_fields(config) -> None:
+    """Every field of ``config`` within its declared bounds and choices (the one place they are checked:
+    flags, widgets and recipe files take them from the same metadata)."""
+    for f in fields(config):
+        value, optional = getattr(config, f.name), "None" in str(f.type)
+        if "choices" in f.metadata and not (value is None and optional):
+            if value not in f.metadata["choices"]:
+                raise ValueError(f"{_name(f.name)} must be one of {tuple(f.metadata['choices'])}, got {value!r}")
+        if bounds(f):
+            check_number(f.name, value, optional=optional, **bounds(f))
+
+
 _JSON_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                "None": "null", "list[str]": "a list of strings"}
 
@@ -121,9 +141,9 @@ class ClaraConfig:
 
     base_model: str = field(default="smollm2-135m", metadata={"help": "registry name, Hub id or local folder",
                                                               "aliases": ("--base",)})
-    doc_max_length: int = field(default=256, metadata={"help": "document tokens kept per passage"})
-    compr_rate: int = field(default=32, metadata={"help": "document tokens per memory vector"})
-    generation_top_k: int = field(default=5, metadata={"help": "documents placed in the decoder prompt",
+    doc_max_length: int = field(default=256, metadata={"low": 1, "help": "document tokens kept per passage"})
+    compr_rate: int = field(default=32, metadata={"low": 1, "help": "document tokens per memory vector"})
+    generation_top_k: int = field(default=5, metadata={"low": 1, "help": "documents placed in the decoder prompt",
                                                        "aliases": ("--top-k",)})
     different_mem_tokens: bool = field(default=True, metadata={"help": "<MEM0>..<MEMn-1> instead of one <MEM>"})
     sep: bool = field(default=True, metadata={"help": "a <SEP> token after each document's memory slots"})
@@ -135,16 +155,16 @@ class ClaraConfig:
             "choices": LAYOUTS,
         },
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter"})
-    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r, as upstream)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout while training"})
+    lora_r: int = field(default=16, metadata={"low": 1, "help": "LoRA rank of every adapter"})
+    lora_alpha: int | None = field(default=None, metadata={"low": 0, "low_open": True, "help": "LoRA alpha (default 2*r, as upstream)"})
+    lora_dropout: float = field(default=0.1, metadata={"low": 0, "high": 1, "high_open": True, "help": "LoRA dropout while training"})
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules",
                                                                                  "cli": False})
     quantization: str | None = field(default=None, metadata={"help": "'4bit' (nf4 QLoRA; also 'nf4', 'int4'), "
                                                              "'8bit' ('int8') or 'none' (default: the hardware plan "
                                                              "decides each session: 4-bit only when the model would "
                                                              "not fit)"})
-    mse_weight: float = field(default=0.1, metadata={"help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
+    mse_weight: float = field(default=0.1, metadata={"low": 0, "help": "weight of the memory/document MSE loss (its scale follows the base's final norm)"})
     memory_space: str = field(
         default="hidden",
         metadata={
@@ -164,41 +184,25 @@ class ClaraConfig:
             "choices": MEMORY_POSITIONS,
         },
     )
-    chunk_loss_weight: float = field(default=0.0, metadata={
+    chunk_loss_weight: float = field(default=0.0, metadata={"low": 0, 
         "help": "weight of a loss that has memory vector i, read through the LM head, predict the i-th "
                 "compr_rate tokens of its document (0: upstream's recipe)"})
-    retrieval_temperature: float = field(default=0.02, metadata={"help": "softmax temperature of the top-k"})
+    retrieval_temperature: float = field(default=0.02, metadata={"low": 0, "low_open": True, "help": "softmax temperature of the top-k"})
     contrastive_weight: float = field(
-        default=0.0, metadata={"help": "stage3: weight of the retrieval loss on rows carrying pos_index"}
+        default=0.0, metadata={"low": 0, "help": "stage3: weight of the retrieval loss on rows carrying pos_index"}
     )
-    max_decoder_length: int = field(default=1024, metadata={"help": "decoder prompt+answer tokens kept"})
+    max_decoder_length: int = field(default=1024, metadata={"low": 1, "help": "decoder prompt+answer tokens kept"})
     trained_stages: list[str] = field(default_factory=list, metadata={"help": "stages completed, in order",
                                                                       "cli": False})
     format_version: int = field(default=FORMAT_VERSION, metadata={"cli": False})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.compr_rate < 1 or self.doc_max_length < self.compr_rate:
             raise ValueError(
                 f"doc_max_length ({self.doc_max_length}) must be >= compr_rate ({self.compr_rate}) >= 1: "
                 "each document needs at least one memory token"
             )
-        if self.encoder_layout not in LAYOUTS:
-            raise ValueError(f"encoder_layout must be one of {LAYOUTS}, got {self.encoder_layout!r}")
-        if self.memory_space not in MEMORY_SPACES:
-            raise ValueError(f"{_name('memory_space')} must be one of {MEMORY_SPACES}, got {self.memory_space!r}")
-        if self.memory_positions not in MEMORY_POSITIONS:
-            raise ValueError(f"{_name('memory_positions')} must be one of {MEMORY_POSITIONS}, "
-                             f"got {self.memory_positions!r}")
-        if self.generation_top_k < 1:
-            raise ValueError(f"{_name('generation_top_k')} must be >= 1, got {self.generation_top_k}")
-        check_number("lora_r", self.lora_r, low=1)
-        check_number("lora_alpha", self.lora_alpha, low=0, low_open=True, optional=True)
-        check_number("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
-        check_number("mse_weight", self.mse_weight, low=0)
-        check_number("chunk_loss_weight", self.chunk_loss_weight, low=0)
-        check_number("retrieval_temperature", self.retrieval_temperature, low=0, low_open=True)
-        check_number("contrastive_weight", self.contrastive_weight, low=0)
-        check_number("max_decoder_length", self.max_decoder_length, low=1)
         self.quantization = normalize_quantization(self.quantization)
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
@@ -269,44 +273,44 @@ DEFAULT_LR = 1e-4  # stages define their own default (``stages.Stage.default_lr`
 class TrainConfig:
     """How one stage trains. ``None`` fields are filled from the hardware plan or the stage."""
 
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the stage's own, "
+    lr: float | None = field(default=None, metadata={"low": 0, "low_open": True, "help": "peak learning rate (default: the stage's own, "
                                                              "1e-4 stage1/2, 5e-6 stage3)"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the data when max_steps is unset"})
-    micro_batch_size: int = field(default=4, metadata={"help": "rows per forward pass (memory and speed only; "
+    max_steps: int | None = field(default=None, metadata={"low": 1, "help": "optimizer steps (overrides epochs)"})
+    epochs: float = field(default=1.0, metadata={"low": 0, "low_open": True, "help": "passes over the data when max_steps is unset"})
+    micro_batch_size: int = field(default=4, metadata={"low": 1, "help": "rows per forward pass (memory and speed only; "
                                                                "default: the hardware plan)",
                                                        "aliases": ("--batch-size",)})
-    grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step "
+    grad_accum_steps: int = field(default=1, metadata={"low": 1, "help": "micro-batches per optimizer step "
                                                                "(default: the hardware plan)",
                                                        "aliases": ("--grad-accum",)})
-    rows_per_step: int | None = field(default=None, metadata={
+    rows_per_step: int | None = field(default=None, metadata={"low": 1, 
         "help": "rows per optimizer step over all processes, fixed for a stage once it started; each session "
                 "cuts it into micro-batch x accumulation for its own GPU (default: the first session's "
                 "micro-batch x accumulation x processes)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
+    warmup_ratio: float = field(default=0.05, metadata={"low": 0, "high": 1, "help": "share of steps spent warming up"})
     scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name", "choices": SCHEDULERS})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: none)"})
-    seed: int = field(default=42, metadata={"help": "seed of the initial adapters and the data order"})
+    weight_decay: float = field(default=0.0, metadata={"low": 0, "help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"low": 0, "help": "gradient clipping norm (0: none)"})
+    seed: int = field(default=42, metadata={"low": 0, "help": "seed of the initial adapters and the data order"})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' (with GradScaler) or 'bf16' "
                                                                  "(default: the hardware plan)",
                                                          "choices": MIXED_PRECISIONS})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward "
                                                                           "(default: the hardware plan)"})
-    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps (0: none)"})
-    save_minutes: float | None = field(default=20.0, metadata={"help": "checkpoint every M minutes (0: none)"})
-    keep: int = field(default=2, metadata={"help": "complete checkpoints kept"})
-    log_steps: int = field(default=10, metadata={"help": "a metrics line every N steps"})
+    save_steps: int | None = field(default=None, metadata={"low": 0, "help": "checkpoint every N optimizer steps (0: none)"})
+    save_minutes: float | None = field(default=20.0, metadata={"low": 0, "help": "checkpoint every M minutes (0: none)"})
+    keep: int = field(default=2, metadata={"low": 1, "help": "complete checkpoints kept"})
+    log_steps: int = field(default=10, metadata={"low": 1, "help": "a metrics line every N steps"})
     report_to: list[str] = field(default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard"})
-    retry_attempts: int = field(default=4, metadata={"help": "attempts at writing a checkpoint"})
-    retry_delay_s: float = field(default=2.0, metadata={"help": "first back-off between attempts (doubles)"})
-    max_nonfinite_steps: int = field(default=5, metadata={"help": "steps in a row with a non-finite loss or "
+    retry_attempts: int = field(default=4, metadata={"low": 1, "help": "attempts at writing a checkpoint"})
+    retry_delay_s: float = field(default=2.0, metadata={"low": 0, "help": "first back-off between attempts (doubles)"})
+    max_nonfinite_steps: int = field(default=5, metadata={"low": 1, "help": "steps in a row with a non-finite loss or "
                                                                   "gradient (each skipped) before the stage stops"})
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out rows (this stage's format, or questions) scored into metrics.jsonl and the loss plot"})
-    eval_steps: int | None = field(default=None, metadata={"help": "evaluate --eval-data every N optimizer steps "
+    eval_steps: int | None = field(default=None, metadata={"low": 1, "help": "evaluate --eval-data every N optimizer steps "
                                                                    "(default: at the end only)"})
-    eval_questions: int = field(default=64, metadata={"help": "held-out questions answered per evaluation "
+    eval_questions: int = field(default=64, metadata={"low": 0, "help": "held-out questions answered per evaluation "
                                                                 "(0: all); the loss uses every row"})
     best_metric: str | None = field(default=None, metadata={
         "help": "keep the step with the best held-out metric in <stage>/best: em, f1, cover_em, recall_at_1 "
@@ -319,31 +323,7 @@ class TrainConfig:
     HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
 
     def __post_init__(self):
-        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
-            raise ValueError(f"best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
-        if self.eval_steps is not None and self.eval_steps < 1:
-            raise ValueError("eval_steps must be >= 1")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"{_name('mixed_precision')} must be one of {MIXED_PRECISIONS}, "
-                             f"got {self.mixed_precision!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"{_name('scheduler')} must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        check_number("lr", self.lr, low=0, low_open=True, optional=True)
-        check_number("max_steps", self.max_steps, low=1, optional=True)
-        check_number("epochs", self.epochs, low=0, low_open=True)
-        check_number("micro_batch_size", self.micro_batch_size, low=1)
-        check_number("grad_accum_steps", self.grad_accum_steps, low=1)
-        check_number("warmup_ratio", self.warmup_ratio, low=0, high=1)
-        check_number("weight_decay", self.weight_decay, low=0)
-        check_number("max_grad_norm", self.max_grad_norm, low=0)
-        check_number("save_steps", self.save_steps, low=0, optional=True)
-        check_number("save_minutes", self.save_minutes, low=0, optional=True)
-        check_number("keep", self.keep, low=1)
-        check_number("log_steps", self.log_steps, low=1)
-        check_number("retry_attempts", self.retry_attempts, low=1)
-        check_number("retry_delay_s", self.retry_delay_s, low=0)
-        check_number("max_nonfinite_steps", self.max_nonfinite_steps, low=1)
-        check_number("rows_per_step", self.rows_per_step, low=1, optional=True)
+        check_fields(self)
 
     def step_rows(self, processes: int = 1) -> int:
         """Rows per optimizer step: ``rows_per_step``, or what the micro-batches add up to."""
@@ -366,17 +346,14 @@ class ExampleData:
     """The invented example world (``clara_lite.pipeline.examples``) a recipe trains on: people who exist
     nowhere else, each with a place, a job and a favourite colour; ``heldout`` of them only in heldout.jsonl."""
 
-    n_facts: int = field(default=24, metadata={"help": "people in the world"})
-    heldout: int = field(default=4, metadata={"help": "people whose documents no stage trains on"})
-    n_candidates: int = field(default=4, metadata={"help": "candidate documents per stage3 / held-out question"})
-    stage2_candidates: int | None = field(default=None, metadata={
+    n_facts: int = field(default=24, metadata={"low": 1, "help": "people in the world"})
+    heldout: int = field(default=4, metadata={"low": 0, "help": "people whose documents no stage trains on"})
+    n_candidates: int = field(default=4, metadata={"low": 1, "help": "candidate documents per stage3 / held-out question"})
+    stage2_candidates: int | None = field(default=None, metadata={"low": 1, 
         "help": "candidate documents per stage2 question (default: n_candidates)"})
 
     def __post_init__(self):
-        check_number("n_facts", self.n_facts, low=1)
-        check_number("heldout", self.heldout, low=0)
-        check_number("n_candidates", self.n_candidates, low=1)
-        check_number("stage2_candidates", self.stage2_candidates, low=1, optional=True)
+        check_fields(self)
         if self.heldout >= self.n_facts:
             raise ValueError(f"heldout ({self.heldout}) must be below n_facts ({self.n_facts})")
 
@@ -391,14 +368,16 @@ def cli_fields(cls) -> list:
     return [f for f in fields(cls) if f.metadata.get("cli", True)]
 
 
-def add_flags(parser, cls) -> None:
-    """One flag per field of ``cls`` (``--field-name`` plus its aliases), help from the field.
-
-    Every flag defaults to None, so only what the user typed overrides run.json or the plan.
+def add_flags(parser, cls, names: tuple[str, ...] | None = None) -> None:
+    """One flag per field of ``cls`` (``--field-name`` plus its aliases; only ``names`` when given), help,
+    type and choices from the field. Every flag defaults to None, so only what the user typed overrides
+    run.json, the plan or the field's default; each carries ``config_field`` (``"ClaraConfig.compr_rate"``)
+    so a test can tell a generated flag from a hand-written copy.
     """
     import argparse
 
-    for f in cli_fields(cls):
+    chosen = cli_fields(cls) if names is None else [next(f for f in cli_fields(cls) if f.name == n) for n in names]
+    for f in chosen:
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
         text = f.metadata.get("help", "")
         if f.default is not MISSING and f.default is not None and "default" not in text:
@@ -413,7 +392,8 @@ def add_flags(parser, cls) -> None:
             kwargs["type"] = _TYPES[kind]
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(*flags, **kwargs)
+        action = parser.add_argument(*flags, **kwargs)
+        action.config_field = f"{cls.__name__}.{f.name}"
 
 
 def given(args, cls) -> dict:

@@ -80,9 +80,6 @@ class Settings:
             TrainConfig(**self.train_overrides())
         except (TypeError, ValueError) as err:
             raise SettingsError(str(err)) from None
-        if (self.epochs is not None and self.epochs <= 0) or (self.save_minutes is not None and self.save_minutes <= 0) \
-                or (self.log_steps is not None and self.log_steps < 1):
-            raise SettingsError("epochs and save_minutes must be > 0, log_steps >= 1")
 
     def steps(self, stage: str) -> int:
         return getattr(self, f"{stage}_steps")

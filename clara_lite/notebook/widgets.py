@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..core.config import ClaraConfig, TrainConfig
+from ..core.config import ClaraConfig, TrainConfig, bounds
 from ..core.layout import RUN_FILE
 from ..model.base import REGISTRY
 from ..model.stages import STAGES
@@ -49,36 +49,52 @@ def choose_settings(drive: Path, settings: Settings, *, interactive: bool = True
     return saved
 
 
+# the config fields the form asks for (besides run name, base model and steps), with their labels
+FORM_FIELDS = {"compr_rate": "compression rate", "doc_max_length": "document length", "generation_top_k": "top-k",
+               "max_decoder_length": "max length (prompt+answer)", "epochs": "epochs", "save_minutes": "save every (min)"}
+WIDGET_MAX = 10**9  # ipywidgets' bounded boxes need a maximum; a field without one gets this
+
+
+def config_field(name: str):
+    """The ClaraConfig or TrainConfig field ``name`` (the one home of its default, bounds and help)."""
+    return next(f for cls in (ClaraConfig, TrainConfig) for f in fields(cls) if f.name == name)
+
+
+def field_default(name: str):
+    return config_field(name).default
+
+
+def field_widget(name: str, value, description: str):
+    """A bounded number box for config field ``name``: its bounds and default from the field, its value
+    the override when set. Open bounds are met by the config's own check when the form is saved."""
+    import ipywidgets as w
+
+    f = config_field(name)
+    limits = bounds(f)
+    integer = "int" in str(f.type)
+    low = limits.get("low", 0)
+    low = low + 1 if integer and limits.get("low_open") else low
+    box = w.BoundedIntText if integer else w.BoundedFloatText
+    widget = box(value=f.default if value is None else value, min=low, max=limits.get("high", WIDGET_MAX),
+                 description=description)
+    widget.config_field = name
+    return widget
+
+
 def settings_form(drive: Path, settings: Settings):
     """An ipywidgets form for the main settings, with a Save button (writes run.json, shows the plan).
 
     Unset overrides start at their field's own default (ClaraConfig / TrainConfig)."""
     import ipywidgets as w
 
-    model, train = ClaraConfig(), TrainConfig()
-
-    def start(name, default):
-        value = getattr(settings, name)
-        return default if value is None else value
-
     style = {"description_width": "150px"}
     inputs = {
         "run_name": w.Text(value=settings.run_name, description="run name"),
-        "base_model": w.Combobox(value=start("base_model", model.base_model), options=list(REGISTRY),
+        "base_model": w.Combobox(value=settings.base_model or field_default("base_model"), options=list(REGISTRY),
                                  ensure_option=False, description="base model", placeholder="registry name or Hub id"),
-        "compr_rate": w.BoundedIntText(value=start("compr_rate", model.compr_rate), min=1, max=256,
-                                       description="compression rate"),
-        "doc_max_length": w.BoundedIntText(value=start("doc_max_length", model.doc_max_length), min=1, max=8192,
-                                           description="document length"),
-        "generation_top_k": w.BoundedIntText(value=start("generation_top_k", model.generation_top_k), min=1, max=64,
-                                             description="top-k"),
-        "max_decoder_length": w.BoundedIntText(value=start("max_decoder_length", model.max_decoder_length), min=16,
-                                               max=32768, description="max length (prompt+answer)"),
-        **{f"{s}_steps": w.BoundedIntText(value=settings.steps(s), min=0, max=10**7,
+        **{name: field_widget(name, getattr(settings, name), label) for name, label in FORM_FIELDS.items()},
+        **{f"{s}_steps": w.BoundedIntText(value=settings.steps(s), min=0, max=WIDGET_MAX,
                                           description=f"{s} steps (0=epochs)") for s in STAGES},
-        "epochs": w.BoundedFloatText(value=start("epochs", train.epochs), min=0.01, max=1000, description="epochs"),
-        "save_minutes": w.BoundedFloatText(value=start("save_minutes", train.save_minutes), min=0.5, max=600,
-                                           description="save every (min)"),
     }
     for widget in inputs.values():
         widget.style = style

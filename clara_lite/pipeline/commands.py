@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..core.config import ClaraConfig, add_flags, given
 from ..model.stages import ORDER
 from .build import BuildConfig, build, load_chunks
 from .chunk import ChunkConfig, chunk_pages, load_tokenizer
@@ -58,9 +59,15 @@ def _extract(args) -> int:
     return 0
 
 
+def _model(args) -> ClaraConfig:
+    """The model settings the passages are cut for (unset flags: the fields' defaults)."""
+    return ClaraConfig(**given(args, ClaraConfig))
+
+
 def _chunk_config(args):
-    overlap = ChunkConfig.default_overlap(args.doc_max_length) if args.overlap is None else args.overlap
-    return ChunkConfig(doc_max_length=args.doc_max_length, overlap=overlap, min_tokens=args.min_tokens)
+    length = _model(args).doc_max_length
+    overlap = ChunkConfig.default_overlap(length) if args.overlap is None else args.overlap
+    return ChunkConfig(doc_max_length=length, overlap=overlap, min_tokens=args.min_tokens)
 
 
 def _vision_config(args):
@@ -88,11 +95,11 @@ def _describe(args) -> int:
 
 
 def _chunk(args) -> int:
-    chunks = chunk_pages(read_records(args.input, Page), load_tokenizer(args.base), _chunk_config(args))
+    chunks = chunk_pages(read_records(args.input, Page), load_tokenizer(_model(args).base_model), _chunk_config(args))
     write_jsonl(args.out, (row_of(c) for c in chunks))
     sizes = sorted(c.n_tokens for c in chunks)
     median = sizes[len(sizes) // 2] if sizes else 0
-    print(f"{len(chunks)} chunks (median {median} tokens of {args.base}) -> {args.out}")
+    print(f"{len(chunks)} chunks (median {median} tokens of {_model(args).base_model}) -> {args.out}")
     return 0
 
 
@@ -171,7 +178,7 @@ def _fetch(args) -> int:
 
 def _build(args) -> int:
     generator, vision = _generators(args), _vision(args)
-    config = BuildConfig(base=args.base, chunk=_chunk_config(args), synthesis=_synthesis_config(args),
+    config = BuildConfig(base=_model(args).base_model, chunk=_chunk_config(args), synthesis=_synthesis_config(args),
                          k=args.k, strategy=args.strategy, heldout=args.heldout, seed=args.seed,
                          use_docling=args.docling, docling=_docling_options(args), vision=_vision_config(args))
 
@@ -205,8 +212,8 @@ def _build(args) -> int:
 
 
 def _chunk_args(p) -> None:
-    p.add_argument("--base", default="smollm2-135m", help="base model whose tokenizer measures passages")
-    p.add_argument("--doc-max-length", type=int, default=256, help="tokens per passage")
+    # the base model whose tokenizer measures passages, and the tokens per passage (the model's doc_max_length)
+    add_flags(p, ClaraConfig, ("base_model", "doc_max_length"))
     p.add_argument("--overlap", type=int, default=None,
                    help="tokens repeated between consecutive passages (default: 1/8 of --doc-max-length, at most 32)")
     p.add_argument("--min-tokens", type=int, default=8, help="shorter passages are dropped")
