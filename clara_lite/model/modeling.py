@@ -65,12 +65,18 @@ class ClaraModel(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_base(cls, name_or_path: str, *, dtype=None, device_map=None, attn_implementation=None,
+    def from_base(cls, name_or_path: str | None = None, *, config: ClaraConfig | None = None,
+                  base_path: str | None = None, dtype=None, device_map=None, attn_implementation=None,
                   adapters=("encoder", "decoder"), seed: int | None = None, **config_kwargs) -> ClaraModel:
-        """A fresh model on a registry name, Hub id or folder; ``config_kwargs`` fill :class:`ClaraConfig`."""
-        config = ClaraConfig(base_model=name_or_path, **config_kwargs)
+        """A fresh model: ``config`` as built by the caller (the training path hands over its one object), or
+        one made of ``name_or_path`` (a registry name, Hub id or folder) and ``config_kwargs``. ``base_path``
+        loads the base from a local copy while ``config.base_model`` keeps its name."""
+        if config is None:
+            config = ClaraConfig(base_model=name_or_path, **config_kwargs)
+        elif name_or_path is not None or config_kwargs:
+            raise TypeError("from_base takes a config or a name with config fields, not both")
         base, tokenizer = load_base_model(
-            name_or_path, dtype=dtype, device_map=device_map, quantization=config.quantization,
+            base_path or config.base_model, dtype=dtype, device_map=device_map, quantization=config.quantization,
             attn_implementation=attn_implementation,
         )
         if seed is not None:

@@ -257,8 +257,9 @@ class Workspace:
             what = f"resuming from its {status}" if status.started else "starting"
             print(f"{stage.name}: {what}; {steps} steps into {self.layout.checkpoints(stage.name)}")
             try:
+                # the model's settings are run.json's (saved once by 00_setup): only training options travel
                 train(self.root, stage.name, data=str(self.data_folder / stage.data_file),
-                      model_options=settings.model_options(), train_options=settings.train_options(stage.name))
+                      train_options=settings.train_options(stage.name))
             except TrainingInterrupted as stop:
                 print(stop)
                 self.show_loss_curve(stage.name)

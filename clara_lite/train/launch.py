@@ -135,11 +135,8 @@ def build_model(config: ClaraConfig, session: SessionPlan, *, seed: int, start_d
     """A fresh model for the first stage, else the saved model the stage starts from; either way in this
     session's dtype, attention and quantization (``config.quantization`` is the session's)."""
     if start_dir is None:
-        model = ClaraModel.from_base(base_path or config.base_model, dtype=session.dtype,
-                                     attn_implementation=session.attn_implementation, seed=seed,
-                                     **{k: v for k, v in config.to_dict().items() if k != "base_model"})
-        model.config.base_model = config.base_model
-        return model
+        return ClaraModel.from_base(config=config, base_path=base_path, dtype=session.dtype,
+                                    attn_implementation=session.attn_implementation, seed=seed)
     load = {"dtype": session.dtype, "attn_implementation": session.attn_implementation,
             "quantization": session.quantization}
     if base_path:
