@@ -189,7 +189,11 @@ def test_every_form_widget_takes_default_and_bounds_from_its_field(tmp_path):
 
 
 def test_stage_facts_come_from_the_registry():
-    assert ORDER == tuple(STAGES) and [STAGES[s].previous for s in ORDER] == [None, *ORDER[:-1]]
+    assert [STAGES[s].previous for s in ORDER] == [None, *ORDER[:-1]]
+    train = next(sub for name, sub in _parsers(build_parser()) if name == "clara-lite train")
+    stage_flag = next(a for a in train._actions if a.dest == "stage")
+    assert list(stage_flag.choices) == [*ORDER, "all"]  # the CLI's stage names are the registry's
+    assert len({STAGES[s].data_file for s in ORDER}) == len(ORDER)
     assert [s for s in ORDER if STAGES[s].retrieves] == [ORDER[-1]]
     parser = build_parser()
     with pytest.raises(SystemExit):
