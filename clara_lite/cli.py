@@ -30,12 +30,13 @@ from .model.stages import ALL, ORDER, get_stage
 from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
-from .pipeline.questions import load_questions, pool_retriever
+from .pipeline.questions import load_questions
 from .serve.ask import answer, load, read_docs
 from .serve.commands import add_index_options, add_serve_commands, ask_index
-from .serve.compare import NORMAL, ORACLE, SETTINGS, SYSTEMS, compare, parse_systems
+from .serve.compare import ORACLE, SETTINGS, SYSTEMS, parse_systems
+from .serve.evaluate import run_comparison
 from .serve.export import export_zip
-from .serve.report import markdown_table, write_report
+from .serve.report import markdown_table
 from .train.launch import ALREADY_FINAL, train
 from .train.recipe import load_recipe
 from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
@@ -85,14 +86,10 @@ def _eval(args) -> int:
 
 def _compare(args, model) -> int:
     rows = load_questions(args.data, limit=args.limit, fmt=args.format)
-    pool = read_docs(args.pool) if args.pool else None
-    retriever = None
-    if args.setting == NORMAL:
-        retriever = pool_retriever(pool or list(dict.fromkeys(d for row in rows for d in row.docs)))
-    result = compare(model, rows, parse_systems(args.systems), setting=args.setting, top_k=args.top_k,
-                     retriever=retriever, pool=pool, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     info={"model": str(args.model), "data": str(args.data)})
-    paths = write_report(result, args.report_dir)
+    result, paths = run_comparison(model, rows, parse_systems(args.systems), setting=args.setting, top_k=args.top_k,
+                                   pool=read_docs(args.pool) if args.pool else None, report_dir=args.report_dir,
+                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                   info={"model": str(args.model), "data": str(args.data)})
     print(markdown_table(result))
     print("\n" + "\n".join(f"{kind:<12} {path}" for kind, path in paths.items()))
     return 0

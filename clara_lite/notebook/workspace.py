@@ -25,17 +25,18 @@ from ..pipeline.build import DATA_PACKAGES, build_for_run, missing_modules
 from ..pipeline.convert import convert
 from ..pipeline.examples import write_example_data
 from ..pipeline.fetch import fetch
-from ..pipeline.questions import load_questions, pool_retriever
+from ..pipeline.questions import load_questions
 from ..pipeline.sources import detect_format, load_records
 from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
-from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG, compare
+from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG
+from ..serve.evaluate import run_comparison
 from ..serve.export import export_zip
 from ..serve.fingerprint import fingerprint
 from ..serve.index import ClaraIndex
 from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
-from ..serve.report import markdown_table, write_report
+from ..serve.report import markdown_table
 from ..train.launch import train
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
@@ -383,10 +384,9 @@ class Workspace:
         if not rows:
             print(f"No {HELDOUT}.jsonl in the data folder: set DATA to a question file")
             return None
-        retriever = pool_retriever(list(dict.fromkeys(d for r in rows for d in r.docs))) if setting == NORMAL else None
-        result = compare(model, rows, systems, setting=setting, retriever=retriever, max_new_tokens=max_new_tokens,
-                         info={"run": self.settings.run_name, "data": data or HELDOUT})
-        paths = write_report(result, self.layout.benchmark(f"{name}-{setting}"), paper)
+        result, paths = run_comparison(model, rows, systems, setting=setting, max_new_tokens=max_new_tokens,
+                                       report_dir=self.layout.benchmark(f"{name}-{setting}"), paper=paper,
+                                       info={"run": self.settings.run_name, "data": data or HELDOUT})
         _show(markdown_table(result, paper), paths["chart"])
         return result
 
