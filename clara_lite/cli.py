@@ -19,6 +19,7 @@ import torch
 from . import __version__
 from .core import source
 from .core.config import ClaraConfig, TrainConfig, add_flags, given
+from .core.errors import ClaraError, exit_status
 from .core.hardware import cpu_threads_note, describe, detect_hardware
 from .demo import run_demo, write_recipe_data
 from .model.data import read_jsonl, validate_file
@@ -107,15 +108,12 @@ def _train(args) -> int:
         results = train(args.run_dir, stage, data=args.data, data_dir=data_dir,
                         model_options=given(args, ClaraConfig), train_options=given(args, TrainConfig),
                         recipe=recipe, init_from=args.init_from, base_path=args.base_path)
-    except TrainingInterrupted as stop:
+    except TrainingInterrupted as stop:  # a checkpoint is saved: rerun to resume
         log.warning("%s", stop)
-        return 130
-    except OutOfMemory as oom:  # the advice (4-bit, shorter documents, ...), not a traceback
-        log.error("%s", oom)
-        return 4
-    except TrainingDiverged as err:
+        return stop.exit_status
+    except (OutOfMemory, TrainingDiverged) as err:  # the advice, or the last good weights saved
         log.error("%s", err)
-        return 3
+        return err.exit_status
     for name, result in results.items():
         done = result if result == ALREADY_FINAL else f"final after {result['steps']} steps"
         print(f"{name}: {done} -> {args.run_dir}/{name}/final")
@@ -257,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ClaraError, ValueError, OSError) as err:  # one message, no traceback; the status by kind (core.errors)
         log.error("%s", err)
-        return 2
+        return exit_status(err)
 
 
 if __name__ == "__main__":

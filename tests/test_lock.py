@@ -57,7 +57,7 @@ def test_a_second_trainer_on_the_same_run_stops_naming_the_first(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     first.send_signal(signal.SIGCONT)
     out = second.stdout + second.stderr
-    assert second.returncode != 0 and "Traceback" not in out, out
+    assert second.returncode == RunLocked.exit_status == 5 and "Traceback" not in out, out
     assert f"is in use by process {first.pid} on this machine training stage1" in out
     assert f"kill {first.pid}" in out and "another --run-dir" in out
     rest, _ = first.communicate(timeout=300)

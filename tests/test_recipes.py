@@ -82,3 +82,28 @@ def test_a_bad_recipe_is_refused_before_anything_is_written(tmp_path, caplog, te
 def test_an_unknown_recipe_name_lists_the_shipped_ones():
     with pytest.raises(RecipeError, match="shipped: .*demo.*real_text"):
         load_recipe("no-such-recipe")
+
+
+def test_errors_have_stable_codes_and_exit_statuses():
+    """Scripts tell clara_lite's errors apart by type and code; each kind stays the built-in it was."""
+    from clara_lite.core.errors import ClaraError, exit_status
+    from clara_lite.model.data import DataError
+    from clara_lite.train.lock import RunLocked
+    from clara_lite.train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
+
+    kinds = {RecipeError: ("bad_recipe", 2, ValueError), DataError: ("bad_data", 2, ValueError),
+             RunLocked: ("run_locked", 5, OSError), OutOfMemory: ("out_of_memory", 4, RuntimeError),
+             TrainingDiverged: ("diverged", 3, RuntimeError), TrainingInterrupted: ("interrupted", 130, RuntimeError)}
+    for cls, (code, status, builtin) in kinds.items():
+        err = cls("message")
+        assert isinstance(err, ClaraError) and isinstance(err, builtin)
+        assert (err.code, exit_status(err)) == (code, status), cls
+    assert exit_status(ValueError("not ours")) == 2
+    codes = [c.code for c in _subclasses(ClaraError)]
+    assert len(codes) == len(set(codes)), codes  # one code, one kind
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)

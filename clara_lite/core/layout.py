@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ClaraError
+
 # --------------------------------------------------------------------------- names
 
 # a saved model (our format): config, adapters, added-token rows, tokenizer
@@ -248,8 +250,9 @@ KIND_INDEX = "clara_lite-index"  # a compressed document index (serve.index)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(ClaraError, ValueError):
     """A manifest that is missing, unreadable, of another kind or newer format, or malformed."""
+    code = "manifest"
 
 
 def file_entry(path: str | Path) -> dict:

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ..core.errors import ClaraError
 from ..core.layout import (
     KIND_MODEL,
     MANIFEST,
@@ -37,8 +38,9 @@ MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 1 << 20
 
 
-class ZipImportError(ValueError):
+class ZipImportError(ClaraError, ValueError):
     """A zip that cannot be trusted or read; the message names the problem."""
+    code = "unsafe_zip"
 
 
 def extract_zip(path, root=None, *, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:

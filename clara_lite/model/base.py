@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..core.config import is_quantized, normalize_quantization
+from ..core.errors import ClaraError
 from ..core.layout import cache_dir
 from .hub import hub_token, split_hub_path, token_help
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ClaraError, ValueError):
     """A base-model name that is neither registered, a local folder, nor a Hub id."""
+    code = "unknown_model"
 
 
 @dataclass(frozen=True)

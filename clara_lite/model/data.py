@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig
+from ..core.errors import ClaraError
 from .inputs import RESERVED_TOKENS
 from .rows import (  # noqa: F401  (re-exported: the names data files are about)
     ANSWER_KEYS,
@@ -40,8 +41,9 @@ from .stages import Stage, get_stage
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(ClaraError, ValueError):
     """A data file with bad rows; ``problems`` holds every one of them."""
+    code = "bad_data"
 
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)

@@ -23,6 +23,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..core.errors import ClaraError
 from ..core.layout import (
     ADAPTERS_DIR,
     ADDED_TOKENS_FILE,
@@ -48,8 +49,9 @@ MODEL_FILES = (CONFIG_FILE, ADDED_TOKENS_FILE, MANIFEST, f"{ADAPTERS_DIR}/*", f"
                UPSTREAM_CONFIG, UPSTREAM_ADAPTERS, UPSTREAM_LAYERS)
 
 
-class HubError(OSError):
+class HubError(ClaraError, OSError):
     """A Hub model that cannot be fetched; the message says why and what to do (never the token)."""
+    code = "hub"
 
 
 def official_id(variant: str, compression: int) -> tuple[str, str]:

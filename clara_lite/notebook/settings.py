@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig, TrainConfig
+from ..core.errors import ClaraError
 from ..core.hardware import describe, detect_hardware
 from ..core.layout import RUN_FILE, RUNS_DIR
 from ..model.size import model_params_b
@@ -38,8 +39,9 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OVERRIDE = "override of the field of the same name; None = its default"
 
 
-class SettingsError(ValueError):
+class SettingsError(ClaraError, ValueError):
     """Missing or invalid notebook settings; the message says which notebook fixes it."""
+    code = "bad_settings"
 
 
 @dataclass

@@ -39,6 +39,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 
+from ..core.errors import ClaraError
 from ..core.hardware import detect_hardware
 from ..core.secrets import SHOWN_PARAMS, header_value, redact
 from ..model.base import load_base_model
@@ -58,12 +59,13 @@ class Generator(Protocol):
     def chat(self, messages: list[dict], *, max_tokens: int) -> str: ...
 
 
-class GeneratorError(RuntimeError):
+class GeneratorError(ClaraError, RuntimeError):
     """The endpoint refused or kept failing; the message never holds the API key.
 
     ``status`` is the HTTP status of a refusal (None for network errors and unusable replies):
     a 400 about an image is that image's fault, a 401 is the whole run's.
     """
+    code = "generator"
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.config import ClaraConfig
+from ..core.errors import ClaraError
 from ..core.layout import (
     ADAPTERS_DIR,
     CARD,
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same model always gives the same bytes
 
 
-class ExportError(ValueError):
+class ExportError(ClaraError, ValueError):
     """A run that cannot be exported (no final stage, not a run folder)."""
+    code = "export"
 
 
 def export_zip(run_dir, stage: str | None = None, out=None) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import ClaraError
 from ..core.hardware import detect_hardware
 from ..core.layout import (
     INDEX_CHUNKS,
@@ -38,8 +39,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 MEMORY, MINILM = "memory", "minilm"
 
 
-class IndexFolderError(ValueError):
+class IndexFolderError(ClaraError, ValueError):
     """An index folder that is incomplete, of another build, or unreadable; the message says what to do."""
+    code = "index_folder"
 
 
 def compress_batch_size(profile=None) -> int:

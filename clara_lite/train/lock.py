@@ -29,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..core.errors import ClaraError
 from ..core.layout import write_json
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ HEARTBEAT_S = 60.0
 STALE_S = 600.0
 
 
-class RunLocked(OSError):
+class RunLocked(ClaraError, OSError):
     """Another trainer holds the run folder; the message names it and what to do."""
+    code = "run_locked"
+    exit_status = 5
 
 
 def _alive(pid: int) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.config import ClaraConfig, ExampleData, TrainConfig, check_keys, check_types
+from ..core.errors import ClaraError
 from ..core.layout import sha256_file
 from ..model.stages import ORDER
 
@@ -34,8 +35,9 @@ SECTIONS = {"model": ClaraConfig, "train": TrainConfig, **{name: TrainConfig for
             "example_data": ExampleData}
 
 
-class RecipeError(ValueError):
+class RecipeError(ClaraError, ValueError):
     """A recipe file that cannot be used; the message names the file, the key and what is allowed."""
+    code = "bad_recipe"
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.config import ClaraConfig, TrainConfig, check_keys
+from ..core.errors import ClaraError
 
 RUN_FORMAT = 1
 
 
-class RunRecordError(ValueError):
+class RunRecordError(ClaraError, ValueError):
     """A run.json that cannot be read; the message names the file."""
+    code = "bad_run_record"
 
 
 def _known(cls, data: dict, where: str) -> dict:

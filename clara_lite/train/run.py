@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig, TrainConfig
+from ..core.errors import ClaraError
 from ..core.layout import (
     CONFIG_FILE,
     KIND_CHECKPOINT,
@@ -41,8 +42,9 @@ from .record import DataRecord, RunRecord, RunRecordError, SessionRecord
 log = logging.getLogger(__name__)
 
 
-class RunError(ValueError):
+class RunError(ClaraError, ValueError):
     """The run folder and the request disagree, or a stage is asked for out of order."""
+    code = "run_error"
 
 
 @dataclass(frozen=True)

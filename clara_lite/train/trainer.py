@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..core.config import TrainConfig, is_quantized
+from ..core.errors import ClaraError
 from ..core.layout import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
@@ -49,16 +50,22 @@ from .update import SKIPPED, any_process, make_accelerator, optimizer_step
 log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(ClaraError, RuntimeError):
     """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
+    code = "interrupted"
+    exit_status = 130
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(ClaraError, RuntimeError):
     """Even one row at a time does not fit; the message lists the exact next options."""
+    code = "out_of_memory"
+    exit_status = 4
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ClaraError, RuntimeError):
     """Raised after ``max_nonfinite_steps`` skipped steps in a row, once the last good weights are saved."""
+    code = "diverged"
+    exit_status = 3
 
 
 class _StopFlag:
