@@ -23,6 +23,8 @@ demo: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+	# every >>> example in the package's docstrings runs
+	$(PY) -m pytest -q --doctest-modules clara_lite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clara_lite tests benchmarks notebooks scripts

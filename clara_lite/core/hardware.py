@@ -328,15 +328,16 @@ def library_versions() -> dict[str, str]:
 
 def cpu_threads_note(threads: int, cpus: int, load_avg: float, omp_wait_policy: str | None) -> str:
     """What CPU training should expect from its threads. OpenMP workers busy-wait between ops by
-    default; when other processes also want the cores, that spinning makes steps 2-10x slower
-    and erratic (measured on 2 cores), and ``OMP_WAIT_POLICY=PASSIVE`` (read when torch loads) fixes it."""
+    default; when other processes also want the cores, that spinning makes steps several times slower
+    and erratic, and ``OMP_WAIT_POLICY=PASSIVE`` (read when torch loads) fixes it; on an idle CPU PASSIVE
+    costs a little (figures: benchmarks/README.md, "Measurements behind the defaults")."""
     line = f"{threads} torch thread(s) on {cpus} CPU(s), load average {load_avg:.1f}"
     if (omp_wait_policy or "").upper() == "PASSIVE":
         return line + "; OMP_WAIT_POLICY=PASSIVE: threads sleep while waiting"
     if load_avg > max(cpus - threads, 0) + 0.5:
         return (line + ": other processes use these CPUs; run with OMP_WAIT_POLICY=PASSIVE in the environment "
                 "(or fewer threads: torch.set_num_threads) or steps slow down several-fold")
-    return line + ": idle enough; leave OMP_WAIT_POLICY unset (PASSIVE costs ~25% on an idle CPU)"
+    return line + ": idle enough; leave OMP_WAIT_POLICY unset (PASSIVE is slower on an idle CPU)"
 
 
 def describe(profile: HardwareProfile, versions: bool = True) -> str:

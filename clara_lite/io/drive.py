@@ -1,6 +1,8 @@
 """Fetch data and models from Google Drive links, Drive ids and plain HTTP(S) URLs.
 
->>> download("https://drive.google.com/file/d/<id>/view", "data/stage1.jsonl")  # doctest: +SKIP
+For example::
+
+    download("https://drive.google.com/file/d/<id>/view", "data/stage1.jsonl")
 
 Why a wrapper: a download lands in a staging folder beside ``dest`` and moves into place only when
 complete; a rerun after an interruption continues the partial file (where the server allows byte

@@ -130,8 +130,10 @@ def _text_problems(example: Example, out: _Out) -> None:
 def read_jsonl(path: str | Path, stage: str | Stage) -> list[Example]:
     """All examples of an upstream JSONL file, or a ``DataError`` listing every bad line.
 
-    >>> read_jsonl("pretrain.jsonl", "stage1")[0].data_type  # doctest: +SKIP
-    'qa'
+    For example::
+
+        read_jsonl("pretrain.jsonl", "stage1")[0].data_type
+        # -> 'qa'
     """
     stage = get_stage(stage)
     scan = _scan(path, stage)
@@ -331,7 +333,9 @@ def validate_file(path: str | Path, stage: str | Stage, top_k: int | None = None
     ``config`` (the model settings training will use) also checks that memory slots fit the decoder,
     and with ``tokenizer``/``tokens`` that each prompt leaves room for its answer.
 
-    >>> print(validate_file("train.jsonl", "stage2", top_k=5).format())  # doctest: +SKIP
+    For example::
+
+        print(validate_file("train.jsonl", "stage2", top_k=5).format())
     """
     stage = get_stage(stage)
     if top_k is not None and top_k < 1:

@@ -10,9 +10,11 @@ Gated base models (the official releases name ``mistralai/Mistral-7B-Instruct-v0
 (``google.colab.userdata``), then from ``hf auth login``'s file. The token is passed to the Hub
 client and never logged, printed or written.
 
->>> local = resolve_model_path("apple/CLaRa-7B-Instruct", subfolder="compression-16")  # doctest: +SKIP
->>> official_id("e2e", 128)
-('apple/CLaRa-7B-E2E', 'compression-128')
+For example::
+
+    local = resolve_model_path("apple/CLaRa-7B-Instruct", subfolder="compression-16")
+    official_id("e2e", 128)
+    # -> ('apple/CLaRa-7B-E2E', 'compression-128')
 """
 
 from __future__ import annotations

@@ -138,8 +138,10 @@ def chunk_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.Ten
     """(B, n_mem, compr_rate) token ids: memory vector i's share of its text, the i-th ``compr_rate`` tokens
     (of the first ``doc_max_length``); IGNORE_INDEX where a text is shorter. The targets of ``chunk_loss_weight``.
 
-    >>> chunk_targets(tokenizer, ClaraConfig(doc_max_length=4, compr_rate=2), ["a b c"])  # doctest: +SKIP
-    tensor([[[ 64,  275], [ 272, -100]]])
+    For example::
+
+        chunk_targets(tokenizer, ClaraConfig(doc_max_length=4, compr_rate=2), ["a b c"])
+        # -> tensor([[[ 64,  275], [ 272, -100]]])
     """
     m, rate = config.n_mem, config.compr_rate
     out = torch.full((len(texts), m * rate), IGNORE_INDEX, dtype=torch.long)

@@ -50,7 +50,9 @@ class ClaraModel(nn.Module):
     """A base LM wrapped by PEFT with ``encoder``, ``decoder`` and ``query_reasoner`` adapters.
 
     >>> model = ClaraModel.from_base("tiny-random", doc_max_length=64, compr_rate=16)
-    >>> model.generate_from_text(["Who?"], [["Ada wrote it."]], max_new_tokens=4)
+    >>> answers = model.generate_from_text(["Who?"], [["Ada wrote it."]], max_new_tokens=4)
+    >>> len(answers), type(answers[0])
+    (1, <class 'str'>)
     """
 
     def __init__(self, lm, tokenizer, config: ClaraConfig, tokens: SpecialTokens):
@@ -264,9 +266,10 @@ class ClaraModel(nn.Module):
         """Memory vectors (N, M, H) as the decoder reads them: unchanged (``memory_space="hidden"``, upstream),
         or (``"tokens"``) the mixture of input embeddings weighted by the LM head's distribution at each
         vector: a point in the space of the decoder's own inputs, which it reads like text before any training
-        (last hidden states are ~15x the embeddings' norm and alike across documents, and a small model needs
-        far more data than a demo has to learn to read them). Retrieval keeps scoring the hidden states,
-        which tell documents apart far better than the mixtures (held-out Recall@1 0.98 vs 0.38 untrained)."""
+        (last hidden states are far larger than the embeddings and alike across documents, and a small model
+        needs far more data than a demo has to learn to read them). Retrieval keeps scoring the hidden states,
+        which tell documents apart far better than the mixtures (figures: benchmarks/README.md, "Measurements
+        behind the defaults")."""
         if self.config.memory_space == "hidden":
             return memory
         table = self.lm.get_input_embeddings().weight  # (V, H)

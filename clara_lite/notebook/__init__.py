@@ -8,8 +8,10 @@
 Importing this package imports nothing else: ``from clara_lite.notebook import colab`` must work on
 a fresh runtime before anything is installed; the names below load on first use.
 
->>> from clara_lite import notebook as nb
->>> ws = nb.Workspace.open(env.drive)  # doctest: +SKIP
+For example::
+
+    from clara_lite import notebook as nb
+    ws = nb.Workspace.open(env.drive)
 """
 
 from __future__ import annotations

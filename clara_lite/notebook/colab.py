@@ -11,9 +11,11 @@ default model and flash-attn when a prebuilt wheel matches, a line per step; a s
 runtime is a no-op. Elsewhere it installs nothing and "Drive" is a local folder: ``$CLARA_DRIVE``,
 default ``./drive``.
 
->>> env = setup_environment()  # doctest: +SKIP
->>> env.drive                  # doctest: +SKIP
-PosixPath('/content/drive/MyDrive/clara_lite')
+For example::
+
+    env = setup_environment()
+    env.drive
+    # -> PosixPath('/content/drive/MyDrive/clara_lite')
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def in_colab() -> bool:
 def drive_root(mount: bool = True) -> Path:
     """The folder everything worth keeping goes to: ``$CLARA_DRIVE``, Colab's Drive, or ``./drive``.
 
-    >>> os.environ[DRIVE_ENV] = "/tmp/drive"; drive_root()  # doctest: +SKIP
-    PosixPath('/tmp/drive')
+    For example::
+
+        os.environ[DRIVE_ENV] = "/tmp/drive"; drive_root()
+        # -> PosixPath('/tmp/drive')
     """
     if os.environ.get(DRIVE_ENV):
         root = Path(os.environ[DRIVE_ENV]).expanduser()

@@ -6,8 +6,10 @@ to try Apple's models runs the first two cells and this section. The load itself
 gated base model uses ``HF_TOKEN`` (Colab's Secrets), and on a GPU the hardware plan picks dtype,
 attention and 4-bit (a 7B on a 15 GB T4).
 
->>> model = official_model("e2e", 16)                                  # doctest: +SKIP
->>> ask_official(model, ["Who wrote it?"], "", drive)                   # doctest: +SKIP
+For example::
+
+    model = official_model("e2e", 16)
+    ask_official(model, ["Who wrote it?"], "", drive)
 """
 
 from __future__ import annotations

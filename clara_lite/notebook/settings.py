@@ -8,9 +8,11 @@ default lives in one place. In ``run.json`` the model settings are stored once, 
 runtime, reads them from there instead of asking again. ``<drive>/current_run.txt`` names the run
 set up last, so the other notebooks need no run name.
 
->>> settings = save_settings(drive, Settings(run_name="demo", base_model="qwen2.5-1.5b"))  # doctest: +SKIP
->>> load_settings(drive).train_options("stage1")                                         # doctest: +SKIP
-{'max_steps': 40}
+For example::
+
+    settings = save_settings(drive, Settings(run_name="demo", base_model="qwen2.5-1.5b"))
+    load_settings(drive).train_options("stage1")
+    # -> {'max_steps': 40}
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 method: choose and check the data (01), train a stage (02-04), load, ask, evaluate and export (05).
 ``drive`` is the folder from :func:`clara_lite.notebook.colab.drive_root`.
 
->>> ws = Workspace.open(drive)                 # the run set up last in 00_setup   # doctest: +SKIP
->>> final = ws.train("stage1")                                                    # doctest: +SKIP
+For example::
+
+    ws = Workspace.open(drive)                 # the run set up last in 00_setup
+    final = ws.train("stage1")
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ One module per step; each reads the previous step's file and writes its own:
 
 Importing this package is cheap: the document, tokenizer and model libraries load on first use.
 
->>> from clara_lite.pipeline import BuildConfig, build, make_generator
->>> report = build("docs/", "data/", make_generator("api"), BuildConfig(base="qwen2.5-1.5b"))  # doctest: +SKIP
+For example::
+
+    from clara_lite.pipeline import BuildConfig, build, make_generator
+    report = build("docs/", "data/", make_generator("api"), BuildConfig(base="qwen2.5-1.5b"))
 """
 
 from .build import BuildConfig, build

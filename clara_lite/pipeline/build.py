@@ -6,7 +6,9 @@ rerun after an interruption re-extracts and re-chunks (cheap, deterministic) and
 descriptions and synthesis where they stopped. Images never stop a run: each one is described,
 converted first, or skipped with its reason in the report (``images``).
 
->>> report = build("docs/", "data/", OpenAICompatible.from_env(), BuildConfig(base="qwen2.5-1.5b"))  # doctest: +SKIP
+For example::
+
+    report = build("docs/", "data/", OpenAICompatible.from_env(), BuildConfig(base="qwen2.5-1.5b"))
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ budget is cut between words. Consecutive pages of a document share passages (sli
 and ``overlap`` tokens of trailing sentences are repeated at the start of the next passage so a
 fact split across a boundary is whole in one of them.
 
->>> tokenizer = load_tokenizer("smollm2-135m")
->>> chunks = chunk_pages(pages, tokenizer, ChunkConfig(doc_max_length=256, overlap=32))  # doctest: +SKIP
+For example::
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    chunks = chunk_pages(pages, tokenizer, ChunkConfig(doc_max_length=256, overlap=32))
 """
 
 from __future__ import annotations

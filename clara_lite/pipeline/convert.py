@@ -30,7 +30,9 @@ from a ``datasets.Dataset`` (both layouts are accepted where they differ):
   document, ``instruction`` the question and ``output`` the answer; rows without an input have
   no document to compress and are skipped (counted). Unit: the input.
 
->>> corpus = convert(load_records("train-v1.1.json"), "squad")   # doctest: +SKIP
+For example::
+
+    corpus = convert(load_records("train-v1.1.json"), "squad")
 """
 
 from __future__ import annotations

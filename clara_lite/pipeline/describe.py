@@ -14,7 +14,9 @@ Resumable: ``images.jsonl`` keeps one row per image (its content hash, the model
 with the description or the reason it was skipped, written as soon as it is known. A rerun asks
 nothing about an image already there, so it makes no request at all when every image is done.
 
->>> pages, report = describe_pages(pages, "out/images.jsonl", OpenAICompatible.from_env("gpt-4o-mini"))  # doctest: +SKIP
+For example::
+
+    pages, report = describe_pages(pages, "out/images.jsonl", OpenAICompatible.from_env("gpt-4o-mini"))
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ each placeholder's place, inside the parent document.
 
 Docling's knobs (picture resolution, OCR, table structure) are :class:`DoclingOptions`.
 
->>> result = extract_folder("docs/")                  # doctest: +SKIP
->>> result.extractor, len(result.pages), result.skipped
+For example::
+
+    result = extract_folder("docs/")
+    result.extractor, len(result.pages), result.skipped
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ a size cap against zip bombs) and says what it got, so the next step is the righ
 (``data build`` for documents, ``data convert`` for a dataset, training for stage files). A rerun
 with the same link reuses what was fetched.
 
->>> fetch("https://drive.google.com/file/d/<id>/view", "drive/fetched").kind  # doctest: +SKIP
-'documents'
+For example::
+
+    fetch("https://drive.google.com/file/d/<id>/view", "drive/fetched").kind
+    # -> 'documents'
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ Rate limits (429) and server or network errors are retried with exponential back
 :class:`LocalModel` runs a chat model through transformers with its chat template, greedy (so a
 rerun generates the same text): ``smollm2-135m`` offline here, larger instruct models on Colab.
 
->>> gen = OpenAICompatible.from_env()                 # doctest: +SKIP
->>> gen.chat([{"role": "user", "content": "Hi"}], max_tokens=8)
+For example::
+
+    gen = OpenAICompatible.from_env()
+    gen.chat([{"role": "user", "content": "Hi"}], max_tokens=8)
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ converted (first frame, EXIF rotation applied, alpha flattened on white, 16-bit 
 shrunk to the pixel limit, re-encoded until it fits the byte limit), and what cannot be decoded
 raises :class:`ImageSkipped` with the reason.
 
->>> prepared = prepare_image("scan.tif")             # doctest: +SKIP
->>> prepared.mime, prepared.changes
-('image/jpeg', ['TIFF -> JPEG', 'CMYK -> RGB', '30.0 MP -> 4.0 MP'])
+For example::
+
+    prepared = prepare_image("scan.tif")
+    prepared.mime, prepared.changes
+    # -> ('image/jpeg', ['TIFF -> JPEG', 'CMYK -> RGB', '30.0 MP -> 4.0 MP'])
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ negatives). A negative is never a positive nor a text equal to one (compared aft
 whitespace and case), and never repeats. The candidates are shuffled with a seeded per-question
 RNG and ``pos_index`` records where the positives went.
 
->>> rows = candidates(["Who built it?"], [[0]], pool, k=4, strategy="bm25")  # doctest: +SKIP
->>> rows[0]                                         # (doc indices into pool, pos_index)
-([5, 0, 2, 7], [1])
+For example::
+
+    rows = candidates(["Who built it?"], [[0]], pool, k=4, strategy="bm25")
+    rows[0]                                         # (doc indices into pool, pos_index)
+    # -> ([5, 0, 2, 7], [1])
 """
 
 from __future__ import annotations

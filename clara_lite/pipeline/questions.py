@@ -9,8 +9,10 @@ or a benchmark in its own format (NQ, HotpotQA, MuSiQue, 2WikiMultiHopQA, SQuAD,
   keeps every paragraph its record ships (gold ones and the dataset's distractors), ``pos_index`` marking
   the gold ones.
 
->>> rows = load_questions("hotpot_dev_distractor_v1.json", limit=500)  # doctest: +SKIP
->>> search = pool_retriever([d for r in rows for d in r.docs])         # BM25 for the normal setting
+For example::
+
+    rows = load_questions("hotpot_dev_distractor_v1.json", limit=500)
+    search = pool_retriever([d for r in rows for d in r.docs])         # BM25 for the normal setting
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ their file names as on the Hub) with ``load_dataset``. A JSON file whose nested 
 type (2WikiMultiHopQA's ``[title, [sentences]]``) is read as plain JSON instead. The format is
 told from the first record's fields (:func:`detect_format`) unless given.
 
->>> records, total = load_records("pubmedqa", limit=500)  # doctest: +SKIP
->>> corpus = convert(records, detect_format(records[0]), answer="long")
+For example::
+
+    records, total = load_records("pubmedqa", limit=500)
+    corpus = convert(records, detect_format(records[0]), answer="long")
 """
 
 from __future__ import annotations

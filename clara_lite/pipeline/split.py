@@ -16,7 +16,9 @@ Rows (the names the training runner reads from ``--data-dir``):
 - heldout (stage3 format): the held-out questions, candidates from held-out documents (training
   documents fill in only when there are too few, with a warning).
 
->>> paths, stats = write_stage_files(corpus, "data/", k=4, strategy="bm25")  # doctest: +SKIP
+For example::
+
+    paths, stats = write_stage_files(corpus, "data/", k=4, strategy="bm25")
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ language (3-5 pairs each: stage1 QA rows and the stage2/3 questions). With ``que
 ``"en,zh"`` every chunk gets English and Chinese pairs, each answer in its question's language;
 both are questions about the same chunk, so the split keeps them on the same side. The prompts
 are files (:mod:`.prompts`): the shipped defaults, or your own. Two small prompts instead of one combined JSON
-request because small local models follow them (measured on smollm2-135m: the combined prompt
-produced no usable pairs). The QA prompt asks for a JSON list (``qa_format="json"``, API models)
+request because small local models follow them (benchmarks/README.md, "Measurements behind the
+defaults": smollm2-135m gave no usable pairs from the combined prompt). The QA prompt asks for a JSON list (``qa_format="json"``, API models)
 or ``Q:``/``A:`` lines (``"lines"``, small local models); either reply is parsed by both routes:
 JSON repaired with ``json-repair``, then a regex over ``Q:``/``A:`` lines. Malformed pairs are
 dropped and counted.
@@ -15,7 +15,9 @@ Resumable: one row per chunk is appended to the output and flushed to disk as so
 done; a rerun skips chunks already there (a torn last line from a killed run is cut off), so an
 interrupted run continued ends with exactly the file of an uninterrupted one.
 
->>> report = synthesize(chunks, "synth.jsonl", OpenAICompatible.from_env())  # doctest: +SKIP
+For example::
+
+    report = synthesize(chunks, "synth.jsonl", OpenAICompatible.from_env())
 """
 
 from __future__ import annotations
@@ -173,11 +175,12 @@ def _line_candidates(text: str) -> tuple[list[tuple[str, str]], int]:
 def parse_qa(text: str, limit: int | None = None) -> tuple[list[tuple[str, str]], int]:
     """``(pairs, dropped)`` from a generator reply: JSON (repaired) first, else ``Q:``/``A:`` lines.
 
-    A pair is dropped (and counted) when the question or answer is empty, the answer repeats the
-    question, or the question was already asked. At most ``limit`` pairs are kept.
+    A pair is dropped (and counted) when the question or answer is empty, the question is shorter
+    than 8 characters (a fragment, not a question), the answer repeats the question, or the question
+    was already asked. At most ``limit`` pairs are kept.
 
-    >>> parse_qa('[{"question": "Who?", "answer": "Ann"}, {"question": "", "answer": "x"}]')
-    ([('Who?', 'Ann')], 1)
+    >>> parse_qa('[{"question": "Who wrote it?", "answer": "Ann"}, {"question": "Who?", "answer": "x"}]')
+    ([('Who wrote it?', 'Ann')], 1)
     """
     candidates, dropped = [], 0
     items = _json_candidates(text)

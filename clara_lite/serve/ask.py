@@ -32,8 +32,10 @@ def read_docs(path) -> list[str]:
     any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON
     string, training rows' docs). Repeats dropped.
 
-    >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
-    ['Ada lives in Paris.']
+    For example::
+
+        read_docs("data/stage3.jsonl")[:1]
+        # -> ['Ada lives in Paris.']
     """
     path = Path(path)
     if path.is_dir():

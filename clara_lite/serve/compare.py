@@ -23,8 +23,10 @@ Settings (:data:`SETTINGS`):
   document of the rows); the retriever is passed in (BM25, an embedding index), so this module holds no
   index of its own.
 
->>> result = compare(model, rows, ["closed-book", "text-rag", "clara"], setting="oracle")  # doctest: +SKIP
->>> print(markdown_table(result))                                                         # doctest: +SKIP
+For example::
+
+    result = compare(model, rows, ["closed-book", "text-rag", "clara"], setting="oracle")
+    print(markdown_table(result))
 """
 
 from __future__ import annotations

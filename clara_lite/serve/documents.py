@@ -10,8 +10,10 @@ document's text is found, so an answer can cite where it came from.
 A document's *text* is its extracted pages joined by blank lines (image placeholders removed),
 paragraphs cleaned as the pipeline cleans them; spans index into that string.
 
->>> docs = documents_from(["Ada Lovelace wrote the first program.", "Paris is in France."])
->>> chunks = chunk_documents(docs, tokenizer, doc_max_length=256)  # doctest: +SKIP
+For example::
+
+    docs = documents_from(["Ada Lovelace wrote the first program.", "Paris is in France."])
+    chunks = chunk_documents(docs, tokenizer, doc_max_length=256)
 """
 
 from __future__ import annotations

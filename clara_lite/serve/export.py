@@ -56,8 +56,10 @@ def export_zip(run_dir, stage: str | None = None, out=None) -> Path:
     have lost data (drive_layout.md). A failed export removes its partial zip; an interrupted one leaves a
     zip that does not open, which the next export rewrites.
 
-    >>> export_zip("runs/demo")  # doctest: +SKIP
-    PosixPath('exports/demo-stage3.zip')
+    For example::
+
+        export_zip("runs/demo")
+        # -> PosixPath('exports/demo-stage3.zip')
     """
     run = Run(run_dir)
     if not run.exists:

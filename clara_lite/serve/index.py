@@ -18,9 +18,11 @@ and merging them is copying files.
 Loading memory-maps nothing it does not need: the memory of the k chunks a question retrieves is
 read from the part files (safetensors slices) when asked; only the retrieval keys live in RAM.
 
->>> index = ClaraIndex.build("kb/", model, "docs/")                     # doctest: +SKIP
->>> index = ClaraIndex.load("kb/", model)                                # doctest: +SKIP
->>> index.ask("Who wrote it?", k=5).text                                # doctest: +SKIP
+For example::
+
+    index = ClaraIndex.build("kb/", model, "docs/")
+    index = ClaraIndex.load("kb/", model)
+    index.ask("Who wrote it?", k=5).text
 """
 
 from __future__ import annotations

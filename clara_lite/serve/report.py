@@ -1,9 +1,11 @@
 """A :class:`~clara_lite.serve.compare.Comparison` as a Markdown table, a JSON file, a bar chart and the
 answers side by side: what ``clara-lite eval --systems`` writes and a notebook shows inline.
 
->>> paths = write_report(result, "runs/my-run/compare")  # doctest: +SKIP
->>> sorted(paths)
-['chart', 'json', 'markdown', 'predictions']
+For example::
+
+    paths = write_report(result, "runs/my-run/compare")
+    sorted(paths)
+    # -> ['chart', 'json', 'markdown', 'predictions']
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ The one function the CLI, the notebooks and the demo call to train. Settings tha
 session; what the hardware decides (dtype, 4-bit, attention, micro-batch x accumulation, gradient
 checkpointing) is planned again each session (:mod:`.plan`) and appended to run.json's ``sessions``.
 
->>> train("runs/demo", "all", data_dir="data/", model_options={"base_model": "tiny-random"})  # doctest: +SKIP
-{'stage1': {...}, 'stage2': {...}, 'stage3': {...}}
+For example::
+
+    train("runs/demo", "all", data_dir="data/", model_options={"base_model": "tiny-random"})
+    # -> {'stage1': {...}, 'stage2': {...}, 'stage3': {...}}
 """
 
 from __future__ import annotations

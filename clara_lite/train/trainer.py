@@ -99,7 +99,9 @@ class Trainer:
     ``resume`` (the newest complete checkpoint), ``train`` (the step loop, with logging, timed saves
     and stop signals), ``save`` (a step checkpoint) and ``finish`` (the stage's final model).
 
-    >>> summary = Trainer(model, get_stage("stage1"), rows, Path("runs/x/stage1"), TrainConfig()).train()  # doctest: +SKIP
+    For example::
+
+        summary = Trainer(model, get_stage("stage1"), rows, Path("runs/x/stage1"), TrainConfig()).train()
     """
 
     def __init__(self, model, stage, examples, stage_dir: Path, cfg: TrainConfig, on_replan=None):

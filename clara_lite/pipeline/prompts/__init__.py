@@ -5,9 +5,11 @@ and should not have to edit the package to do it. A prompt file is plain UTF-8 t
 ``{field}`` slots; only the slots a prompt knows (``FIELDS``) are filled, so any other braces (a
 JSON example in the prompt) stay as written.
 
->>> template = load("qa", "my_qa_prompt.txt")        # doctest: +SKIP
->>> fill(load("summary"), text="Mount Etna is in Sicily.")[:9]
-'Summarize'
+For example::
+
+    template = load("qa", "my_qa_prompt.txt")
+    fill(load("summary"), text="Mount Etna is in Sicily.")[:9]
+    # -> 'Summarize'
 """
 
 from __future__ import annotations
