@@ -108,6 +108,15 @@ def test_committed_notebooks_match_their_source():
     assert build.render("02_stage1") == build.render("02_stage1")  # deterministic
 
 
+def test_every_stage_and_step_names_a_notebook_that_exists():
+    from clara_lite.model.stages import STAGES
+    from clara_lite.notebook.settings import NOTEBOOKS as NAMED
+
+    assert set(STAGES) <= set(NAMED)  # each stage's "in Colab: ..." hint has a notebook to name
+    assert sorted(NAMED.values()) == sorted(ORDER)
+    assert all((NOTEBOOKS / f"{name}.ipynb").is_file() for name in NAMED.values())
+
+
 @pytest.mark.parametrize("name", ORDER)
 def test_notebook_is_valid_clean_and_thin(name):
     notebook = _read(name)

@@ -102,7 +102,6 @@ class Stage:
     row: str = ""  # the kind of row it reads: "pretrain" (stage1's QA/paraphrase rows) or "qa"
     row_shape: str = ""  # what one line of its data file looks like, for messages
     exact_docs: bool = False  # rows must hold exactly top_k docs (else at least top_k)
-    notebook: str = ""  # the Colab notebook that trains it
 
     @staticmethod
     def parse_row(row: dict, out: list) -> object | None:
@@ -178,7 +177,6 @@ class Stage1(_CompressAndAnswer):
     row = "pretrain"
     row_shape = STAGE1_SHAPE
     exact_docs = True
-    notebook = "02_stage1"
     parse_row = staticmethod(parse_stage1_row)
 
     def prompt(self, tokenizer, tokens, config, example, n_docs):
@@ -194,7 +192,6 @@ class Stage2(_CompressAndAnswer):
     previous = "stage1"
     row = "qa"
     row_shape = QA_SHAPE
-    notebook = "03_stage2"
     parse_row = staticmethod(parse_qa_row)
 
     def prompt(self, tokenizer, tokens, config, example, n_docs):
@@ -213,7 +210,6 @@ class Stage3(Stage):
     retrieves = True
     row = "qa"
     row_shape = QA_SHAPE
-    notebook = "04_stage3"
     parse_row = staticmethod(parse_qa_row)
 
     def prepare(self, model) -> None:

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 CURRENT_RUN = "current_run.txt"
 DEFAULT_RUN = "my-run"
-NOTEBOOKS = {"setup": "00_setup", "data": "01_data", **{s.name: s.notebook for s in STAGES.values()},
-             "inference": "05_inference"}
+# the Colab notebook for each step (the stage registry knows nothing of notebooks)
+NOTEBOOKS = {"setup": "00_setup", "data": "01_data", "stage1": "02_stage1", "stage2": "03_stage2",
+             "stage3": "04_stage3", "inference": "05_inference"}
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")  # 'auto': the hardware plan decides
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OVERRIDE = "override of the field of the same name; None = its default"

@@ -206,7 +206,7 @@ class Workspace:
             stage = get_stage(stage_name)
             path = folder / f"{name}.jsonl"
             if not path.is_file():
-                needed = f"optional, used by {NOTEBOOKS['inference']}" if name == HELDOUT else f"needed by {stage.notebook}"
+                needed = f"optional, used by {NOTEBOOKS['inference']}" if name == HELDOUT else f"needed by {NOTEBOOKS[stage.name]}"
                 print(f"{name}.jsonl: missing ({needed})\n")
                 continue
             reports[name] = report = validate_file(path, stage, top_k=None if stage.exact_docs else top_k)
@@ -282,7 +282,7 @@ class Workspace:
         final = self.run.newest_final()
         if final is None:
             raise SettingsError(f"Run {self.settings.run_name!r} has no final stage yet: run "
-                                f"{STAGES[ORDER[0]].notebook}.ipynb")
+                                f"{NOTEBOOKS[ORDER[0]]}.ipynb")
         model = ClaraModel.from_pretrained(final)  # on a GPU: its plan's dtype, attention, 4-bit when needed
         print(f"Loaded {final} (trained: {', '.join(model.config.trained_stages)}; adapters: "
               f"{', '.join(model.adapter_names)}; attention {model.attn_implementation})")

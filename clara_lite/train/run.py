@@ -190,7 +190,7 @@ class Run:
                            f"{prev.name}'s newest complete checkpoint and writes its final again.")
         raise RunError(f"{stage.name} starts from {prev.name}/final, which does not exist in {self.root} "
                        f"({prev.name}: {self.stage_status(prev.name)}). Run `clara-lite train --stage {prev.name} "
-                       f"--run-dir {self.root}` first (or --stage all; in Colab: {prev.notebook}.ipynb), or start "
+                       f"--run-dir {self.root}` first (or --stage all; in Colab: {prev.name}'s notebook), or start "
                        f"{stage.name} from another model with --init-from DIR|ZIP.")
 
     # ----------------------------------------------------------- settings
