@@ -9,7 +9,7 @@ Why these settings (README, "The demo"): documents are one or two sentences (~25
 tokens at compression 4 (8 memory vectors each) keep all of it. ``memory_space="tokens"``: the decoder
 reads each memory vector as the mixture of token embeddings the LM head predicts from it, inputs it
 can read before any training; with upstream's raw hidden states a 135M model did not learn to read in
-this budget (measured: README, "The demo"). ``chunk_loss_weight``: memory vector i learns to predict its document's
+this budget (measured: README, "The demo"). ``segment_loss_weight``: memory vector i learns to predict its document's
 i-th 4 tokens, so compression is taught from the first step. Retrieval still scores the hidden states
 (they tell documents apart before stage3 trains). stage1 teaches compression (a document's
 questions and paraphrase from its memory), stage2 the answer prompt the evaluation uses (each question's

@@ -9,11 +9,11 @@ from clara_lite.core.hardware import (
     CPU_WARNING,
     DeviceInfo,
     cpu_threads_note,
+    decide_profile,
     describe,
     detect_hardware,
     estimate_train_mem_gb,
     library_versions,
-    plan,
 )
 
 # Simulated devices: the only place in the project where hardware is faked.
@@ -25,7 +25,7 @@ MPS = DeviceInfo("mps", "Apple MPS")
 
 
 def test_t4_uses_fp16_and_sdpa_even_with_flash_attn():
-    p = plan(T4, 0.5, flash_attn_available=True)
+    p = decide_profile(T4, 0.5, flash_attn_available=True)
     assert p.dtype == torch.float16
     assert p.mixed_precision == "fp16"
     assert p.attn_implementation == "sdpa"
@@ -34,26 +34,26 @@ def test_t4_uses_fp16_and_sdpa_even_with_flash_attn():
 
 
 def test_a100_with_flash_attn_uses_bf16_and_flash_attention_2():
-    p = plan(A100_80, 7.0, flash_attn_available=True)
+    p = decide_profile(A100_80, 7.0, flash_attn_available=True)
     assert p.dtype == torch.bfloat16
     assert p.mixed_precision == "bf16"
     assert p.attn_implementation == "flash_attention_2"
 
 
 def test_a100_without_flash_attn_uses_sdpa():
-    p = plan(A100_40, 7.0, flash_attn_available=False)
+    p = decide_profile(A100_40, 7.0, flash_attn_available=False)
     assert p.dtype == torch.bfloat16
     assert p.attn_implementation == "sdpa"
     assert "not installed" in p.reason("attn_implementation")
 
 
 def test_eager_when_torch_has_no_sdpa():
-    p = plan(CPU, 0.1, flash_attn_available=False, sdpa_available=False)
+    p = decide_profile(CPU, 0.1, flash_attn_available=False, sdpa_available=False)
     assert p.attn_implementation == "eager"
 
 
 def test_7b_on_t4_goes_4bit_with_checkpointing():
-    p = plan(T4, 7.24, flash_attn_available=False)
+    p = decide_profile(T4, 7.24, flash_attn_available=False)
     assert p.load_in_4bit is True
     assert p.gradient_checkpointing is True
     assert p.reason("load_in_4bit").startswith("yes (nf4)")
@@ -64,7 +64,7 @@ def test_7b_on_t4_goes_4bit_with_checkpointing():
 
 
 def test_half_b_on_t4_stays_16bit():
-    p = plan(T4, 0.5, flash_attn_available=False)
+    p = decide_profile(T4, 0.5, flash_attn_available=False)
     assert p.load_in_4bit is False
     assert p.gradient_checkpointing is False
     assert p.est_train_mem_gb == pytest.approx(0.5 * 2 * 1.3 + 1.5)
@@ -72,7 +72,7 @@ def test_half_b_on_t4_stays_16bit():
 
 
 def test_7b_on_a100_80gb_stays_16bit():
-    p = plan(A100_80, 7.0, flash_attn_available=True)
+    p = decide_profile(A100_80, 7.0, flash_attn_available=True)
     assert p.load_in_4bit is False
     assert p.gradient_checkpointing is False
     assert p.est_train_mem_gb == pytest.approx(19.7)
@@ -80,13 +80,13 @@ def test_7b_on_a100_80gb_stays_16bit():
 
 def test_3b_on_t4_fits_16bit_but_checkpoints():
     # 3B in fp16 ~ 9.3 GB fits 85% of 15.1 GB, but a >1B model on a <24 GB GPU is tight.
-    p = plan(T4, 3.0, flash_attn_available=False)
+    p = decide_profile(T4, 3.0, flash_attn_available=False)
     assert p.load_in_4bit is False
     assert p.gradient_checkpointing is True
 
 
 def test_cpu_plan():
-    p = plan(CPU, 7.0, flash_attn_available=True)
+    p = decide_profile(CPU, 7.0, flash_attn_available=True)
     assert p.dtype == torch.float32
     assert p.mixed_precision == "no"
     assert p.attn_implementation == "sdpa"
@@ -96,7 +96,7 @@ def test_cpu_plan():
 
 
 def test_mps_plan_is_fp32_sdpa_no_4bit():
-    p = plan(MPS, 7.0, flash_attn_available=False)
+    p = decide_profile(MPS, 7.0, flash_attn_available=False)
     assert p.dtype == torch.float32
     assert p.mixed_precision == "no"
     assert p.attn_implementation == "sdpa"
@@ -104,7 +104,7 @@ def test_mps_plan_is_fp32_sdpa_no_4bit():
 
 
 def test_unknown_model_size_never_quantizes():
-    p = plan(T4, None, flash_attn_available=False)
+    p = decide_profile(T4, None, flash_attn_available=False)
     assert p.load_in_4bit is False
     assert p.est_train_mem_gb is None
     assert "unknown" in p.reason("load_in_4bit")
@@ -144,7 +144,7 @@ def test_describe_lists_decisions_and_versions():
     assert "sdpa" in text
     assert torch.__version__ in text
     assert "transformers" in text and "peft" in text
-    simulated = describe(plan(T4, 7.24, flash_attn_available=False), versions=False)
+    simulated = describe(decide_profile(T4, 7.24, flash_attn_available=False), versions=False)
     assert "Tesla T4 (sm 7.5)" in simulated
     assert "Colab free tier" in simulated
     assert "yes (nf4)" in simulated
@@ -158,7 +158,7 @@ def test_library_versions_has_core_stack():
 
 
 def test_to_dict_is_json_serializable():
-    d = json.loads(json.dumps(plan(A100_80, 7.0, flash_attn_available=True).to_dict()))
+    d = json.loads(json.dumps(decide_profile(A100_80, 7.0, flash_attn_available=True).to_dict()))
     assert d["dtype"] == "bfloat16"
     assert d["device"]["capability"] == [8, 0]
     assert d["attn_implementation"] == "flash_attention_2"
@@ -169,10 +169,10 @@ def test_to_dict_is_json_serializable():
 
 
 def test_device_notes_match_whole_model_names_only():
-    a100 = describe(plan(A100_80, 7.0, flash_attn_available=False), versions=False)
+    a100 = describe(decide_profile(A100_80, 7.0, flash_attn_available=False), versions=False)
     assert "Ampere sm 8.0" in a100
     l40s = DeviceInfo("cuda", "NVIDIA L40S", (8, 9), total_mem_gb=48.0, free_mem_gb=47.0, count=1)
-    assert "Ada sm 8.9, 24 GB" not in describe(plan(l40s, 7.0, flash_attn_available=False), versions=False)
+    assert "Ada sm 8.9, 24 GB" not in describe(decide_profile(l40s, 7.0, flash_attn_available=False), versions=False)
 
 
 def test_cpu_threads_note_asks_for_passive_waiting_only_when_the_cpus_are_shared():

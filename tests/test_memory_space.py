@@ -1,6 +1,8 @@
-"""memory_space="tokens" and chunk_loss_weight: memory vectors the decoder can read from the first step."""
+"""memory_space="tokens" and segment_loss_weight: memory vectors the decoder can read from the first step."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -15,10 +17,10 @@ from clara_lite.model.stages import get_stage
 DOCS = ["Orla Vennimark is a cook who lives in Japan.", "Tavi Brask lives in Rome and works as a guard."]
 
 
-def test_chunk_targets_are_each_memory_vectors_share_of_the_text():
+def test_segment_targets_are_each_memory_vectors_share_of_the_text():
     model = tiny_model(doc_max_length=8, compr_rate=4)
     ids = model.tokenizer(DOCS[0], add_special_tokens=False)["input_ids"]
-    targets = inputs.chunk_targets(model.tokenizer, model.config, [DOCS[0], "Rome"])  # (2, 2, 4)
+    targets = inputs.segment_targets(model.tokenizer, model.config, [DOCS[0], "Rome"])  # (2, 2, 4)
     assert targets.shape == (2, 2, 4)
     assert targets[0].flatten().tolist() == ids[:8]
     rome = model.tokenizer("Rome", add_special_tokens=False)["input_ids"]
@@ -46,25 +48,25 @@ def test_the_decoder_reads_token_memory_as_the_embedding_mixture_the_lm_head_pre
         ClaraConfig(memory_space="latent")
 
 
-def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lowers_it():
-    model = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens", chunk_loss_weight=1.0, mse_weight=0.0)
+def test_segment_loss_is_the_memory_vectors_nll_of_their_segments_and_training_lowers_it():
+    model = tiny_model(doc_max_length=16, compr_rate=4, memory_space="tokens", segment_loss_weight=1.0, mse_weight=0.0)
     stage = get_stage("stage2")
     rows = [QAExample("Where does Orla Vennimark live?", (DOCS[0],), ("Japan",)),
             QAExample("Where does Tavi Brask live?", (DOCS[1],), ("Rome",))]
     batch = stage.collator(model)(rows)
     enc = batch["enc"]
-    assert enc["chunks"].shape == (2, 4, 4)
-    assert "chunks" not in model._encode(DOCS)  # inference (compressing, indexing, queries) builds no targets
+    assert enc["segments"].shape == (2, 4, 4)
+    assert "segments" not in model._encode(DOCS)  # inference (compressing, indexing, queries) builds no targets
     model.eval()
     with torch.no_grad():
-        _, _, chunk = model.compress_for_training(enc)
+        _, _, segment = model.compress_for_training(enc)
         states, _ = model.compress(enc)
         logp = F.log_softmax(model.causal_lm.get_output_embeddings()(states).float(), -1)
         per_doc = []
         for b in range(2):
-            picked = [logp[b, i, t] for i in range(4) for t in enc["chunks"][b, i].tolist() if t >= 0]
+            picked = [logp[b, i, t] for i in range(4) for t in enc["segments"][b, i].tolist() if t >= 0]
             per_doc.append(-torch.stack(picked).mean())
-    assert chunk.item() == pytest.approx(torch.stack(per_doc).mean().item(), rel=1e-5)
+    assert segment.item() == pytest.approx(torch.stack(per_doc).mean().item(), rel=1e-5)
 
     stage.prepare(model)
     model.train()
@@ -76,22 +78,22 @@ def test_chunk_loss_is_the_memory_vectors_nll_of_their_chunks_and_training_lower
         loss.backward()
         opt.step()
         opt.zero_grad()
-        history.append(metrics["chunk_loss"])
+        history.append(metrics["segment_loss"])
     assert history[-1] < history[0]
-    assert loss.item() == pytest.approx(metrics["lm_loss"] + metrics["chunk_loss"], rel=1e-4)
+    assert loss.item() == pytest.approx(metrics["lm_loss"] + metrics["segment_loss"], rel=1e-4)
 
 
-def test_chunk_positions_put_each_memory_token_beside_the_chunk_it_compresses():
-    """memory_positions="chunks": memory token i takes the position id of the last token of chunk i (the tokens
-    chunk_targets gives it), whatever the padding; "after" keeps the positions running past the document."""
+def test_segment_positions_put_each_memory_token_beside_the_segment_it_compresses():
+    """memory_positions="segments": memory token i takes the position id of the last token of segment i (the tokens
+    segment_targets gives it), whatever the padding; "after" keeps the positions running past the document."""
     after = tiny_model(doc_max_length=16, compr_rate=4)
-    beside = tiny_model(doc_max_length=16, compr_rate=4, memory_positions="chunks")
+    beside = tiny_model(doc_max_length=16, compr_rate=4, memory_positions="segments")
     texts = [DOCS[0] + " " + DOCS[1], "Rome"]  # a full document and a short one (left-padded)
     enc = inputs.encode_texts(beside.tokenizer, beside.tokens, beside.config, texts)
-    targets = inputs.chunk_targets(beside.tokenizer, beside.config, texts)
+    targets = inputs.segment_targets(beside.tokenizer, beside.config, texts)
     pos, ids, m = enc["position_ids"], enc["input_ids"], beside.config.n_mem
     assert pos[:, -m:].tolist() == [[5, 9, 13, 17]] * 2
-    for i in range(m):  # the text token at memory token i's position is the last of its chunk
+    for i in range(m):  # the text token at memory token i's position is the last of its segment
         at = (pos[0, :-m] == pos[0, -m + i]).nonzero().item()
         assert ids[0, at].item() == targets[0, i, -1].item()
     plain = inputs.encode_texts(after.tokenizer, after.tokens, after.config, texts)
@@ -102,3 +104,16 @@ def test_chunk_positions_put_each_memory_token_beside_the_chunk_it_compresses():
     assert not torch.allclose(memory, after.compress_documents(DOCS)[0], atol=1e-3)
     with pytest.raises(ValueError, match="memory_positions .*must be one of"):
         ClaraConfig(memory_positions="middle")
+
+
+def test_configs_written_with_the_old_words_load_as_todays(tmp_path):
+    """Runs and models saved before the rename say chunk_loss_weight / memory_positions="chunks"."""
+    old = ClaraConfig(segment_loss_weight=0.5, memory_positions="segments").to_dict()
+    old["chunk_loss_weight"] = old.pop("segment_loss_weight")
+    old["memory_positions"] = "chunks"
+    from clara_lite.core.layout import CONFIG_FILE
+
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    config = ClaraConfig.load(tmp_path)
+    assert (config.segment_loss_weight, config.memory_positions) == (0.5, "segments")
+    assert "chunk_loss_weight" not in config.to_dict()

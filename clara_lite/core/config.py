@@ -23,7 +23,11 @@ FORMAT_VERSION = 1
 
 LAYOUTS = ("compact", "upstream")
 MEMORY_SPACES = ("hidden", "tokens")
-MEMORY_POSITIONS = ("after", "chunks")
+MEMORY_POSITIONS = ("after", "segments")
+# Names configs written before the vocabulary settled still carry (a memory vector's share of a document was a
+# "chunk", the word the pipeline and the index use for a passage): read as today's, written as today's.
+_LEGACY_KEYS = {"chunk_loss_weight": "segment_loss_weight"}
+_LEGACY_VALUES = {("memory_positions", "chunks"): "segments"}
 QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset (None): the hardware plan decides
 # every spelling a user or an upstream config may use, -> ours (bitsandbytes nf4 is our 4-bit)
 _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
@@ -178,13 +182,14 @@ class ClaraConfig:
     memory_positions: str = field(
         default="after",
         metadata={
-            "help": "'after': memory tokens take the positions after the document (upstream); 'chunks': memory "
-            "token i takes the position of the last token of the document's i-th chunk of compr_rate tokens, "
+            "help": "'after': memory tokens take the positions after the document (upstream); 'segments': "
+            "memory token i takes the position of the last token of the document's i-th segment (its i-th "
+            "compr_rate tokens), "
             "so it sits next to what it compresses (not upstream's format)",
             "choices": MEMORY_POSITIONS,
         },
     )
-    chunk_loss_weight: float = field(default=0.0, metadata={"low": 0, 
+    segment_loss_weight: float = field(default=0.0, metadata={"low": 0, 
         "help": "weight of a loss that has memory vector i, read through the LM head, predict the i-th "
                 "compr_rate tokens of its document (0: upstream's recipe)"})
     retrieval_temperature: float = field(default=0.02, metadata={"low": 0, "low_open": True, "help": "softmax temperature of the top-k"})
@@ -224,6 +229,9 @@ class ClaraConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "ClaraConfig") -> ClaraConfig:
+        if isinstance(data, dict):
+            data = {_LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+            data = {k: _LEGACY_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in data.items()}
         return from_json(cls, data, where)
 
     def save(self, directory: str | Path) -> Path:

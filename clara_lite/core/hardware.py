@@ -1,8 +1,11 @@
 """Hardware profile: what this machine is, and how training should use it.
 
-Why two steps: ``probe_device`` reads raw facts (kind, compute capability, memory); the pure ``plan``
-turns them into decisions (dtype, attention, 4-bit, batch plan), each with a reason. Tests simulate a
-T4 or an A100 through ``plan``; decisions come from capability and memory, never from device names.
+Why two steps: ``probe_device`` reads raw facts (kind, compute capability, memory); the pure
+``decide_profile`` turns them into the device's *profile* (dtype, attention, 4-bit, micro-batch), each
+decision with a reason. Tests simulate a T4 or an A100 through ``decide_profile``; decisions come from
+capability and memory, never from device names. (One word per idea: a *profile* is what a device decides
+for a model; the *hardware plan* is what a training session makes of it for one stage and its data,
+:mod:`clara_lite.train.plan`.)
 
 >>> profile = detect_hardware(model_params_b=0.135)
 >>> text = describe(profile)  # what ``clara-lite doctor`` prints
@@ -24,13 +27,13 @@ from .. import __version__
 log = logging.getLogger(__name__)
 
 GB = 1e9  # decimal GB: params_b * bytes_per_param is then directly in GB
-MEMORY_BUDGET = 0.85  # share of free GPU memory a plan may use; the rest is CUDA context and fragmentation
+MEMORY_BUDGET = 0.85  # share of free GPU memory a profile may use; the rest is CUDA context and fragmentation
 OVERHEAD_FACTOR = 1.3  # activations, LoRA weights, their optimizer state, on top of frozen weights
 OVERHEAD_GB = 1.5  # CUDA context, kernels workspace, tokenizer batches
 NF4_BYTES_PER_PARAM = 0.6  # 4 bits plus quant constants and the 16-bit embeddings / lm_head
-TARGET_ROWS = 16  # effective batch (micro batch x accumulation) the plan aims for
+TARGET_ROWS = 16  # effective batch (micro batch x accumulation) a profile aims for
 MAX_MICRO_BATCH = 8  # beyond this a large vocabulary's logits dominate memory
-ROW_TOKENS = 512  # the row the activation estimate was made for; a plan told its rows' length scales it
+ROW_TOKENS = 512  # the row the activation estimate was made for; a profile told its rows' length scales it
 AMPERE = (8, 0)  # bf16 tensor cores and flash-attention 2 start here
 
 # Notes shown next to well-known devices; names only annotate, they never decide.
@@ -206,12 +209,12 @@ def _choose_batch(
 
 
 def _budget(device: DeviceInfo) -> tuple[float, float]:
-    """(free GB, GB a plan may use) on a CUDA device."""
+    """(free GB, GB a profile may use) on a CUDA device."""
     free = device.free_mem_gb if device.free_mem_gb is not None else device.total_mem_gb
     return free, free * MEMORY_BUDGET
 
 
-def plan(
+def decide_profile(
     device: DeviceInfo,
     model_params_b: float | None,
     flash_attn_available: bool,
@@ -222,7 +225,7 @@ def plan(
     """Turn device facts into training decisions; pure, so tests can simulate any GPU.
 
     >>> t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15.8, 15.1, count=1)
-    >>> plan(t4, 7.24, flash_attn_available=False).load_in_4bit
+    >>> decide_profile(t4, 7.24, flash_attn_available=False).load_in_4bit
     True
     """
     dtype, mixed, dtype_why = _choose_dtype(device)
@@ -251,7 +254,7 @@ def plan(
             ("gradient_checkpointing", ckpt_why),
         ),
     )
-    log.debug("hardware plan: %s", profile.to_dict())
+    log.debug("hardware profile: %s", profile.to_dict())
     return profile
 
 
@@ -294,7 +297,7 @@ def probe_device(device: str | torch.device | None = None) -> DeviceInfo:
 def detect_hardware(
     model_params_b: float | None = None, *, device: str | torch.device | None = None
 ) -> HardwareProfile:
-    """Probe this machine and plan training for a model of ``model_params_b`` billion parameters.
+    """Probe this machine and decide its profile for a model of ``model_params_b`` billion parameters.
 
     >>> detect_hardware(0.135, device="cpu").attn_implementation
     'sdpa'
@@ -302,7 +305,7 @@ def detect_hardware(
     info = probe_device(device)
     flash = info.kind == "cuda" and flash_attn_importable()
     sdpa = hasattr(torch.nn.functional, "scaled_dot_product_attention")
-    return plan(info, model_params_b, flash, sdpa_available=sdpa)
+    return decide_profile(info, model_params_b, flash, sdpa_available=sdpa)
 
 
 CPU_WARN_PARAMS_B = 0.5  # a CPU trains smaller models (the embedded 135M) in minutes: no warning for those

@@ -110,7 +110,7 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
 
     Returns ``input_ids``/``attention_mask`` (B, T+n_mem) and ``position_ids`` (None for the
     upstream layout, which pads every text to doc_max_length+3 and lets positions run from 0, unless
-    ``memory_positions="chunks"`` places each memory token at its chunk's last position).
+    ``memory_positions="segments"`` places each memory token at its segment's last position).
     """
     keep = (config.doc_max_length + 3) * MAX_CHARS_PER_TOKEN
     wrapped = [f"<ENC>{tokens.bos}{t if len(t) <= keep else t[:keep]}{tokens.eos}" for t in texts]
@@ -127,20 +127,20 @@ def encode_texts(tokenizer, tokens: SpecialTokens, config: ClaraConfig, texts: l
     mem = torch.tensor(tokens.mem_ids, dtype=torch.long).expand(b, -1)
     input_ids = torch.cat([enc["input_ids"], mem], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(mem)], dim=1)
-    chunks = config.memory_positions == "chunks"
-    position_ids = None if upstream and not chunks else mask_positions(attention_mask)
-    if chunks:  # <ENC> at 0, bos at 1, the text from 2: chunk i ends at 1 + rate*(i+1)
+    beside = config.memory_positions == "segments"
+    position_ids = None if upstream and not beside else mask_positions(attention_mask)
+    if beside:  # <ENC> at 0, bos at 1, the text from 2: segment i ends at 1 + rate*(i+1)
         position_ids[:, -mem.size(1):] = 1 + config.compr_rate * torch.arange(1, mem.size(1) + 1)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
-def chunk_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.Tensor:
+def segment_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.Tensor:
     """(B, n_mem, compr_rate) token ids: memory vector i's share of its text, the i-th ``compr_rate`` tokens
-    (of the first ``doc_max_length``); IGNORE_INDEX where a text is shorter. The targets of ``chunk_loss_weight``.
+    (of the first ``doc_max_length``); IGNORE_INDEX where a text is shorter. The targets of ``segment_loss_weight``.
 
     For example::
 
-        chunk_targets(tokenizer, ClaraConfig(doc_max_length=4, compr_rate=2), ["a b c"])
+        segment_targets(tokenizer, ClaraConfig(doc_max_length=4, compr_rate=2), ["a b c"])
         # -> tensor([[[ 64,  275], [ 272, -100]]])
     """
     m, rate = config.n_mem, config.compr_rate

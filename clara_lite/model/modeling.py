@@ -250,13 +250,13 @@ class ClaraModel(nn.Module):
         return mem, mse
 
     def compress_for_training(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`compress` plus the chunk loss when the batch carries chunk targets (``chunk_loss_weight``):
+        """:meth:`compress` plus the segment loss when the batch carries segment targets (``segment_loss_weight``):
         the mean negative log-likelihood, through the LM head, of memory vector i's share of its document."""
         mem, mse = self.compress(enc)
-        if "chunks" not in enc:
+        if "segments" not in enc:
             return mem, mse, None
         logits = self.causal_lm.get_output_embeddings()(mem).float()  # (B, M, V)
-        targets = enc["chunks"].to(self.device)  # (B, M, compr_rate)
+        targets = enc["segments"].to(self.device)  # (B, M, compr_rate)
         valid = targets != inputs.IGNORE_INDEX
         picked = F.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0))  # (B, M, compr_rate)
         per_doc = (picked * valid).sum((1, 2)) / valid.sum((1, 2)).clamp(min=1)

@@ -148,25 +148,25 @@ class _CompressAndAnswer(Stage):
     def loss(self, model, batch, totals=None):
         own = StepTotals.of([batch])
         totals = totals or own
-        memory, mse, chunk = model.compress_for_training(batch["enc"])  # (B*K, M, H)
+        memory, mse, segment = model.compress_for_training(batch["enc"])  # (B*K, M, H)
         embeds = model.decoder_embeds(batch["dec"]["input_ids"], memory)
         lm = model.decoder_loss(embeds, batch["dec"]["attention_mask"], batch["dec"]["labels"])
         lm = _part(lm, own.answer_tokens, totals.answer_tokens)
         mse = _part(mse, own.docs, totals.docs)
         total = lm + model.config.mse_weight * mse
         metrics = {"lm_loss": lm.item(), "mse_loss": mse.item()}
-        if chunk is not None:  # chunk_loss_weight: every batch of the step has the targets
-            chunk = _part(chunk, own.docs, totals.docs)
-            total = total + model.config.chunk_loss_weight * chunk
-            metrics["chunk_loss"] = chunk.item()
+        if segment is not None:  # segment_loss_weight: every batch of the step has the targets
+            segment = _part(segment, own.docs, totals.docs)
+            total = total + model.config.segment_loss_weight * segment
+            metrics["segment_loss"] = segment.item()
         return total, metrics
 
     def collate(self, tokenizer, tokens, config, examples):
         n_docs = _uniform_docs(examples)
         pairs = [self.prompt(tokenizer, tokens, config, ex, n_docs) for ex in examples]
         batch = _docs_and_prompts(tokenizer, tokens, config, examples, pairs)
-        if config.chunk_loss_weight:  # the chunk loss's targets: built for training batches only, not at inference
-            batch["enc"]["chunks"] = inputs.chunk_targets(tokenizer, config, [d for ex in examples for d in ex.docs])
+        if config.segment_loss_weight:  # the segment loss's targets: built for training batches only, not at inference
+            batch["enc"]["segments"] = inputs.segment_targets(tokenizer, config, [d for ex in examples for d in ex.docs])
         return batch
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss", "lm_loss", "mse_loss", "chunk_loss", "retrieval_loss", "eval_loss")
+LOSS_KEYS = ("loss", "lm_loss", "mse_loss", "segment_loss", "retrieval_loss", "eval_loss")
 ANSWER_KEYS = ("eval_em", "eval_f1")  # held-out answer scores, on a second axis (0..1)
 
 

@@ -20,7 +20,14 @@ import logging
 from dataclasses import dataclass, field
 
 from ..core.config import ClaraConfig, is_quantized, normalize_quantization
-from ..core.hardware import DeviceInfo, HardwareProfile, dtype_name, flash_attn_importable, plan, probe_device
+from ..core.hardware import (
+    DeviceInfo,
+    HardwareProfile,
+    decide_profile,
+    dtype_name,
+    flash_attn_importable,
+    probe_device,
+)
 from ..model.base import REGISTRY
 from ..model.size import model_family, model_params_b
 from ..model.stages import Stage
@@ -151,7 +158,7 @@ def plan_session(run: Run, stage: Stage, examples, config: ClaraConfig, train_op
         flash_attn = device is None and info.kind == "cuda" and flash_attn_importable()
     params = params_b if params_b is not None else model_params_b(base)
     tokens = tokens_per_row(examples, config, stage)
-    profile = plan(info, params, flash_attn, tokens_per_row=tokens)
+    profile = decide_profile(info, params, flash_attn, tokens_per_row=tokens)
     quant = normalize_quantization(quantization if quantization is not None else config.quantization)
     if quant is None:  # not fixed: 4-bit only when the model would not fit otherwise
         quant = "4bit" if profile.load_in_4bit else None
