@@ -42,3 +42,12 @@ def shared_dir() -> Path:
 def _quiet_logs():
     logging.getLogger("transformers").setLevel(logging.ERROR)
     yield
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """stage1/2/3.jsonl of the synthetic world (``synthetic_data.write_run_data``), written once per session.
+    Read-only: a test that edits rows writes its own copy (``test_hostile_data`` has its own folder)."""
+    from synthetic_data import write_run_data
+
+    return write_run_data(tmp_path_factory.mktemp("data"))

@@ -12,6 +12,12 @@ from clara_lite import ClaraModel
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+# The small run most training tests use: the tiny seeded model, 16-token documents at compression 4 (4 memory
+# vectors), LoRA rank 4, top-2; as train() model options and as the same settings' command-line flags.
+TINY_RUN = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
+TINY_RUN_FLAGS = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4",
+                  "--top-k", "2"]
+
 
 def tiny_model(seed: int = 0, adapters=("encoder", "decoder"), **config) -> ClaraModel:
     """A seeded tiny-random ClaraModel (2 layers, hidden 64) on CPU, fp32."""

@@ -8,12 +8,10 @@ import os
 import subprocess
 import sys
 
-from helpers import tiny_model
+from helpers import TINY_RUN_FLAGS, tiny_model
 from synthetic_data import write_run_data
 
 from clara_lite.model.saving import save_model
-
-MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
 
 
 def test_each_case_is_one_message_and_a_non_zero_exit(tmp_path):
@@ -27,7 +25,7 @@ def test_each_case_is_one_message_and_a_non_zero_exit(tmp_path):
     config = json.loads((model / "clara_config.json").read_text())
     (model / "clara_config.json").write_text(json.dumps({**config, "doc_max_length": "16"}))
     (tmp_path / "docs.jsonl").write_text('{"doc": "Ada lives in Oslo."}\n')
-    train = ["train", "--stage", "stage1", "--run-dir", "RUN", *MODEL]  # each case its own run folder
+    train = ["train", "--stage", "stage1", "--run-dir", "RUN", *TINY_RUN_FLAGS]  # each case its own run folder
     cases = {  # name: (arguments, words the message must hold)
         "option": ([*train, "--data", str(data / "stage1.jsonl"), "--lora-dropout", "5"],
                    ["lora_dropout (--lora-dropout) must be a finite number >= 0 and < 1, got 5.0"]),
@@ -73,7 +71,7 @@ def test_train_out_of_memory_prints_the_advice_and_exits_4(tmp_path, caplog):
     handle = torch.nn.modules.module.register_module_forward_pre_hook(full_gpu)
     try:
         with caplog.at_level(logging.ERROR, logger="clara_lite"):
-            code = main(["train", "--stage", "stage1", "--run-dir", str(tmp_path / "run"), *MODEL, "--data",
+            code = main(["train", "--stage", "stage1", "--run-dir", str(tmp_path / "run"), *TINY_RUN_FLAGS, "--data",
                          str(data / "stage1.jsonl"), "--max-steps", "2", "--batch-size", "2"])
     finally:
         handle.remove()

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import max_abs_diff, saved_adapters
+from helpers import TINY_RUN_FLAGS, max_abs_diff, saved_adapters
 from synthetic_data import write_run_data
 
 from clara_lite.train.run import Run
 
-MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2",
-         "--lora-dropout", "0", "--contrastive-weight", "0.5"]
+MODEL = [*TINY_RUN_FLAGS, "--lora-dropout", "0", "--contrastive-weight", "0.5"]
 ARGS = [*MODEL, "--max-steps", "3", "--batch-size", "1", "--lr", "1e-3", "--log-steps", "1", "--save-steps", "2"]
 
 

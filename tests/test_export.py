@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN
 from safetensors.torch import load_file
 from synthetic_data import write_run_data
 
@@ -26,7 +27,6 @@ from clara_lite.serve.export import ExportError, export_zip
 from clara_lite.train.launch import train
 from clara_lite.train.run import Run
 
-MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 TRAIN = {"max_steps": 2, "micro_batch_size": 2, "lr": 1e-3, "log_steps": 1, "save_minutes": None}
 QUESTIONS = ["Where does Ada live?", "Where does Bo live?"]
 DOCS = [["Ada lives in Oslo.", "Bo lives in Rome.", "Cy lives in Lima."],
@@ -65,7 +65,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("drive")
     data = write_run_data(root / "data")
     run = root / "runs" / "tiny"
-    train(run, "stage1", data=str(data / "stage1.jsonl"), model_options=dict(MODEL), train_options=dict(TRAIN))
+    train(run, "stage1", data=str(data / "stage1.jsonl"), model_options=dict(TINY_RUN), train_options=dict(TRAIN))
     train(run, "stage3", data=str(data / "stage3.jsonl"), model_options={}, train_options=dict(TRAIN),
           init_from=str(run / "stage1" / "final"))
     return run

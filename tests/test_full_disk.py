@@ -23,17 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import saved_adapters
-from synthetic_data import write_run_data
+from helpers import TINY_RUN, TINY_RUN_FLAGS, saved_adapters
 
 from clara_lite.core.layout import verify
 from clara_lite.train.checkpoint import complete_checkpoints
 from clara_lite.train.launch import ALREADY_FINAL, train
 
-MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 TRAIN = {"max_steps": 3, "micro_batch_size": 2, "grad_accum_steps": 1, "save_steps": 1, "lr": 1e-3, "log_steps": 1,
          "keep": 2, "save_minutes": None, "retry_attempts": 3, "retry_delay_s": 0.001}
-CLI = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2",
+CLI = [*TINY_RUN_FLAGS,
        "--max-steps", "3", "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lr", "1e-3",
        "--log-steps", "1", "--keep", "2", "--retry-attempts", "3", "--retry-delay-s", "0.001"]
 MB = 1 << 20
@@ -75,15 +73,10 @@ def fill(folder: Path, leave: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir) -> dict:
     """The adapters of an uninterrupted run on an ordinary disk."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL), train_options=dict(TRAIN))
+    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN), train_options=dict(TRAIN))
     return saved_adapters(run / "stage1" / "final")
 
 
@@ -143,7 +136,7 @@ def test_space_that_comes_back_during_the_back_off_is_used(tmp_path, data_dir, r
             logging.getLogger("clara_lite").addHandler(h)
         try:
             with caplog.at_level(logging.INFO):
-                summary = train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+                summary = train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
                                 train_options=dict(TRAIN))
         finally:
             for h in handlers:
@@ -242,7 +235,7 @@ def test_random_write_faults_never_lose_the_newest_checkpoint(tmp_path, data_dir
             outcome = "finished"
             try:
                 with caplog.at_level(logging.INFO):
-                    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+                    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
                           train_options=dict(TRAIN))
             except OSError as err:  # a clean stop: the one message, naming the file and what to do
                 outcome = "stopped"
@@ -264,7 +257,7 @@ def test_random_write_faults_never_lose_the_newest_checkpoint(tmp_path, data_dir
                 assert verify(Path(handler.saved[-1])) is None, f"iteration {i}: lost {handler.saved[-1]}"
             assert len(complete_checkpoints(run / "stage1" / "checkpoints")) == len(folders), folders
             if outcome == "stopped" or not (run / "stage1" / "final").is_dir():
-                result = train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+                result = train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
                                train_options=dict(TRAIN))
                 assert result["stage1"] == ALREADY_FINAL or result["stage1"]["steps"] == 3
             assert _bit_equal(run / "stage1" / "final", reference), f"iteration {i}: {kind} at {injector.fired}"

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import max_abs_diff, saved_adapters
-from synthetic_data import write_run_data
-from test_training import CLI_MODEL, CLI_TRAIN, KILLPOINT, MODEL, TRAIN
+from helpers import TINY_RUN, TINY_RUN_FLAGS, max_abs_diff, saved_adapters
+from test_training import CLI_TRAIN, KILLPOINT, TRAIN
 
 from clara_lite.core.config import TrainConfig
 from clara_lite.core.layout import verify
@@ -29,17 +28,12 @@ def _rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     """The same stage1 run without and with held-out evaluation (stage1 rows: a loss, and their QA pairs)."""
     root = tmp_path_factory.mktemp("runs")
     plain, evaluated = root / "plain", root / "evaluated"
-    train(plain, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL), train_options=dict(TRAIN))
-    train(evaluated, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+    train(plain, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN), train_options=dict(TRAIN))
+    train(evaluated, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
           train_options={**TRAIN, **EVAL, "eval_data": str(data_dir / "stage1.jsonl")})
     return plain, evaluated
 
@@ -75,7 +69,7 @@ def test_best_metric_keeps_the_best_step(runs):
 def test_sigkill_then_rerun_keeps_each_evaluation_once_and_equal(tmp_path, data_dir, runs):
     run_dir = tmp_path / "run"
     args = ["train", "--stage", "stage1", "--run-dir", str(run_dir), "--data", str(data_dir / "stage1.jsonl"),
-            *CLI_MODEL, *CLI_TRAIN, *CLI_EVAL, "--eval-data", str(data_dir / "stage1.jsonl")]
+            *TINY_RUN_FLAGS, *CLI_TRAIN, *CLI_EVAL, "--eval-data", str(data_dir / "stage1.jsonl")]
     step4 = run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json"
     killed = subprocess.run([sys.executable, str(KILLPOINT), str(step4), "KILL", *args], capture_output=True,
                             text=True, timeout=300)  # SIGKILL as step 5 starts
@@ -102,5 +96,5 @@ def test_eval_settings_are_checked(tmp_path, data_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": 3}\n')
     with pytest.raises(ValueError, match=r"(?s)--eval-data: .*bad.jsonl:1: field 'question'"):
-        train(tmp_path / "run", "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+        train(tmp_path / "run", "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
               train_options={**TRAIN, "eval_data": str(bad)})

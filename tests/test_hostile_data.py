@@ -10,14 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import tiny_model
+from helpers import TINY_RUN_FLAGS, tiny_model
 from synthetic_data import write_run_data
 
 from clara_lite.cli import main
 from clara_lite.model.inputs import encode_texts
 from clara_lite.model.saving import save_model
 
-MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
 TRAIN = ["--max-steps", "4", "--batch-size", "4", "--lr", "1e-3", "--log-steps", "1"]
 LONG_QUESTION = "Where does she live, " + "and what about the river and the hills " * 40 + "?"
 
@@ -88,7 +87,7 @@ def test_train_preflight_refuses_each_before_a_step(data_dir, tmp_path, start_mo
         caplog.clear()
         with caplog.at_level(logging.INFO):
             code = main(["train", "--stage", "stage2", "--run-dir", str(run), "--data", str(path), "--init-from",
-                         str(start_model), *MODEL, *TRAIN, *extra])
+                         str(start_model), *TINY_RUN_FLAGS, *TRAIN, *extra])
         assert code == 2, (name, caplog.text)
         assert f"{path}:{line}: field '{field}'" in caplog.text and words in caplog.text, (name, caplog.text)
         assert "step 1/" not in caplog.text and not (run / "stage2").exists(), name  # refused before any step
@@ -106,7 +105,7 @@ def test_a_question_that_fills_the_decoder_is_found_with_the_tokenizer(data_dir,
     assert "raise --max-decoder-length" in out
     with caplog.at_level(logging.INFO):  # ...and train measures it with the model's own tokenizer
         code = main(["train", "--stage", "stage2", "--run-dir", str(tmp_path / "run"), "--data", str(path),
-                     "--init-from", str(start_model), *MODEL, *TRAIN, "--max-decoder-length", "128"])
+                     "--init-from", str(start_model), *TINY_RUN_FLAGS, *TRAIN, "--max-decoder-length", "128"])
     assert code == 2 and f"{path}:9: field 'question': the decoder prompt is" in caplog.text
     assert "step 1/" not in caplog.text
 
@@ -124,7 +123,7 @@ def test_a_50_mb_document_is_read_only_as_far_as_it_is_kept(tmp_path):
     script = ("import resource, sys\nfrom clara_lite.cli import main\ncode = main(sys.argv[1:])\n"
               "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\nsys.exit(code)\n")
     proc = subprocess.run([sys.executable, "-c", script, "train", "--stage", "stage1", "--run-dir", str(tmp_path / "r"),
-                           "--data", str(big), *MODEL, "--max-steps", "1", "--batch-size", "1", "--save-minutes", "0"],
+                           "--data", str(big), *TINY_RUN_FLAGS, "--max-steps", "1", "--batch-size", "1", "--save-minutes", "0"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     peak = int(proc.stdout.split("PEAK_MB")[1].split()[0])

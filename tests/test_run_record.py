@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import saved_adapters
+from helpers import TINY_RUN, TINY_RUN_FLAGS, saved_adapters
 from safetensors.torch import load_file, save_file
-from synthetic_data import write_run_data
 
 from clara_lite.cli import main
 from clara_lite.core.layout import KIND_CHECKPOINT, verify, write_manifest
@@ -27,21 +26,14 @@ from clara_lite.train.launch import train
 from clara_lite.train.record import RunRecord
 from clara_lite.train.run import Run, RunError
 
-MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
 STEPS = {"max_steps": 3, "micro_batch_size": 2, "save_steps": 1, "keep": 3, "log_steps": 1, "save_minutes": None}
-CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """A stage1 run (3 steps, a checkpoint at each, the stage's default learning rate)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL), train_options=dict(STEPS))
+    train(run, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN), train_options=dict(STEPS))
     return run
 
 
@@ -107,7 +99,7 @@ def test_a_deleted_run_json_does_not_let_other_model_options_through(trained, tm
     (run / "run.json").unlink()
     (run / "run.json.bak").unlink()
     code = main(["train", "--stage", "stage1", "--run-dir", str(run), "--data", str(data_dir / "stage1.jsonl"),
-                 *CLI_MODEL[:2], "--doc-max-length", "32", "--compr-rate", "8"])
+                 *TINY_RUN_FLAGS[:2], "--doc-max-length", "32", "--compr-rate", "8"])
     assert code == 2 and not (run / "run.json").exists()
 
 
@@ -121,20 +113,20 @@ def test_options_are_checked_before_run_json_is_written(tmp_path, data_dir, capl
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             code = main(["train", "--stage", "stage1", "--run-dir", str(run), "--data",
-                         str(data_dir / "stage1.jsonl"), *CLI_MODEL, flag, value])
+                         str(data_dir / "stage1.jsonl"), *TINY_RUN_FLAGS, flag, value])
         assert code == 2 and message in caplog.text, (flag, caplog.text)
         assert not run.exists(), flag  # nothing written, so nothing blocks the next attempt
     caplog.clear()
     with caplog.at_level(logging.ERROR):
         code = main(["train", "--stage", "stage2", "--run-dir", str(tmp_path / "r2"), "--data",
-                     str(data_dir / "stage2.jsonl"), "--init-from", str(tmp_path / "nonexistent"), *CLI_MODEL])
+                     str(data_dir / "stage2.jsonl"), "--init-from", str(tmp_path / "nonexistent"), *TINY_RUN_FLAGS])
     assert code == 2 and "--init-from" in caplog.text and "does not exist" in caplog.text
     assert not (tmp_path / "r2").exists()
 
 
 def test_a_stage_that_never_trained_a_step_may_change_its_options(tmp_path, data_dir):
     run = Run(tmp_path / "run")  # what a first session writes before it is stopped by a bad row, say
-    run.model_config(dict(MODEL))
+    run.model_config(dict(TINY_RUN))
     run.data_file(get_stage("stage1"), str(data_dir / "stage1.jsonl"), None)
     run.train_config("stage1", {"lr": 0.5, **STEPS}, {})
     run.save()

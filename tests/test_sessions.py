@@ -17,7 +17,6 @@ import signal
 import pytest
 import torch
 from helpers import max_abs_diff, saved_adapters
-from synthetic_data import write_run_data
 
 from clara_lite.core.hardware import DeviceInfo
 from clara_lite.model.data import QAExample, read_jsonl
@@ -35,11 +34,6 @@ A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), total_mem_gb=42.5, fr
 MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2,
          "lora_dropout": 0.0}
 TRAIN = {"max_steps": 6, "rows_per_step": 4, "save_steps": 1, "lr": 1e-3, "log_steps": 1}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
 
 
 @contextlib.contextmanager

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import max_abs_diff, saved_adapters, tiny_model
-from synthetic_data import write_run_data
+from helpers import TINY_RUN, TINY_RUN_FLAGS, max_abs_diff, saved_adapters, tiny_model
 
 from clara_lite.core.config import TrainConfig
 from clara_lite.model.data import read_jsonl
@@ -24,8 +23,6 @@ from clara_lite.train.run import RunError
 from clara_lite.train.trainer import train_stage
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")
-MODEL = {"base_model": "tiny-random", "doc_max_length": 16, "compr_rate": 4, "lora_r": 4, "generation_top_k": 2}
-CLI_MODEL = ["--base", "tiny-random", "--doc-max-length", "16", "--compr-rate", "4", "--lora-r", "4", "--top-k", "2"]
 TRAIN = {"max_steps": 6, "micro_batch_size": 2, "grad_accum_steps": 2, "save_steps": 2, "lr": 1e-3, "log_steps": 1}
 CLI_TRAIN = ["--max-steps", "6", "--batch-size", "2", "--grad-accum", "2", "--save-steps", "2", "--lr", "1e-3",
              "--log-steps", "1"]
@@ -34,7 +31,7 @@ CLI_TRAIN = ["--max-steps", "6", "--batch-size", "2", "--grad-accum", "2", "--sa
 def _cli(run_dir: Path, data: Path, *extra: str, launcher: tuple[str, ...] = ("-m", "clara_lite.cli")
          ) -> subprocess.Popen:
     cmd = [sys.executable, *launcher, "train", "--stage", "stage1", "--run-dir", str(run_dir),
-           "--data", str(data), *CLI_MODEL, *CLI_TRAIN, *extra]
+           "--data", str(data), *TINY_RUN_FLAGS, *CLI_TRAIN, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -53,15 +50,10 @@ def _diff_to_reference(run_dir: Path, reference: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     """An uninterrupted stage1 run: the adapters every resumed run must reproduce."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
           train_options=dict(TRAIN))
     return run_dir
 
@@ -125,7 +117,7 @@ def test_write_failure_does_not_stop_training(tmp_path, data_dir, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    model = tiny_model(**{k: v for k, v in MODEL.items() if k != "base_model"})
+    model = tiny_model(**{k: v for k, v in TINY_RUN.items() if k != "base_model"})
     stage = get_stage("stage1")
     rows = read_jsonl(data_dir / "stage1.jsonl", "stage1")
     cfg = TrainConfig(max_steps=4, micro_batch_size=2, save_steps=1, lr=1e-3, retry_attempts=2, retry_delay_s=0.01,
@@ -154,7 +146,7 @@ def test_write_failure_does_not_stop_training(tmp_path, data_dir, monkeypatch):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_paths_run_on_cpu(tmp_path, data_dir, precision):
-    model = tiny_model(**{k: v for k, v in MODEL.items() if k != "base_model"})
+    model = tiny_model(**{k: v for k, v in TINY_RUN.items() if k != "base_model"})
     rows = read_jsonl(data_dir / "stage1.jsonl", "stage1")
     cfg = TrainConfig(max_steps=3, micro_batch_size=2, lr=1e-3, mixed_precision=precision, log_steps=1,
                       save_minutes=None)
@@ -172,7 +164,7 @@ def test_mixed_precision_paths_run_on_cpu(tmp_path, data_dir, precision):
 
 def test_stage_order_and_conflicts_are_clear_errors(tmp_path, data_dir, reference):
     with pytest.raises(RunError, match=r"stage2 starts from stage1/final.*not started.*--stage stage1"):
-        train(tmp_path / "fresh", "stage2", data=str(data_dir / "stage2.jsonl"), model_options=dict(MODEL),
+        train(tmp_path / "fresh", "stage2", data=str(data_dir / "stage2.jsonl"), model_options=dict(TINY_RUN),
               train_options=dict(TRAIN))
     with pytest.raises(RunError, match=r"lr: run.json has 0.001, this command asks 0.5"):
         train(reference, "stage1", model_options={}, train_options={"lr": 0.5})
@@ -184,7 +176,7 @@ def test_stage_order_and_conflicts_are_clear_errors(tmp_path, data_dir, referenc
 def test_stage_all_resumes_stage2_then_runs_stage3(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     opts = dict(max_steps=4, micro_batch_size=2, save_steps=2, lr=1e-3, log_steps=1)
-    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(MODEL),
+    train(run_dir, "stage1", data=str(data_dir / "stage1.jsonl"), model_options=dict(TINY_RUN),
           train_options={**opts, "max_steps": 2})
     step2 = run_dir / "stage2" / "checkpoints" / "step-000002" / "manifest.json"
     cmd = [sys.executable, str(KILLPOINT), str(step2), "KILL", "train", "--stage", "stage2", "--run-dir",
