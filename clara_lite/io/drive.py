@@ -28,9 +28,17 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from ..core.secrets import redact  # one redaction for every layer (re-exported for callers)
 
@@ -239,19 +247,20 @@ class _Transfer:
         part.parent.mkdir(parents=True, exist_ok=True)
         # a Drive link's file URL once found, and the name the server gives the file
         state = {"url": None if drive else url, "name": None, "fallback": "download" if drive else _name_from_url(url)}
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                self._try(url, part, state)
-                return state["name"] or state["fallback"]
-            except _Retry as err:
-                if tries > self.retries:
-                    raise DownloadFailed(err.why(self.shown, tries)) from None
-                wait = min(0.5 * 2 ** (tries - 1), 10)
-                log.warning("%s %s; trying again in %.1f s (try %d of %d)", self.shown, err, wait, tries + 1,
-                            self.retries + 1)
-                time.sleep(wait)
+        tries = self.retries + 1
+
+        def waiting(retry: RetryCallState) -> None:
+            log.warning("%s %s; trying again in %.1f s (try %d of %d)", self.shown, retry.outcome.exception(),
+                        retry.next_action.sleep, retry.attempt_number + 1, tries)
+
+        # 0.5 s, 1 s, 2 s ... at most 10 s between tries; each try continues the partial file
+        retrying = Retrying(stop=stop_after_attempt(tries), wait=wait_exponential(multiplier=0.5, max=10),
+                            retry=retry_if_exception_type(_Retry), before_sleep=waiting)
+        try:
+            retrying(self._try, url, part, state)
+        except RetryError as gave_up:
+            raise DownloadFailed(gave_up.last_attempt.exception().why(self.shown, tries)) from None
+        return state["name"] or state["fallback"]
 
     def list_folder(self, source: str) -> list:
         """The files of a shared Drive folder (gdown reads Drive's folder page), none downloaded yet."""

@@ -19,7 +19,6 @@ import json
 import logging
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from ..core.config import ClaraConfig
 from ..core.layout import (
@@ -252,26 +259,27 @@ def with_retries(action: Callable[[], Path], *, attempts: int = 4, delay_s: floa
     :func:`.faults.as_write_error`) clean up and retry with back-off. Other exceptions propagate.
 
     Returns None when every attempt failed: the caller keeps training on its last good checkpoint.
+    Waits ``delay_s``, then twice that, and so on (tenacity's exponential wait).
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as exc:
-            err = as_write_error(exc)
-            if err is None:
-                raise
-            hint = " (disk full: free space on Drive)" if err.errno == errno.ENOSPC else ""
-            log.warning("Checkpoint write failed (attempt %d/%d): %s%s", attempt, attempts, err, hint)
-            if cleanup is not None:
-                try:
-                    cleanup()
-                except OSError:
-                    pass
-            if attempt < attempts:
-                time.sleep(delay_s * 2 ** (attempt - 1))
-    log.error("Giving up on this checkpoint after %d attempts; training goes on and the previous "
-              "checkpoint is kept", attempts)
-    return None
+
+    def failed(state: RetryCallState) -> None:  # after each failed write: say it, remove the half-written folder
+        err = as_write_error(state.outcome.exception())
+        hint = " (disk full: free space on Drive)" if err.errno == errno.ENOSPC else ""
+        log.warning("Checkpoint write failed (attempt %d/%d): %s%s", state.attempt_number, attempts, err, hint)
+        if cleanup is not None:
+            try:
+                cleanup()
+            except OSError:
+                pass
+
+    retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=delay_s),
+                        retry=retry_if_exception(lambda exc: as_write_error(exc) is not None), after=failed)
+    try:
+        return retrying(action)
+    except RetryError:
+        log.error("Giving up on this checkpoint after %d attempts; training goes on and the previous "
+                  "checkpoint is kept", attempts)
+        return None
 
 
 def prune(checkpoints: Path, keep: int) -> None:
