@@ -182,9 +182,12 @@ BASE_MODEL = None  # e.g. "qwen2.5-1.5b", any registry name, Hugging Face id or 
 COMPR_RATE = None  # document tokens per memory vector
 DOC_MAX_LENGTH = None  # document tokens kept per passage
 TOP_K = None  # documents retrieved per question
-STAGE1_STEPS = 40  # optimizer steps per stage; 0 = train EPOCHS passes over the data
-STAGE2_STEPS = 40
-STAGE3_STEPS = 30
+# "auto": each stage trains with the shipped recipe for the hardware it starts on (clara_lite/recipes/colab_cpu,
+# colab_t4, colab_a100: how many steps, how often to save); or a recipe's name, or a recipe file on Drive
+RECIPE = "auto"
+STAGE1_STEPS = None  # optimizer steps per stage (None: the recipe's); 0 = train EPOCHS passes over the data
+STAGE2_STEPS = None
+STAGE3_STEPS = None
 EPOCHS = None
 SAVE_MINUTES = None  # checkpoint to Drive this often
 # not in the form
@@ -201,8 +204,8 @@ USE_FORM = True  # False: save the values above without asking
         code('''
 settings = nb.choose_settings(env.drive, nb.Settings(
     run_name=RUN_NAME, base_model=BASE_MODEL, compr_rate=COMPR_RATE, doc_max_length=DOC_MAX_LENGTH,
-    generation_top_k=TOP_K, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, stage3_steps=STAGE3_STEPS,
-    epochs=EPOCHS, save_minutes=SAVE_MINUTES, lora_r=LORA_R, max_decoder_length=MAX_DECODER_LENGTH,
+    generation_top_k=TOP_K, recipe=RECIPE, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS,
+    stage3_steps=STAGE3_STEPS, epochs=EPOCHS, save_minutes=SAVE_MINUTES, lora_r=LORA_R, max_decoder_length=MAX_DECODER_LENGTH,
     quantization=QUANTIZATION, save_steps=SAVE_STEPS, log_steps=LOG_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
     grad_accum_steps=GRAD_ACCUM_STEPS, lr=LR,
 ), interactive=USE_FORM)

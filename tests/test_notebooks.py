@@ -28,6 +28,7 @@ from nbclient import NotebookClient
 
 from clara_lite import notebook as nb
 from clara_lite.core.config import ClaraConfig
+from clara_lite.train.recipe import find_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -160,8 +161,8 @@ def test_settings_round_trip_and_options(tmp_path):
     assert "quantization" not in saved.model_options()
     assert nb.current_run(tmp_path) == "a"
     assert nb.saved_settings(tmp_path, "a") == saved
-    assert saved.train_options("stage1") == {"max_steps": 40, "epochs": 2.0, "save_steps": 3}  # the rest: defaults
-    assert saved.train_options("stage2")["epochs"] == 2.0 and "max_steps" not in saved.train_options("stage2")
+    assert saved.train_options("stage1") == {"epochs": 2.0, "save_steps": 3}  # steps: the recipe's; the rest: defaults
+    assert saved.train_options("stage2") == {"epochs": 2.0, "save_steps": 3, "max_steps": None}  # 0: epochs
     assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
     record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
     assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
@@ -357,16 +358,46 @@ def test_outside_colab_nothing_is_installed(tmp_path, monkeypatch):
     assert not env.colab and env.drive == tmp_path / "d" and env.installed == []
 
 
+def test_each_stage_trains_with_the_recipe_for_the_hardware_it_starts_on(tmp_path, capsys):
+    """RECIPE = "auto": a stage starting on this CPU takes colab_cpu; a stage that started on a T4 keeps colab_t4
+    when it resumes here; a recipe file chosen in 00_setup is what trains, and run.json names it."""
+    ws = nb.Workspace(tmp_path, nb.save_settings(tmp_path, nb.Settings(
+        run_name="r", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, micro_batch_size=2)))
+    assert ws.stage_recipe("stage1").path.stem == "colab_cpu"
+    run = ws.run
+    run.record.stage("stage2").recipe = {"path": str(find_recipe("colab_t4")), "sha256": ""}
+    run.save()
+    assert ws.stage_recipe("stage2").path.stem == "colab_t4"
+
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text("train:\n  log_steps: 1\n  save_minutes: 0\nstage1:\n  max_steps: 2\n")
+    settings = nb.save_settings(tmp_path, nb.Settings(run_name="s", base_model="tiny-random", compr_rate=4,
+                                                      doc_max_length=16, lora_r=4, micro_batch_size=2,
+                                                      recipe=str(recipe)))
+    ws = nb.Workspace(tmp_path, settings)
+    ws.prepare_data("example")
+    assert ws.train("stage1") is not None
+    assert "recipe short; 2 steps" in capsys.readouterr().out
+    stage = json.loads((tmp_path / "runs" / "s" / "run.json").read_text())["stages"]["stage1"]
+    assert stage["recipe"]["path"] == str(recipe) and stage["train"]["max_steps"] == 2
+    assert _steps(tmp_path / "runs" / "s" / "stage1") == [1, 2]
+    with pytest.raises(nb.SettingsError, match="no shipped recipe of that name"):
+        nb.Settings(run_name="t", recipe="colab_tpu")
+
+
 def test_settings_form_saves_what_was_typed_and_an_existing_run_is_not_asked_again(tmp_path, capsys):
     import ipywidgets
 
     form = nb.settings_form(tmp_path, nb.Settings(run_name="f", base_model="tiny-random"))
     fields = {w.description: w for w in form.children if isinstance(w, ipywidgets.ValueWidget)}
     fields["compression rate"].value, fields["document length"].value = 4, 16
+    cpu_steps = load_recipe("colab_cpu").stages
+    assert fields["stage1 steps (0=epochs)"].value == cpu_steps["stage1"]["max_steps"]  # this runtime's recipe
     fields["stage2 steps (0=epochs)"].value = 0
     next(w for w in form.children if isinstance(w, ipywidgets.Button)).click()
     saved = nb.saved_settings(tmp_path, "f")
     assert (saved.compr_rate, saved.doc_max_length, saved.stage2_steps) == (4, 16, 0)
+    assert saved.stage1_steps is None  # left as shown: the recipe decides wherever stage1 runs
     assert "plan " in capsys.readouterr().out
     fields["compression rate"].value = 8  # the run exists now: its settings stay
     next(w for w in form.children if isinstance(w, ipywidgets.Button)).click()

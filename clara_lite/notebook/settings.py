@@ -24,10 +24,11 @@ from pathlib import Path
 
 from ..core.config import ClaraConfig, TrainConfig
 from ..core.errors import ClaraError
-from ..core.hardware import describe, detect_hardware
+from ..core.hardware import DeviceInfo, describe, detect_hardware
 from ..core.layout import RUN_FILE, RUNS_DIR
 from ..model.size import model_params_b
 from ..model.stages import STAGES
+from ..train.recipe import RecipeError, find_recipe
 from ..train.run import Run
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ NOTEBOOKS = {"setup": "00_setup", "data": "01_data", "stage1": "02_stage1", "sta
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")  # 'auto': the hardware plan decides
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OVERRIDE = "override of the field of the same name; None = its default"
+_STEPS = "optimizer steps; None = the recipe's; 0 = train `epochs` passes"
+AUTO_RECIPE = "auto"
+# the recipe a stage trains with when ``recipe`` is 'auto', by the hardware class it starts on
+COLAB_RECIPES = {"cpu": "colab_cpu", "t4": "colab_t4", "a100": "colab_a100"}
+A100_CLASS_GB = 30  # GPUs with this much memory or more train like an A100 (40/80 GB); below, like a T4 (16 GB)
 
 
 class SettingsError(ClaraError, ValueError):
@@ -61,9 +67,12 @@ class Settings:
     max_decoder_length: int | None = field(default=None, metadata={"help": _OVERRIDE, "model": True})
     quantization: str = field(default="auto", metadata={"help": "'auto' (each session's hardware plan: 4-bit only "
                                                                 "when the model would not fit), '4bit', '8bit', 'none'"})
-    stage1_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
-    stage2_steps: int = field(default=40, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
-    stage3_steps: int = field(default=30, metadata={"help": "optimizer steps; 0 = train `epochs` passes"})
+    recipe: str = field(default=AUTO_RECIPE, metadata={"help": "'auto': the Colab recipe for the hardware each "
+                                                              "stage starts on (colab_cpu / colab_t4 / colab_a100), "
+                                                              "or a shipped recipe's name or a recipe file"})
+    stage1_steps: int | None = field(default=None, metadata={"help": _STEPS})
+    stage2_steps: int | None = field(default=None, metadata={"help": _STEPS})
+    stage3_steps: int | None = field(default=None, metadata={"help": _STEPS})
     # TrainConfig overrides (every stage)
     epochs: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
     save_minutes: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
@@ -78,16 +87,28 @@ class Settings:
             raise SettingsError(f"run name {self.run_name!r}: use letters, digits, '.', '_' or '-' (max 64)")
         if self.quantization not in QUANTIZATION_CHOICES:
             raise SettingsError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {self.quantization!r}")
-        if min(self.steps(s) for s in STAGES) < 0:
-            raise SettingsError("steps must be >= 0 (0 = train `epochs` passes)")
+        if min((self.steps(s) for s in STAGES if self.steps(s) is not None), default=0) < 0:
+            raise SettingsError("steps must be >= 0 (0 = train `epochs` passes; None = the recipe's)")
+        if self.recipe != AUTO_RECIPE:
+            try:
+                find_recipe(self.recipe)
+            except RecipeError as err:
+                raise SettingsError(f"{err}; or 'auto' (by hardware: {', '.join(COLAB_RECIPES.values())})") from None
         try:
             ClaraConfig(**self.model_options())
             TrainConfig(**self.train_overrides())
         except (TypeError, ValueError) as err:
             raise SettingsError(str(err)) from None
 
-    def steps(self, stage: str) -> int:
+    def steps(self, stage: str) -> int | None:
         return getattr(self, f"{stage}_steps")
+
+    def recipe_name(self, device: DeviceInfo, started_with: str | None = None) -> str:
+        """The recipe a stage trains with: the one chosen, else the one it started with (a resumed stage keeps
+        its steps on another GPU), else the Colab recipe for ``device``'s class."""
+        if self.recipe != AUTO_RECIPE:
+            return self.recipe
+        return started_with or colab_recipe(device)
 
     def model_options(self) -> dict:
         """The :class:`~clara_lite.core.config.ClaraConfig` fields this run sets (``run.train``'s ``model_options``)."""
@@ -104,8 +125,8 @@ class Settings:
     def train_options(self, stage: str) -> dict:
         """The :class:`~clara_lite.core.config.TrainConfig` fields for ``stage``; unset ones come from the plan."""
         opts = self.train_overrides()
-        if self.steps(stage):
-            opts["max_steps"] = self.steps(stage)
+        if self.steps(stage) is not None:  # 0: no step count, `epochs` passes (over the recipe's max_steps)
+            opts["max_steps"] = self.steps(stage) or None
         return opts
 
     def to_dict(self) -> dict:
@@ -128,6 +149,19 @@ class Settings:
 
     def format(self) -> str:
         return "\n".join(f"{k:<18} {'(default)' if v is None else v}" for k, v in self.to_dict().items())
+
+
+def colab_recipe(device: DeviceInfo) -> str:
+    """The shipped recipe for ``device``'s class: a CPU (or MPS), a T4-class GPU, an A100-class GPU.
+
+    >>> colab_recipe(DeviceInfo("cuda", "Tesla T4", (7, 5), 15.8, 15.1, count=1))
+    'colab_t4'
+    >>> colab_recipe(DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 42.5, 42.0, count=1))
+    'colab_a100'
+    """
+    if device.kind != "cuda":
+        return COLAB_RECIPES["cpu"]
+    return COLAB_RECIPES["a100" if (device.total_mem_gb or 0) >= A100_CLASS_GB else "t4"]
 
 
 def _field(name: str):

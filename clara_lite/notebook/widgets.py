@@ -6,9 +6,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig, TrainConfig, bounds
+from ..core.hardware import probe_device
 from ..core.layout import RUN_FILE
 from ..model.base import REGISTRY
 from ..model.stages import STAGES
+from ..train.recipe import load_recipe
 from .settings import (
     DEFAULT_RUN,
     Settings,
@@ -84,17 +86,21 @@ def field_widget(name: str, value, description: str):
 def settings_form(drive: Path, settings: Settings):
     """An ipywidgets form for the main settings, with a Save button (writes run.json, shows the plan).
 
-    Unset overrides start at their field's own default (ClaraConfig / TrainConfig)."""
+    Unset overrides start at their field's own default (ClaraConfig / TrainConfig); unset steps at the
+    recipe's for this runtime's hardware, and stay unset (the recipe's, wherever each stage runs) unless changed."""
     import ipywidgets as w
 
     style = {"description_width": "150px"}
+    recipe = load_recipe(settings.recipe_name(probe_device()))
+    recipe_steps = {s: recipe.train_options(s).get("max_steps") or 0 for s in STAGES}
     inputs = {
         "run_name": w.Text(value=settings.run_name, description="run name"),
         "base_model": w.Combobox(value=settings.base_model or field_default("base_model"), options=list(REGISTRY),
                                  ensure_option=False, description="base model", placeholder="registry name or Hub id"),
         **{name: field_widget(name, getattr(settings, name), label) for name, label in FORM_FIELDS.items()},
-        **{f"{s}_steps": w.BoundedIntText(value=settings.steps(s), min=0, max=WIDGET_MAX,
-                                          description=f"{s} steps (0=epochs)") for s in STAGES},
+        **{f"{s}_steps": w.BoundedIntText(value=recipe_steps[s] if settings.steps(s) is None else settings.steps(s),
+                                          min=0, max=WIDGET_MAX, description=f"{s} steps (0=epochs)")
+           for s in STAGES},
     }
     for widget in inputs.values():
         widget.style = style
@@ -106,6 +112,9 @@ def settings_form(drive: Path, settings: Settings):
         with out:
             try:
                 values = {k: v.value.strip() if isinstance(v.value, str) else v.value for k, v in inputs.items()}
+                for s in STAGES:  # left at the recipe's: the recipe decides, on whatever hardware the stage runs
+                    if settings.steps(s) is None and values[f"{s}_steps"] == recipe_steps[s]:
+                        values[f"{s}_steps"] = None
                 saved = save_settings(drive, replace(settings, **values))
             except (SettingsError, ValueError) as err:
                 print(f"Not saved: {err}")

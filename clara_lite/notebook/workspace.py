@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig
+from ..core.hardware import probe_device
 from ..core.layout import RunLayout, write_json
 from ..model.data import DataError, read_jsonl, validate_file
 from ..model.evaluation import evaluate_model
@@ -40,6 +41,7 @@ from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
 from ..serve.report import markdown_table
 from ..train.launch import train
+from ..train.recipe import Recipe, load_recipe
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
 from . import colab
@@ -256,13 +258,16 @@ class Workspace:
             print(f"{stage.name} is already final.")
         else:
             settings = self.settings
-            steps = settings.steps(stage.name) or f"{settings.epochs or 1:g} epoch(s) of"
+            recipe = self.stage_recipe(stage.name)
+            options = {**recipe.train_options(stage.name), **settings.train_options(stage.name)}
+            steps = options.get("max_steps") or f"{options.get('epochs') or 1:g} epoch(s) of"
             what = f"resuming from its {status}" if status.started else "starting"
-            print(f"{stage.name}: {what}; {steps} steps into {self.layout.checkpoints(stage.name)}")
+            print(f"{stage.name}: {what}; recipe {recipe.path.stem}; {steps} steps into "
+                  f"{self.layout.checkpoints(stage.name)}")
             try:
                 # the model's settings are run.json's (saved once by 00_setup): only training options travel
                 train(self.root, stage.name, data=str(self.data_folder / stage.data_file),
-                      train_options=settings.train_options(stage.name))
+                      train_options=settings.train_options(stage.name), recipe=recipe)
             except TrainingInterrupted as stop:
                 print(stop)
                 self.show_loss_curve(stage.name)
@@ -276,6 +281,12 @@ class Workspace:
         return final
 
     # ------------------------------------------------------------------- inference (05)
+
+    def stage_recipe(self, stage: str) -> Recipe:
+        """The recipe ``stage`` trains with (RECIPE in 00_setup; 'auto': by the hardware it starts on)."""
+        entry = self.run.record.stages.get(stage)
+        started = Path(entry.recipe["path"]).stem if entry is not None and entry.recipe else None
+        return load_recipe(self.settings.recipe_name(probe_device(), started))
 
     def load_model(self) -> ClaraModel:
         """05: the newest final stage of the run, on the GPU when there is one."""
