@@ -38,6 +38,7 @@ from .serve.compare import ORACLE, SETTINGS, SYSTEMS, parse_systems
 from .serve.evaluate import run_comparison
 from .serve.export import export_zip
 from .serve.report import markdown_table
+from .train import upstream_args
 from .train.launch import ALREADY_FINAL, train
 from .train.recipe import load_recipe
 from .train.trainer import OutOfMemory, TrainingDiverged, TrainingInterrupted
@@ -248,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and upstream_args.is_upstream(argv[1:]):  # apple/ml-clara's train_sft flags
+        try:
+            ours, lines = upstream_args.translate(argv[1:])
+        except upstream_args.UpstreamArgsError as err:
+            print(f"clara-lite train: {err}", file=sys.stderr)
+            return exit_status(err)
+        print("upstream CLaRa flags, as clara-lite's (README: \"Coming from apple/ml-clara\"):\n  "
+              + "\n  ".join(lines) + "\n  = clara-lite train " + " ".join(ours), file=sys.stderr)
+        argv = ["train", *ours]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
