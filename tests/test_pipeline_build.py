@@ -120,3 +120,32 @@ def test_step_by_step_commands(tmp_path, endpoint, capsys, monkeypatch):
                  "--strategy", "mixed"]) == 0
     assert validate_file(tmp_path / "d" / "stage3.jsonl", "stage3", top_k=4).ok
     assert len(read_rows(synth)) == len(read_rows(chunks))
+
+
+def test_the_openai_sdks_variables_alone_send_data_build_to_that_server(tmp_path, monkeypatch, caplog):
+    """OPENAI_BASE_URL / OPENAI_API_KEY (the SDK's names) and no model: the endpoint's first listed model."""
+    for name in ("CLARA_LLM_BASE_URL", "CLARA_LLM_MODEL", "CLARA_LLM_API_KEY", "CLARA_VLM_MODEL", "BASE_URL",
+                 "MODEL", "VISION_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    caplog.set_level(logging.INFO)
+    with FakeLLM(key=KEY) as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        docs = make_documents(tmp_path / "docs")
+        assert main(["data", "build", "--input", str(docs), "--out", str(tmp_path / "data"), "--doc-max-length",
+                     "64", "--k", "4"]) == 0
+    chats = [r for r in llm.requests if r["path"].endswith("/chat/completions")]
+    assert chats and all(r["auth"] == f"Bearer {KEY}" for r in llm.requests)
+    assert {r["body"]["model"] for r in chats} == {"served-instruct"}
+    assert "served-instruct, the first of 2 the endpoint lists" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_a_fallback_to_the_local_generator_names_the_variables_it_looked_for(monkeypatch, caplog):
+    from clara_lite.pipeline.generators import LocalModel, make_generator
+
+    for name in ("CLARA_LLM_BASE_URL", "OPENAI_BASE_URL", "BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    caplog.set_level(logging.INFO)
+    assert isinstance(make_generator("auto", "tiny-random"), LocalModel)
+    assert "none of CLARA_LLM_BASE_URL, OPENAI_BASE_URL, BASE_URL is set" in caplog.text

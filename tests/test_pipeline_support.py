@@ -166,6 +166,16 @@ class FakeLLM:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def do_GET(self):  # GET /v1/models: what the server serves (Ollama, vLLM list theirs)
+                with outer.lock:
+                    outer.requests.append({"path": self.path, "body": None, "auth": self.headers.get("Authorization")})
+                if outer.key is not None and self.headers.get("Authorization") != f"Bearer {outer.key}":
+                    return self._send(401, {"error": {"message": "bad key"}})
+                if not self.path.endswith("/models"):
+                    return self._send(404, {"error": {"message": "not found"}})
+                self._send(200, {"object": "list", "data": [{"id": "served-instruct", "object": "model"},
+                                                            {"id": "other", "object": "model"}]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:

@@ -22,7 +22,7 @@ from .chunk import ChunkConfig, chunk_pages, load_tokenizer
 from .convert import from_synthesis
 from .describe import VisionConfig, describe_pages
 from .extract import DoclingOptions, extract_folder
-from .generators import ENV_BASE_URL, make_generator, make_vision
+from .generators import from_environment, make_generator, make_vision
 from .negatives import STRATEGIES
 from .records import Chunk, read_records, read_rows, row_of, write_jsonl
 from .split import write_stage_files
@@ -111,11 +111,10 @@ def build_for_run(input_dir: str | Path, out_dir: str | Path, *, base: str, doc_
     """:func:`build` with a training run's settings: passages of its ``doc_max_length`` in its base
     model's tokens, at least ``top_k`` candidates, and the generator the environment gives (the
     ``CLARA_LLM_*`` endpoint when set, else the run's base model locally)."""
-    import os
 
 
-    api = bool(os.environ.get(ENV_BASE_URL))
-    generator = make_generator("api") if api else make_generator("local", base)
+    api = from_environment("base_url")[0] is not None
+    generator = make_generator("api") if api else make_generator("auto", base)
     config = BuildConfig(base=base, chunk=ChunkConfig(doc_max_length=doc_max_length,
                                                       overlap=ChunkConfig.default_overlap(doc_max_length)),
                          k=max(4, top_k))

@@ -221,8 +221,8 @@ def _chunk_args(p) -> None:
 
 def _endpoint_args(p) -> None:
     p.add_argument("--generator", choices=["auto", "api", "local"], default="auto",
-                   help="api: OpenAI-compatible endpoint from CLARA_LLM_BASE_URL/MODEL/API_KEY; local: transformers; "
-                        "auto: api when CLARA_LLM_BASE_URL is set")
+                   help="api: OpenAI-compatible endpoint from CLARA_LLM_BASE_URL/MODEL/API_KEY (or OPENAI_BASE_URL / "
+                        "OPENAI_API_KEY); local: transformers; auto: api when an endpoint is set")
     p.add_argument("--base-url", default=None, help="overrides CLARA_LLM_BASE_URL (the key stays in the environment)")
     p.add_argument("--max-tokens", type=int, default=512, help="per QA reply or image description")
 

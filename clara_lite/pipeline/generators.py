@@ -7,7 +7,9 @@ works with OpenAI, DashScope/Qwen (``https://dashscope.aliyuncs.com/compatible-m
 DeepSeek (``https://api.deepseek.com``), Ollama (``http://localhost:11434/v1``) and vLLM
 (``http://host:8000/v1``). Its settings come from the environment (``CLARA_LLM_BASE_URL``,
 ``CLARA_LLM_MODEL``, ``CLARA_LLM_API_KEY``; ``CLARA_VLM_MODEL`` names a vision model on the same
-endpoint). The key is never put in a message, log line, repr or file: only in the request header,
+endpoint), else from the OpenAI SDK's own ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``, else from the seed fork's
+``BASE_URL`` / ``MODEL`` / ``VISION_MODEL`` (with a warning: generic names); ours win. Without a model name the
+endpoint's first listed model (``GET /models``) is used. The key is never put in a message, log line, repr or file: only in the request header,
 checked before the first request (:func:`clara_lite.core.secrets.header_value`); URLs in messages are
 shown without credentials or query values (:func:`clara_lite.core.secrets.redact`). Redirects are not
 followed: urllib would copy the ``Authorization`` header to whatever host the endpoint names.
@@ -53,6 +55,32 @@ ENV_MODEL = "CLARA_LLM_MODEL"
 ENV_API_KEY = "CLARA_LLM_API_KEY"
 ENV_VISION_MODEL = "CLARA_VLM_MODEL"
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+# Each setting's environment names, the first one set wins: ours, then the OpenAI SDK's own, then the names of the
+# seed fork's guide (generic words, so they are used only when nothing more specific is set, and said in the log).
+ENV_NAMES = {
+    "base_url": (ENV_BASE_URL, "OPENAI_BASE_URL", "BASE_URL"),
+    "model": (ENV_MODEL, "MODEL"),
+    "api_key": (ENV_API_KEY, "OPENAI_API_KEY"),
+    "vision_model": (ENV_VISION_MODEL, "VISION_MODEL"),
+}
+FORK_NAMES = {"BASE_URL", "MODEL", "VISION_MODEL"}
+
+
+def from_environment(setting: str) -> tuple[str | None, str | None]:
+    """``(value, the variable it came from)`` for ``setting`` (a key of :data:`ENV_NAMES`), or ``(None, None)``."""
+    for name in ENV_NAMES[setting]:
+        value = os.environ.get(name, "").strip()
+        if value:
+            if name in FORK_NAMES:
+                log.warning("%s: using %s for the endpoint's %s (set %s to say so explicitly)", name, name,
+                            setting.replace("_", " "), ENV_NAMES[setting][0])
+            return value, name
+    return None, None
+
+
+def looked_for(setting: str) -> str:
+    """The variables :func:`from_environment` reads for ``setting``, for messages."""
+    return ", ".join(ENV_NAMES[setting])
 
 
 class Generator(Protocol):
@@ -116,14 +144,31 @@ class OpenAICompatible:
 
     @classmethod
     def from_env(cls, model: str | None = None, base_url: str | None = None, **kwargs) -> OpenAICompatible:
-        """Settings from ``CLARA_LLM_*``; ``model``/``base_url`` override the environment."""
-        base_url = base_url or os.environ.get(ENV_BASE_URL)
-        model = model or os.environ.get(ENV_MODEL)
-        missing = [name for name, v in ((ENV_BASE_URL, base_url), (ENV_MODEL, model)) if not v]
-        if missing:
-            raise ValueError(f"set {' and '.join(missing)} (e.g. https://api.openai.com/v1 and gpt-4o-mini; "
-                             f"the key goes in {ENV_API_KEY})")
-        return cls(base_url, model, os.environ.get(ENV_API_KEY) or None, **kwargs)
+        """Settings from the environment (:data:`ENV_NAMES`: ``CLARA_LLM_*``, then the OpenAI SDK's
+        ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``); ``model``/``base_url`` override it. Without a model name
+        the endpoint's own list (``GET /models``) gives one: an Ollama or vLLM server lists what it serves."""
+        base_url = base_url or from_environment("base_url")[0]
+        if not base_url:
+            raise ValueError(f"set one of {looked_for('base_url')} (e.g. https://api.openai.com/v1; the key goes "
+                             f"in {looked_for('api_key')})")
+        generator = cls(base_url, model or from_environment("model")[0] or "", from_environment("api_key")[0],
+                        **kwargs)
+        if not generator.model:
+            generator.model = generator.first_model()
+        return generator
+
+    def first_model(self) -> str:
+        """The first model the endpoint lists (``GET {base}/models``), logged; an error names the variable."""
+        try:
+            listed = [m["id"] for m in self._request("GET", "/models").get("data", []) if isinstance(m, dict)]
+        except GeneratorError as err:
+            raise ValueError(f"no model named ({looked_for('model')}) and the endpoint did not list one: {err}") \
+                from None
+        if not listed:
+            raise ValueError(f"no model named: set {ENV_MODEL} (the endpoint lists none)")
+        log.info("model: %s, the first of %d the endpoint lists (set %s to choose)", listed[0], len(listed),
+                 ENV_MODEL)
+        return listed[0]
 
     @property
     def name(self) -> str:  # written into every synthesized row: the model, never the URL or key
@@ -161,17 +206,22 @@ class OpenAICompatible:
         return self.chat([{"role": "user", "content": content}], max_tokens=max_tokens)
 
     def _post(self, path: str, body: dict) -> dict:
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         parts = urllib.parse.urlsplit(self.base_url)  # a ?key=... stays after the path
         url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
-        shown = self._redact(url)  # user:key@host and ?api_key=... never reach a message
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        shown = f"{method} {self._redact(url)}"  # user:key@host and ?api_key=... never reach a message
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        payload = json.dumps(body).encode("utf-8")
+        payload = None if body is None else json.dumps(body).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             wait, problem, status = None, "", None
             try:
-                request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+                request = urllib.request.Request(url, data=payload, headers=headers, method=method)
                 with _OPENER.open(request, timeout=self.timeout) as response:
                     raw = response.read()
                 try:
@@ -184,20 +234,20 @@ class OpenAICompatible:
                 if 300 <= err.code < 400:
                     where = self._redact(err.headers.get("Location") or "(no Location)")
                     raise GeneratorError(
-                        f"POST {shown}: the endpoint redirects (HTTP {err.code}) to {where}; not followed, so the "
+                        f"{shown}: the endpoint redirects (HTTP {err.code}) to {where}; not followed, so the "
                         f"API key is not sent to another address. Set {ENV_BASE_URL} to the address that answers "
                         "directly", err.code) from None
                 if err.code not in RETRY_STATUSES:
                     hint = " (check the API key)" if err.code in (401, 403) else ""
-                    raise GeneratorError(f"POST {shown}: {problem}{hint}", err.code) from None
+                    raise GeneratorError(f"{shown}: {problem}{hint}", err.code) from None
                 wait = _retry_after(err.headers.get("Retry-After"))
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:  # refused, reset, timeout
                 reason = getattr(err, "reason", err)
                 problem = f"network error: {self._redact(str(reason))}"
             if attempt == self.max_retries:
-                raise GeneratorError(f"POST {shown}: {problem} (gave up after {attempt + 1} attempts)", status)
+                raise GeneratorError(f"{shown}: {problem} (gave up after {attempt + 1} attempts)", status)
             wait = min(self.backoff * 2**attempt if wait is None else wait, self.max_wait)
-            log.warning("POST %s: %s; retrying in %.1f s (%d/%d)", shown, problem, wait, attempt + 1, self.max_retries)
+            log.warning("%s: %s; retrying in %.1f s (%d/%d)", shown, problem, wait, attempt + 1, self.max_retries)
             self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -255,7 +305,10 @@ def make_generator(kind: str = "auto", model: str | None = None, *, base_url: st
     ``auto``: the endpoint when ``CLARA_LLM_BASE_URL`` is set, else the local ``model``
     (default ``smollm2-135m``)."""
     if kind == "auto":
-        kind = "api" if base_url or os.environ.get(ENV_BASE_URL) else "local"
+        kind = "api" if base_url or from_environment("base_url")[0] else "local"
+        if kind == "local":
+            log.info("generator: local %s (no endpoint: none of %s is set)", model or "smollm2-135m",
+                     looked_for("base_url"))
     if kind == "api":
         return OpenAICompatible.from_env(model=model, base_url=base_url)
     if kind == "local":
@@ -265,7 +318,7 @@ def make_generator(kind: str = "auto", model: str | None = None, *, base_url: st
 
 def make_vision(model: str | None = None, *, base_url: str | None = None) -> OpenAICompatible | None:
     """The vision model (``model`` or ``CLARA_VLM_MODEL``) on the endpoint, or None if none is set."""
-    model = model or os.environ.get(ENV_VISION_MODEL)
+    model = model or from_environment("vision_model")[0]
     if not model:
         return None
     return OpenAICompatible.from_env(model=model, base_url=base_url)
