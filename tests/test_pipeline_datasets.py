@@ -222,3 +222,32 @@ def test_seed001_pos_index_marks_the_positives_and_the_rest_are_negatives():
     with_pos, without = corpus.items[1], corpus.items[0]
     assert [corpus.docs[d] for d in with_pos.positives] == [TOPICS["bees"]] and len(with_pos.negatives) == 1
     assert len(without.positives) == 2 and not without.negatives  # no pos_index: every doc is needed
+
+
+def test_instruction_rows_without_input_become_documents_to_synthesize_from(tmp_path, capsys):
+    """Seed 002's {"instruction", "output"} rows: no document to answer from, so no question rows of their own;
+    their outputs are written as documents and the next command is printed."""
+    source = tmp_path / "seed002.jsonl"
+    outputs = [TOPICS[t] for t in NAMES[:3]]
+    write_jsonl(source, [{"instruction": f"Tell me about {t}.", "output": text} for t, text in zip(NAMES, outputs)])
+    out = tmp_path / "out"
+    assert main(["data", "convert", "--input", str(source), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    folder = out / "instruction_documents"
+    assert f"clara-lite data build --input {folder} --out {out / 'from_outputs'}" in printed
+    assert [p.read_text().strip() for p in sorted(folder.glob("*.txt"))] == outputs
+    assert not (out / "stage2.jsonl").exists()  # no copy-the-answer rows
+
+
+def test_legacy_image_markers_are_named_by_validate_and_dropped_by_convert(tmp_path, capsys):
+    rows = seed001_rows()
+    rows[0]["docs"][0] = "[IMAGE_REF: figures/volcano.png] " + rows[0]["docs"][0]
+    source = tmp_path / "seed001.jsonl"
+    write_jsonl(source, rows)
+    assert main(["data", "validate", str(source), "--stage", "stage2"]) == 1
+    assert f"{source}:1: field 'docs[0]'" in capsys.readouterr().out  # the line and field, with the fix
+    out = tmp_path / "out"
+    assert main(["data", "convert", "--input", str(source), "--out-dir", str(out), "--k", "3"]) == 0
+    text = "".join((out / f"{name}.jsonl").read_text() for name in ("stage1", "stage2", "stage3", "heldout"))
+    assert "IMAGE_REF" not in text and TOPICS[NAMES[0]] in text
+    assert main(["data", "validate", str(out / "stage2.jsonl"), "--stage", "stage2"]) == 0

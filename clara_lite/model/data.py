@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..core.config import ClaraConfig
 from ..core.errors import ClaraError
-from .inputs import RESERVED_TOKENS
+from .inputs import IMAGE_MARKER, RESERVED_TOKENS
 from .rows import (  # noqa: F401  (re-exported: the names data files are about)
     ANSWER_KEYS,
     DOC_KEYS,
@@ -122,6 +122,9 @@ def _text_problems(example: Example, out: _Out) -> None:
                 out.append((where, f"an unpaired surrogate (\\u{ord(bad.group()):04x}) at character {bad.start()}: "
                                    "not text a tokenizer can read; write the character itself, or a valid "
                                    "\\ud83d\\ude00-style pair"))
+            if marker := IMAGE_MARKER.search(text):
+                out.append((where, f"holds an image placeholder {marker.group()[:60]!r}, not text: `clara-lite data "
+                                   "convert` drops them, or `clara-lite data build` describes the images"))
             if token := RESERVED_TOKENS.search(text):
                 out.append((where, f"contains {token.group()!r}, a token clara_lite reserves for memory slots "
                                    "(the prompt would count it as one): remove or rewrite it"))

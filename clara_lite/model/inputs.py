@@ -19,6 +19,9 @@ IGNORE_INDEX = -100
 
 # the tokens add_special_tokens adds: typed into a row's text they would count as memory slots
 RESERVED_TOKENS = re.compile(r"<(?:MEM\d*|AE|ENC|SEP)>")
+# an image placeholder left in text (the pipeline's "[IMAGE_REF]", seed 001's legacy "[IMAGE_REF: path]"): the
+# pipeline replaces each by the image's description or drops it; in training text it is noise the model would learn
+IMAGE_MARKER = re.compile(r"\[IMAGE_REF(?::[^\]]*)?\]")
 
 # Texts are cut to this many characters per token kept before tokenizing: the result is the same
 # (no token is that long) and a 50 MB document costs 50 MB, not gigabytes of token objects.

@@ -16,7 +16,7 @@ from ..core.config import ClaraConfig, add_flags, given
 from ..model.stages import ORDER
 from .build import BuildConfig, build, load_chunks
 from .chunk import ChunkConfig, chunk_pages, load_tokenizer
-from .convert import FORMATS, convert, from_synthesis
+from .convert import FORMATS, convert, from_synthesis, instruction_outputs
 from .describe import VisionConfig, describe_pages
 from .extract import DoclingOptions, extract_folder
 from .fetch import fetch
@@ -167,7 +167,19 @@ def _convert(args) -> int:
     fmt = args.format if args.format != "auto" else detect_format(records[0])
     options = {"answer": "long"} if args.long_answer and fmt == "pubmedqa" else {}
     print(f"{description}: {len(records)} records, format {fmt}" + (" (long answers)" if options else ""))
-    return _write(convert(records, fmt, **options), args)
+    corpus = convert(records, fmt, **options)
+    outputs = instruction_outputs(records) if fmt == "instruction" else []
+    if outputs:  # chat-tuning pairs without a document: their outputs become documents to synthesize from
+        folder = Path(args.out_dir) / "instruction_documents"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, text in enumerate(outputs, 1):
+            (folder / f"row-{i:06d}.txt").write_text(text + "\n", encoding="utf-8")
+        print(f"{len(outputs)} rows have no input (no document to answer from): their outputs are documents in "
+              f"{folder}; questions about them come from synthesis:\n  clara-lite data build --input {folder} "
+              f"--out {Path(args.out_dir) / 'from_outputs'}")
+        if not corpus.items:
+            return 0
+    return _write(corpus, args)
 
 
 def _fetch(args) -> int:

@@ -27,8 +27,11 @@ from a ``datasets.Dataset`` (both layouts are accepted where they differ):
   (seed 001's file): the docs at ``pos_index`` (all of them when absent) are the positives, the
   others its negatives; stage1 gets QA rows from it. Unit: the question's documents.
 - ``instruction``: ``{"instruction", "input", "output"}`` (Alpaca, seed 002): ``input`` is the
-  document, ``instruction`` the question and ``output`` the answer; rows without an input have
-  no document to compress and are skipped (counted). Unit: the input.
+  document, ``instruction`` the question and ``output`` the answer. Unit: the input. A row without an
+  input (seed 002's ``{"instruction", "output"}``) is a chat-tuning pair, not a question about a document:
+  its output as the document would teach copying the answer from itself. The outputs are the knowledge, so
+  :func:`instruction_outputs` gives them to be written as documents, and questions about them are
+  synthesized like any document's (``data convert`` prints the ``data build`` command).
 
 For example::
 
@@ -44,6 +47,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..model.inputs import IMAGE_MARKER
 from .records import Corpus, QAItem, read_rows
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ def doc_id(text: str) -> str:
 
 
 def _add(corpus: Corpus, text: str, group: str) -> str:
+    text = IMAGE_MARKER.sub(" ", text)  # a placeholder whose image is not here (seed 001's [IMAGE_REF: path])
     return corpus.add_doc(doc_id(text), " ".join(text.split()), group)
 
 
@@ -329,6 +334,12 @@ def from_instruction(records: Iterable[dict]) -> Corpus:
     if skipped:
         log.info("instruction: %d rows without an input (no document) or output skipped", skipped)
     return corpus
+
+
+def instruction_outputs(records: Iterable[dict]) -> list[str]:
+    """The outputs of instruction rows that have no input: documents to synthesize questions about."""
+    return [str(r.get("output")).strip() for r in records
+            if not str(r.get("input") or "").strip() and str(r.get("output") or "").strip()]
 
 
 FORMATS: dict[str, Callable[..., Corpus]] = {
