@@ -4,6 +4,7 @@ other people's single files (seed 001, instruction data) converted to rows valid
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from test_pipeline_convert import NAMES, hotpot, nq_hf
@@ -251,3 +252,13 @@ def test_legacy_image_markers_are_named_by_validate_and_dropped_by_convert(tmp_p
     text = "".join((out / f"{name}.jsonl").read_text() for name in ("stage1", "stage2", "stage3", "heldout"))
     assert "IMAGE_REF" not in text and TOPICS[NAMES[0]] in text
     assert main(["data", "validate", str(out / "stage2.jsonl"), "--stage", "stage2"]) == 0
+
+
+def test_train_on_a_raw_seed001_file_gives_the_convert_command_validate_gives(tmp_path, caplog):
+    source = tmp_path / "seed001.jsonl"
+    write_jsonl(source, seed001_rows())
+    with caplog.at_level(logging.ERROR, logger="clara_lite"):
+        code = main(["train", "--stage", "stage1", "--run-dir", str(tmp_path / "run"), "--data", str(source),
+                     "--base", "tiny-random"])
+    assert code == 2
+    assert f"`clara-lite data convert --format seed001 --input {source} --out-dir DIR`" in caplog.text

@@ -143,11 +143,8 @@ def read_jsonl(path: str | Path, stage: str | Stage) -> list[Example]:
     if scan.problems:
         bad = len({p.line for p in scan.problems if p.line})
         lines = "\n".join(p.format(path) for p in scan.problems)
-        raise DataError(
-            f"{path}: {bad} of {scan.n_rows} rows are not valid {stage.name} rows:\n{lines}\n"
-            f"Fix or remove these lines. A {stage.name} line looks like: {stage.row_shape}",
-            scan.problems,
-        )
+        raise DataError(f"{path}: {bad} of {scan.n_rows} rows are not valid {stage.name} rows:\n{lines}\n"
+                        + "\n".join(fix_advice(path, stage.name)), scan.problems)
     log.info("read %d %s examples from %s", len(scan.examples), stage.name, path)
     return [example for _, example in scan.examples]
 
@@ -199,10 +196,15 @@ class ValidationReport:
         if self.problems:
             lines.append(f"{len(self.problems)} problems:")
             lines += [p.format(self.path) for p in self.problems]
-            lines.append(f"Fix or remove these lines. A {self.stage} line looks like: "
-                         f"{get_stage(self.stage).row_shape}")
-            lines += [hint] if (hint := foreign_shape_hint(self.path, self.stage)) else []
+            lines += fix_advice(self.path, self.stage)
         return "\n".join(lines)
+
+
+def fix_advice(path: str | Path, stage: str) -> list[str]:
+    """What to do about a file with bad rows, the same for ``data validate`` and ``train``: the row shape, and
+    the convert command when the file is another tool's shape."""
+    advice = [f"Fix or remove these lines. A {stage} line looks like: {get_stage(stage).row_shape}"]
+    return advice + ([hint] if (hint := foreign_shape_hint(path, stage)) else [])
 
 
 def foreign_shape_hint(path: str | Path, stage: str) -> str | None:
