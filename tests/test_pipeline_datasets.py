@@ -230,7 +230,7 @@ def test_instruction_rows_without_input_become_documents_to_synthesize_from(tmp_
     their outputs are written as documents and the next command is printed."""
     source = tmp_path / "seed002.jsonl"
     outputs = [TOPICS[t] for t in NAMES[:3]]
-    write_jsonl(source, [{"instruction": f"Tell me about {t}.", "output": text} for t, text in zip(NAMES, outputs)])
+    write_jsonl(source, [{"instruction": f"Tell me about {t}.", "output": text} for t, text in zip(NAMES[:3], outputs, strict=True)])
     out = tmp_path / "out"
     assert main(["data", "convert", "--input", str(source), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
