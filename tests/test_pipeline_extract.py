@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,13 @@ def test_cli_extract_lists_skipped_files_and_the_extractor(docs, tmp_path, capsy
     assert [s["source"] for s in report["skipped"]] == ["broken.pdf", "secret.pdf"]
 
 
-def test_docling_is_required_only_when_asked(docs):
-    with pytest.raises(ModuleNotFoundError, match="pip install docling"):
+def test_docling_is_required_only_when_asked(docs, tmp_path, caplog):
+    with pytest.raises(ValueError, match="pip install docling"):
         extract_folder(docs, use_docling="yes")
+    with caplog.at_level(logging.ERROR, logger="clara_lite"):  # the CLI: a message with the fix, exit 2
+        assert main(["data", "extract", "--input", str(docs), "--out", str(tmp_path / "p.jsonl"), "--docling",
+                     "yes"]) == 2
+    assert "--docling auto" in caplog.text
     assert extract_folder(docs, use_docling="no").extractor == "light extractors (docling disabled)"
 
 

@@ -422,6 +422,12 @@ class ClaraModel(nn.Module):
 
     def _retrieve_pool(self, questions: list[str], documents: list[list[str]], k: int | None):
         """(scores (B, N), memory (U, M, H), positions (B, N) or None, k): see :meth:`_compress_pool`."""
+        if not self.has_retriever:  # a stage1/stage2 model: nothing to pick documents with
+            raise ValueError(
+                f"this model has no query reasoner (adapters: {', '.join(self.adapter_names)}; stage3 trains it), so "
+                "it cannot pick documents: give it the documents to read (generate_from_text, `clara-lite ask "
+                "--docs`), or serve it over an index, which retrieves with BM25 or embeddings (`clara-lite index "
+                "build`, then `clara-lite ask --index DIR`), or train stage3")
         n = self._check_docs(questions, documents)
         memory, where = self._compress_pool(documents)  # also switches to eval
         k = min(k or self.generation_top_k, n)

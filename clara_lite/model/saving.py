@@ -23,7 +23,9 @@ from ..core.layout import (
     ADAPTER_WEIGHTS,
     ADAPTERS_DIR,
     ADDED_TOKENS_FILE,
+    CHECKPOINTS_DIR,
     CONFIG_FILE,
+    FINAL_DIR,
     TOKENIZER_DIR,
     UPSTREAM_ADAPTERS,
     ZIPS_DIR,
@@ -120,8 +122,19 @@ def load_model(path, *, model_cls, **kwargs):
         return _load_ours(path, opts, overrides, model_cls)
     raise FileNotFoundError(
         f"{path} is not a clara_lite model (no {CONFIG_FILE}) nor an upstream CLaRa checkpoint "
-        f"(no {UPSTREAM_ADAPTERS})"
+        f"(no {UPSTREAM_ADAPTERS}){_models_inside(path)}"
     )
+
+
+def _models_inside(path: Path) -> str:
+    """Where the models are when ``path`` is a stage folder (its final/, else its newest checkpoint's model/)
+    or a run folder (each stage's final/): pointing at the folder above a model is the usual slip."""
+    if not path.is_dir():
+        return ""
+    found = [p for p in (path / FINAL_DIR, *sorted(path.glob(f"*/{FINAL_DIR}"))) if (p / CONFIG_FILE).is_file()]
+    if not found:
+        found = [p for p in sorted(path.glob(f"{CHECKPOINTS_DIR}/step-*/model"))[-1:] if (p / CONFIG_FILE).is_file()]
+    return f"; the model{'s' if len(found) > 1 else ''} inside: {', '.join(map(str, found))}" if found else ""
 
 
 def _gpu_defaults(path: Path, opts: dict, overrides: dict) -> None:

@@ -321,13 +321,15 @@ def _choose_docling(use_docling: str, options: DoclingOptions = DoclingOptions()
         return None, "light extractors (docling disabled)"
     if not docling_installed():
         if use_docling == "yes":
-            raise ModuleNotFoundError("docling is not installed: pip install docling")
+            raise ValueError("--docling yes: Docling is not installed; `pip install docling` (then run the same "
+                             "command again), or --docling auto to use the light extractors")
         return None, "light extractors (docling not installed)"
     try:
         return _Docling(options), "docling (layout-aware; light extractors for Markdown and text)"
     except Exception as err:  # installed but unusable (models missing, incompatible version)
         if use_docling == "yes":
-            raise
+            raise ValueError(f"--docling yes: Docling is installed but unusable ({type(err).__name__}: {err}); "
+                             "--docling auto uses the light extractors") from err
         return None, f"light extractors (docling unusable: {type(err).__name__}: {err})"
 
 

@@ -6,11 +6,15 @@ with a query reasoner (stage3) retrieves the top-k documents, others read every 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.modeling import ClaraModel
-from .documents import jsonl_documents
+from ..pipeline.extract import Unreadable
+from .documents import document_text, documents_from, jsonl_documents
+
+log = logging.getLogger(__name__)
 
 MAX_DOCS_WITHOUT_RETRIEVER = 16
 
@@ -28,9 +32,10 @@ def load(path, **kwargs) -> ClaraModel:
 
 
 def read_docs(path) -> list[str]:
-    """Documents from a folder of .txt/.md files (one each, by name, as written) or a JSONL file in
-    any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON
-    string, training rows' docs). Repeats dropped.
+    """Documents from a folder (.txt/.md as written; PDF, DOCX, PPTX, HTML through the pipeline's extractors,
+    one document per file; a file that cannot be read is skipped with a warning) or a JSONL file in any form
+    :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON string,
+    training rows' docs). Repeats dropped.
 
     For example::
 
@@ -39,12 +44,21 @@ def read_docs(path) -> list[str]:
     """
     path = Path(path)
     if path.is_dir():
-        docs = [p.read_text(encoding="utf-8") for p in sorted(path.iterdir())
-                if p.is_file() and p.suffix.lower() in (".txt", ".md")]
+        docs = []
+        for doc in documents_from(path):
+            if doc.path.suffix.lower() in (".txt", ".md"):
+                docs.append(doc.path.read_text(encoding="utf-8"))
+                continue
+            try:
+                docs.append(document_text(doc.pages()))
+            except Exception as err:  # noqa: BLE001 - a broken file of any kind (the reader's own error) is skipped
+                log.warning("skipped %s: %s", doc.source, err if isinstance(err, Unreadable) else
+                            f"cannot read ({type(err).__name__}: {err})")
     elif path.is_file():
         docs = [d.text for d in jsonl_documents(path)]
     else:
-        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of .txt/.md files)")
+        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of documents: "
+                                ".txt, .md, .pdf, .docx, .pptx, .html)")
     docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))
     if not docs:
         raise ValueError(f"no documents in {path}")
