@@ -37,7 +37,8 @@ from .serve.commands import add_index_options, add_serve_commands, ask_index
 from .serve.compare import ORACLE, SETTINGS, SYSTEMS, parse_systems
 from .serve.evaluate import run_comparison
 from .serve.export import export_zip
-from .serve.report import markdown_table
+from .serve.paper import paper_reference
+from .serve.report import markdown_table, write_report
 from .train import upstream_args
 from .train.launch import ALREADY_FINAL, train
 from .train.recipe import load_recipe
@@ -92,7 +93,14 @@ def _compare(args, model) -> int:
                                    pool=read_docs(args.pool) if args.pool else None, report_dir=args.report_dir,
                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                    info={"model": str(args.model), "data": str(args.data)})
-    print(markdown_table(result))
+    paper, notes = {}, []
+    if args.paper:
+        paper, notes = paper_reference(model.config.base_model, model.config.compr_rate, args.setting,
+                                       args.dataset or str(args.data))
+        if paper and paths:  # the report's table and JSON carry the column too
+            write_report(result, args.report_dir, paper)
+    print(markdown_table(result, paper))
+    print("".join(f"\n{note}" for note in notes))
     print("\n" + "\n".join(f"{kind:<12} {path}" for kind, path in paths.items()))
     return 0
 
@@ -200,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle: each question's own documents, gold first; normal: top-k by BM25 from --pool")
     e.add_argument("--pool", default=None, help="normal setting: documents to retrieve from (default: all of --data's)")
     e.add_argument("--format", default=None, help="--data's dataset format when it cannot be told from the fields")
+    e.add_argument("--paper", action="store_true",
+                   help="with --systems: the paper's figure for the same dataset, setting and compression rate "
+                   "beside ours (and what differs: base model, retrieval)")
+    e.add_argument("--dataset", default=None, help="--paper: the benchmark --data is (nq, hotpotqa, musique, 2wiki) "
+                   "when its file name does not say")
     e.add_argument("--report-dir", default="eval_report",
                    help="with --systems: where comparison.md/.json/.png and predictions.jsonl go")
     e.set_defaults(func=_eval)

@@ -176,3 +176,15 @@ def test_notebook_compare_and_benchmark_show_the_table_and_write_the_report(tmp_
     assert "paper: apple/ml-clara README" in out
     table = (drive / "runs" / "cmp" / "benchmarks" / "hotpot_dev_distractor-normal" / "comparison.md").read_text()
     assert "| paper |" in table and "| 0.437 |" in table  # CLaRa CR=16 HotpotQA normal: 43.72
+
+
+def test_eval_paper_prints_the_papers_figure_and_what_differs(tmp_path, saved, capsys):
+    data = tmp_path / "hotpot_dev_distractor.json"
+    data.write_text(json.dumps(hotpot(hf_layout=False)))
+    assert main(["eval", "--model", str(saved), "--data", str(data), "--systems", "clara", "--limit", "3",
+                 "--max-new-tokens", "2", "--paper", "--report-dir", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "| paper |" in out and "| 0.738 |" in out  # CLaRa, compression 4, HotpotQA, oracle: 73.81
+    assert "the paper's base model is Mistral-7B, this model's is tiny-random" in out
+    assert "| 0.738 |" in (tmp_path / "report" / "comparison.md").read_text()
+    assert json.loads((tmp_path / "report" / "comparison.json").read_text())["paper"]["clara"] == 73.81

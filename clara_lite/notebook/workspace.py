@@ -37,8 +37,7 @@ from ..serve.evaluate import run_comparison
 from ..serve.export import export_zip
 from ..serve.fingerprint import fingerprint
 from ..serve.index import ClaraIndex
-from ..serve.paper import SOURCE as PAPER_SOURCE
-from ..serve.paper import paper_scores
+from ..serve.paper import paper_reference
 from ..serve.report import markdown_table
 from ..train.launch import train
 from ..train.recipe import Recipe, load_recipe
@@ -415,13 +414,10 @@ class Workspace:
         name = re.sub(r"[^\w.-]+", "_", Path(data).stem)
         results = {}
         for setting in settings:
-            paper = paper_scores(model.config.base_model, model.config.compr_rate, setting, dataset or data)
+            paper, notes = paper_reference(model.config.base_model, model.config.compr_rate, setting, dataset or data)
             results[setting] = self.compare(model, systems, data=data, setting=setting, limit=limit,
                                             max_new_tokens=max_new_tokens, paper=paper, name=name)
-            print(f"paper: {PAPER_SOURCE}" if paper else
-                  f"(the paper reports no {setting} score for {model.config.base_model} at compression "
-                  f"{model.config.compr_rate} on {dataset or Path(data).name}: it has Mistral-7B at 4, 16, 32 on "
-                  "NQ, HotpotQA, MuSiQue, 2Wiki)")
+            print("\n".join(notes))  # the same notes as `clara-lite eval --paper`
         return results
 
     def export_model(self, download: bool = True) -> Path:

@@ -55,3 +55,29 @@ def paper_scores(base_model: str, compr_rate: int, setting: str, dataset: str | 
         if where == setting and rate in (None, compr_rate):
             out[system] = scores[col]
     return out if CLARA in out else {}
+
+
+RATES = (4, 16, 32)
+
+
+def paper_reference(base_model: str, compr_rate: int, setting: str, dataset: str | None) -> tuple[dict, list[str]]:
+    """``(scores, notes)``: the paper's figures for this dataset, setting and compression rate whatever the base
+    model, and what makes them not like for like (another base model, another retrieval, no such rate).
+
+    >>> scores, notes = paper_reference("smollm2-135m", 16, "oracle", "nq_eval.jsonl")
+    >>> scores, notes[0][:36]
+    ({'text-rag': 71.64, 'clara': 75.48}, "the paper's base model is Mistral-7B")
+    """
+    name = dataset_of(dataset or "")
+    if name is None:
+        return {}, [f"the paper reports {', '.join(DATASETS)} only; name the dataset (its file name or --dataset)"]
+    if compr_rate not in RATES:
+        return {}, [f"the paper reports compression {', '.join(map(str, RATES))}, not {compr_rate}"]
+    scores = paper_scores("mistral-7b", compr_rate, setting, name)
+    notes = []
+    if "mistral" not in str(base_model).lower():
+        notes.append(f"the paper's base model is Mistral-7B, this model's is {base_model}: not like for like")
+    if setting == NORMAL:
+        notes.append("the paper's normal setting retrieves the top 5 with its own retriever from the benchmark's "
+                     "corpus; here BM25 ranks this file's own documents")
+    return scores, notes + [f"paper: {SOURCE}; its metric is cover-EM (acc)"]
