@@ -6,6 +6,7 @@ import errno
 import logging
 import math
 import os
+import json
 import signal
 import subprocess
 import sys
@@ -195,3 +196,28 @@ def test_stage_all_resumes_stage2_then_runs_stage3(tmp_path, data_dir):
     import json
 
     assert json.loads((final3 / "clara_config.json").read_text())["trained_stages"] == ["stage1", "stage2", "stage3"]
+
+
+def test_qlora_habits_8bit_adamw_resumes_exactly_and_target_modules_choose_the_layers(tmp_path, data_dir):
+    """--optim adamw_8bit (bitsandbytes: its quantization state is nested in the optimizer state) survives a
+    kill and resume bit for bit; --lora-target-modules q_proj v_proj adapts only those layers."""
+    reference = tmp_path / "reference"
+    train(reference, "stage1", data=str(data_dir / "stage1.jsonl"),
+          model_options={**TINY_RUN, "lora_target_modules": ["q_proj", "v_proj"]},
+          train_options={**TRAIN, "optim": "adamw_8bit"})
+    adapters = saved_adapters(reference / "stage1" / "final")
+    assert adapters and all(".q_proj." in k or ".v_proj." in k for k in adapters)
+    newest = sorted((reference / "stage1" / "checkpoints").glob("step-*"))[-1]
+    meta = json.loads((newest / "optimizer.json").read_text())
+    assert "__bnb_optimizer_quant_state__" in json.dumps(meta)  # the 8-bit states, checkpointed
+
+    run_dir = tmp_path / "run"
+    extra = ("--optim", "adamw_8bit", "--lora-target-modules", "q_proj", "v_proj")
+    manifest = run_dir / "stage1" / "checkpoints" / "step-000004" / "manifest.json"
+    proc = _cli(run_dir, data_dir / "stage1.jsonl", *extra, launcher=(str(KILLPOINT), str(manifest), "KILL"))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, out
+    again = _cli(run_dir, data_dir / "stage1.jsonl", *extra)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "Resuming stage1" in out, out
+    assert _diff_to_reference(run_dir, reference) == 0.0

@@ -35,6 +35,7 @@ _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
 
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 # transformers schedulers that need no extra arguments (get_scheduler's names)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
@@ -162,8 +163,9 @@ class ClaraConfig:
     lora_r: int = field(default=16, metadata={"low": 1, "help": "LoRA rank of every adapter"})
     lora_alpha: int | None = field(default=None, metadata={"low": 0, "low_open": True, "help": "LoRA alpha (default 2*r, as upstream)"})
     lora_dropout: float = field(default=0.1, metadata={"low": 0, "high": 1, "high_open": True, "help": "LoRA dropout while training"})
-    lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules",
-                                                                                 "cli": False})
+    lora_target_modules: str | list[str] = field(default="all-linear", metadata={
+        "help": "the layers LoRA adapts: 'all-linear' (every linear layer but the LM head, as upstream) or module "
+                "names, e.g. q_proj k_proj v_proj o_proj (QLoRA's attention-only habit)"})
     quantization: str | None = field(default=None, metadata={"help": "'4bit' (nf4 QLoRA; also 'nf4', 'int4'), "
                                                              "'8bit' ('int8') or 'none' (default: the hardware plan "
                                                              "decides each session: 4-bit only when the model would "
@@ -203,6 +205,13 @@ class ClaraConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        modules = self.lora_target_modules
+        if modules == ["all-linear"]:  # the flag gives a list; PEFT wants the keyword as a string
+            self.lora_target_modules = modules = "all-linear"
+        if not (isinstance(modules, str) and modules.strip()) and not (
+                isinstance(modules, list) and modules and all(isinstance(m, str) and m.strip() for m in modules)):
+            raise ValueError(f"lora_target_modules (--lora-target-modules) must be 'all-linear' or module names, "
+                             f"got {modules!r}")
         if self.compr_rate < 1 or self.doc_max_length < self.compr_rate:
             raise ValueError(
                 f"doc_max_length ({self.doc_max_length}) must be >= compr_rate ({self.compr_rate}) >= 1: "
@@ -298,6 +307,10 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.05, metadata={"low": 0, "high": 1, "help": "share of steps spent warming up"})
     scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name", "choices": SCHEDULERS})
     weight_decay: float = field(default=0.0, metadata={"low": 0, "help": "AdamW weight decay"})
+    optim: str = field(default="adamw", metadata={
+        "choices": OPTIMIZERS, "help": "adamw (torch); adamw_8bit, paged_adamw_8bit, paged_adamw_32bit (bitsandbytes, "
+                                       "as QLoRA recipes use: 8-bit states, paged to CPU memory under pressure; on a "
+                                       "CPU paging is off)"})
     max_grad_norm: float = field(default=1.0, metadata={"low": 0, "help": "gradient clipping norm (0: none)"})
     seed: int = field(default=42, metadata={"low": 0, "help": "seed of the initial adapters and the data order"})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' (with GradScaler) or 'bf16' "
@@ -326,7 +339,7 @@ class TrainConfig:
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
     RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
-                   "max_grad_norm", "seed")
+                   "max_grad_norm", "seed", "optim")
     # what each session's hardware plan decides again (a value given on the command line wins for that session)
     HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
 
@@ -396,6 +409,8 @@ def add_flags(parser, cls, names: tuple[str, ...] | None = None) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind.startswith("list["):
             kwargs["nargs"] = "*"
+        elif kind == "str | list[str]":  # one keyword or several names
+            kwargs["nargs"] = "+"
         else:
             kwargs["type"] = _TYPES[kind]
             if "choices" in f.metadata:

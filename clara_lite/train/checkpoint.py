@@ -112,24 +112,36 @@ def check_same_model(folder: Path, config: ClaraConfig) -> None:
 
 
 def _optimizer_files(optimizer) -> tuple[dict, dict]:
+    """The optimizer's state as safetensors (``"<param>.<key>"``, nested keys joined by ``/``: bitsandbytes keeps
+    its quantization state in a dict) and JSON for the rest."""
     sd = optimizer.state_dict()
     tensors, other = {}, {}
-    for idx, state in sd["state"].items():
+
+    def split(prefix: str, state: dict, extra: dict) -> None:
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{prefix}{key}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, dict):
+                split(f"{prefix}{key}/", value, extra.setdefault(key, {}))
             else:
-                other.setdefault(str(idx), {})[key] = value
+                extra[key] = value
+
+    for idx, state in sd["state"].items():
+        split(f"{idx}.", state, other.setdefault(str(idx), {}))
     return tensors, {"param_groups": sd["param_groups"], "other": other}
 
 
 def _load_optimizer(optimizer, meta: dict, tensors: dict) -> None:
     state: dict[int, dict] = {}
+    for idx, extra in meta["other"].items():
+        state[int(idx)] = json.loads(json.dumps(extra))  # a deep copy to fill
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    for idx, extra in meta["other"].items():
-        state.setdefault(int(idx), {}).update(extra)
+        *path, last = key.split("/")
+        node = state.setdefault(int(idx), {})
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

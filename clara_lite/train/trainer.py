@@ -50,6 +50,18 @@ from .update import SKIPPED, any_process, make_accelerator, optimizer_step
 log = logging.getLogger(__name__)
 
 
+def make_optimizer(name: str, params, *, lr: float, weight_decay: float):
+    """AdamW from torch, or one of bitsandbytes' (8-bit states; paged: moved to CPU memory when the GPU runs
+    short). Their states checkpoint and resume like torch's (:mod:`.checkpoint` keeps nested state)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    import bitsandbytes as bnb
+
+    classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}
+    return classes[name](params, lr=lr, weight_decay=weight_decay)
+
+
 class TrainingInterrupted(ClaraError, RuntimeError):
     """Raised after a SIGTERM/SIGINT stop has saved its checkpoint."""
     code = "interrupted"
@@ -126,7 +138,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate(self.stage), weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(cfg.optim, self.params, lr=cfg.learning_rate(self.stage),
+                                   weight_decay=cfg.weight_decay)
         self.steps = total_steps(len(self.examples), cfg, self.acc.num_processes)
         self.scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.steps),
                                        num_training_steps=self.steps)
