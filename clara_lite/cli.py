@@ -107,7 +107,8 @@ def _train(args) -> int:
     try:
         results = train(args.run_dir, stage, data=args.data, data_dir=data_dir,
                         model_options=given(args, ClaraConfig), train_options=given(args, TrainConfig),
-                        recipe=recipe, init_from=args.init_from, base_path=args.base_path)
+                        recipe=recipe, init_from=args.init_from, base_path=args.base_path,
+                        take_over=args.take_over)
     except TrainingInterrupted as stop:  # a checkpoint is saved: rerun to resume
         log.warning("%s", stop)
         return stop.exit_status
@@ -213,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="folder with " + ", ".join(get_stage(s).data_file for s in ORDER))
     t.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
     t.add_argument("--init-from", default=None, help="start the stage from this saved model (dir or zip)")
+    t.add_argument("--take-over", action="store_true",
+                   help="take the run folder's lock from a trainer on another machine whose heartbeat is still fresh "
+                   "(its runtime is gone: a Colab disconnect); never from a process alive on this machine; "
+                   "recorded in run.json")
     add_flags(t.add_argument_group("model (fixed in run.json by the first stage)"), ClaraConfig)
     add_flags(t.add_argument_group("training (unset: the hardware plan / the stage's default)"), TrainConfig)
     t.set_defaults(func=_train)

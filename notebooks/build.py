@@ -91,6 +91,7 @@ RUN_PARAMETER = code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup (<drive>/current_run.txt)
 CONTINUE_STAGES = False  # True: train the next stages too, in this runtime (no new runtime, no reinstall)
 RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
+TAKE_OVER = False  # True: take the run over from a runtime that is gone (reconnecting within 10 min of a disconnect)
 ''', "parameters")
 
 RELEASE = (
@@ -131,7 +132,9 @@ def stage_notebook(name: str, stage: str, title: str, what: str, needs: str, tim
 it continues from the newest checkpoint on Drive (checkpoints every `save_minutes`, set in 00_setup),
 on whichever GPU the new runtime has: precision, 4-bit, attention and micro-batch are planned again
 for it (a change that alters numerics is printed as a warning), the rows per step stay the same.
-The stop button saves a checkpoint before stopping. {then}
+Back within 10 minutes of a disconnect, the old runtime's lock may still look alive: the cell says
+which runtime holds it and until when; `TAKE_OVER = True` continues at once. The stop button saves a
+checkpoint before stopping. {then}
 """),
         *BOOT,
         md("## Run\n\nThe run's settings come from its `run.json` (saved by 00_setup), not from this notebook."),
@@ -139,7 +142,7 @@ The stop button saves a checkpoint before stopping. {then}
         LOAD_SETTINGS,
         md(f"## Train {stage}\n\nThis session's plan, progress bar, log lines and the loss curve below; the "
            "last line says where the final checkpoint is."),
-        code(f'final = ws.train("{stage}", then_next=CONTINUE_STAGES)'),
+        code(f'final = ws.train("{stage}", then_next=CONTINUE_STAGES, take_over=TAKE_OVER)'),
         *RELEASE,
     ]
 

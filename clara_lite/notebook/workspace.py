@@ -38,6 +38,7 @@ from ..serve.paper import SOURCE as PAPER_SOURCE
 from ..serve.paper import paper_scores
 from ..serve.report import markdown_table
 from ..train.launch import train
+from ..train.lock import RunLocked
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
 from . import colab
@@ -228,13 +229,16 @@ class Workspace:
         if png.is_file():
             display(Image(filename=str(png)))
 
-    def train(self, stage: str, then_next: bool = False) -> Path | None:
+    def train(self, stage: str, then_next: bool = False, take_over: bool = False) -> Path | None:
         """02-04: train ``stage`` of the run; resume from its newest checkpoint; show the loss curve.
         ``then_next``: go on with the following stages in this runtime (no new runtime, no reinstall).
+        ``take_over`` (``TAKE_OVER = True``): take the run's lock from a runtime that is gone but whose heartbeat
+        is still fresh (a reconnect within 10 minutes of a disconnect); recorded in run.json.
 
-        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
+        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on)
+        or locked by another runtime (what to do is printed).
         """
-        final = self._train_one(stage)
+        final = self._train_one(stage, take_over)
         if not then_next or final is None:
             return final
         for later in ORDER[ORDER.index(get_stage(stage).name) + 1:]:
@@ -244,7 +248,7 @@ class Workspace:
                 return None
         return final
 
-    def _train_one(self, stage: str) -> Path | None:
+    def _train_one(self, stage: str, take_over: bool = False) -> Path | None:
         stage = get_stage(stage)
         run = self.run
         status = run.stage_status(stage.name)
@@ -260,7 +264,10 @@ class Workspace:
             try:
                 # the model's settings are run.json's (saved once by 00_setup): only training options travel
                 train(self.root, stage.name, data=str(self.data_folder / stage.data_file),
-                      train_options=settings.train_options(stage.name))
+                      train_options=settings.train_options(stage.name), take_over=take_over)
+            except RunLocked as locked:  # a reconnect finds the old runtime's fresh heartbeat: say what to do
+                print(lock_advice(locked))
+                return None
             except TrainingInterrupted as stop:
                 print(stop)
                 self.show_loss_curve(stage.name)
@@ -418,6 +425,33 @@ class Workspace:
         if download and not colab.offer_download(path):
             print("(outside Colab: no browser download; the zip is at the path above)")
         return path
+
+
+def lock_advice(locked: RunLocked) -> str:
+    """A locked run in notebook terms: which runtime holds it, since when, when it goes stale, what to set."""
+    holder = locked.holder
+    if holder is None:
+        return f"{locked}"
+    stage = f" training {holder['stage']}" if holder.get("stage") else ""
+    beat = f"its last sign of life (heartbeat) was {_minutes(locked.heartbeat_age)} ago"
+    if locked.alive_here:
+        return (f"This run is in use by another notebook in this same runtime (process {holder.get('pid')}){stage}, "
+                f"since {holder.get('since')}; {beat}. Stop that notebook first (its stop button, or Runtime > "
+                "Interrupt execution), then run this cell again. TAKE_OVER cannot take a run from a process that "
+                "is still running here.")
+    when = "any moment" if locked.stale_in <= 0 else f"in {_minutes(locked.stale_in)}"
+    return (f"This run is in use by another Colab runtime (host {holder.get('host')!r}, process {holder.get('pid')})"
+            f"{stage}, since {holder.get('since')}; {beat}, so its lock counts as stale {when} and Run all then "
+            "continues by itself.\n"
+            "- If that runtime is gone (you are reconnecting after a disconnect, or closed its tab): set "
+            "TAKE_OVER = True in the parameters cell and Run all again; training continues from the newest checkpoint "
+            "on Drive, and the take-over is recorded in run.json.\n"
+            "- If it still runs (another tab or browser): leave it, or stop it there first. Two runtimes training one "
+            "run overwrite each other's checkpoints.")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _show(markdown: str, chart: Path) -> None:
