@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.clara-installed
 
-.PHONY: demo test test-colab lint wheel clean-venv
+.PHONY: demo test test-colab lint wheel bundle clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,10 +59,16 @@ $(COLAB_STAMP): pyproject.toml Makefile $(COLAB_CONSTRAINTS)
 test-colab: $(COLAB_STAMP)
 	$(COLAB_PY) -m pytest -q $(COLAB_TESTS)
 
-# dist/clara_lite-<version>-py3-none-any.whl: put it into MyDrive/clara_lite/wheels/ and the Colab notebooks
-# install it first (`clara-lite bundle` writes it into <drive>/wheels directly)
-wheel: $(STAMP)
-	$(PY) -m clara_lite.cli bundle --out dist
+# Neither needs .venv: any python3 (3.10+) with pip; clara_lite.core.source uses the standard library only.
+# dist/clara_lite-<version>-py3-none-any.whl: the Colab notebooks install it first from MyDrive/clara_lite/ or
+# MyDrive/clara_lite/wheels/.
+wheel:
+	PYTHONPATH=. $(PYTHON) -m clara_lite.core.source wheel dist
+
+# A Drive-ready folder (the six notebooks, the wheel, START_HERE.md): drag it into Drive as MyDrive/clara_lite.
+DRIVE ?= bundle/clara_lite
+bundle:
+	PYTHONPATH=. $(PYTHON) -m clara_lite.core.source bundle "$(DRIVE)"
 
 clean-venv:
 	rm -rf $(VENV) $(COLAB_VENV)

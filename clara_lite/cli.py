@@ -28,7 +28,6 @@ from .model.inputs import add_special_tokens
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
 from .model.stages import ALL, ORDER, get_stage
-from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
 from .pipeline.questions import load_questions
@@ -133,11 +132,7 @@ def _export(args) -> int:
 
 
 def _bundle(args) -> int:
-    out = args.out or drive_root(mount=False) / source.WHEELS_DIR
-    wheel = source.build_wheel(out)
-    print(f"{wheel} ({wheel.stat().st_size / 1e3:.0f} kB). In Colab the notebooks install it first when it is in "
-          f"MyDrive/clara_lite/{source.WHEELS_DIR}/ (Google Drive for desktop syncs a local Drive folder: "
-          f"`clara-lite bundle --out '<your Drive>/clara_lite/{source.WHEELS_DIR}'`).")
+    print(source.bundle_note(source.bundle(args.drive)))
     return 0
 
 
@@ -233,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, help="zip to write (default: exports/<run>-<stage>.zip beside runs/)")
     x.set_defaults(func=_export)
 
-    b = sub.add_parser("bundle", help="build this checkout's wheel into <drive>/wheels, where Colab installs it from")
-    b.add_argument("--out", default=None, help="folder for the wheel (default: $CLARA_DRIVE/wheels or ./drive/wheels)")
+    b = sub.add_parser("bundle", help="write a Drive-ready folder: the six notebooks, this checkout's wheel beside "
+                       f"them and {source.START_HERE} (drag it into Google Drive as MyDrive/clara_lite)")
+    b.add_argument("--drive", default="bundle/clara_lite", metavar="DIR",
+                   help="the folder to write (default: bundle/clara_lite; a Google Drive for desktop folder works)")
     b.set_defaults(func=_bundle)
 
     a = sub.add_parser("ask", help="answer a question from documents or an index with a saved model (zip or folder)")

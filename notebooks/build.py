@@ -46,10 +46,14 @@ def code(text: str, *tags: str) -> dict:
 # Every notebook starts with these two cells. A fresh Colab runtime has nothing, so the first one gets
 # clara_lite itself (the only logic a cell holds: clara_lite cannot install itself before it exists).
 DRIVE_DEFAULT = f"{MOUNT_POINT}/{COLAB_ROOT}"
+# the package index only once its name is ours (source.INDEX_NAME_OURS), and then with its dependencies
+INDEX = source.index_requirement() if source.INDEX_NAME_OURS else ""
+ORDER = "[*wheels, git, index]" if INDEX else "[*wheels, git]"
+NO_DEPS = '*(["--no-deps"] if source != index else [])' if INDEX else '"--no-deps"'
 BOOTSTRAP = code(f'''
-# Colab: mount Drive, then install clara_lite {__version__} from the first source that works: a wheel in
-# <Drive>/clara_lite/{source.WHEELS_DIR}/ (`make wheel` or `clara-lite bundle` on your computer), git tag {source.tag()},
-# the package index. A no-op when this runtime has it already, and outside Colab when it is installed.
+# Colab: mount Drive, then install clara_lite {__version__} from the first source that works: the wheel beside
+# this notebook in MyDrive/clara_lite/ (or its {source.WHEELS_DIR}/; `clara-lite bundle` on your computer), git tag {source.tag()}{", the package index" if INDEX else ""}.
+# A no-op when this runtime has it already, and outside Colab when it is installed.
 import importlib.metadata
 import os
 import subprocess
@@ -64,16 +68,16 @@ if "google.colab" in sys.modules and not os.environ.get("{DRIVE_ENV}"):
 DRIVE = Path(os.environ.get("{DRIVE_ENV}", "{DRIVE_DEFAULT}"))
 ready = "{__version__}" in [d.version for d in importlib.metadata.distributions(name="{source.DIST}")]
 git = "git+" + os.environ.get("{source.GIT_ENV}", "{source.git_url()}") + "@{source.tag()}"
-wheels = sorted(str(p) for p in (DRIVE / "{source.WHEELS_DIR}").glob("{source.wheel_glob()}"))[-1:]
-for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else [*wheels, git, "{source.index_requirement()}"]:
-    print(f"pip install {{source}}", flush=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source], capture_output=True, text=True)
+wheels = [str(w) for d in (DRIVE, DRIVE / "{source.WHEELS_DIR}") for w in sorted(d.glob("{source.wheel_glob()}"))][:1]
+{f'index = "{INDEX}"{chr(10)}' if INDEX else ""}for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else {ORDER}:
+    print(f"pip install {{source}}", flush=True)  # its dependencies: the next cell (never torch)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", {NO_DEPS}, source], capture_output=True, text=True)
     if pip.returncode == 0:
         break
     print(f"{{pip.stdout}}{{pip.stderr}}-> not from {{source}}", flush=True)
 else:
     if not ready:
-        raise RuntimeError("clara_lite {__version__} could not be installed (pip's messages above). Next: on your computer run `make wheel` in a clara_lite checkout (or `clara-lite bundle`) and put the wheel into MyDrive/clara_lite/{source.WHEELS_DIR}/, then run this cell again; or set CLARA_SOURCE to a pip requirement you can reach, e.g. git+https://github.com/<you>/clara_lite.git@{source.tag()}")
+        raise RuntimeError("clara_lite {__version__} could not be installed (pip's messages above). Next: on your computer, in a clara_lite checkout (a zip of the repository is enough), run `make bundle` and put the folder bundle/clara_lite into Google Drive as MyDrive/clara_lite (its START_HERE.md says how), then run this cell again; or set CLARA_SOURCE to a pip requirement you can reach, e.g. git+https://github.com/<you>/clara_lite.git@{source.tag()}")
 ''', "bootstrap")
 
 SETUP = code('''
@@ -155,9 +159,9 @@ installs clara_lite and what Colab lacks (never torch), a line per step, asks fo
 and shows how a GPU would train them.
 
 **Needs:** a Colab runtime of any kind: this notebook and 01_data train nothing, so they ask Colab for
-no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from a wheel in
-`MyDrive/clara_lite/wheels/` when you put one there (`make wheel` or `clara-lite bundle` on your
-computer), else from the git tag of this notebook's version. Or a local Jupyter with clara_lite
+no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from the wheel beside this notebook in
+`MyDrive/clara_lite/` (`make bundle` or `clara-lite bundle --drive DIR` on your computer writes that
+folder: the six notebooks, the wheel, START_HERE.md), else from the git tag of this notebook's version. Or a local Jupyter with clara_lite
 installed, where "Drive" is the folder `$CLARA_DRIVE` (default `./drive`) and nothing is installed.
 
 **Takes:** 1–3 min in a fresh runtime, CPU, T4 or A100 alike (pip installs); seconds when run again in
