@@ -179,7 +179,9 @@ in 02 `CONTINUE_STAGES = True` trains all three stages in one runtime.
 
 Fill in the form and click **Save settings**: they go into `<drive>/runs/<run>/run.json`, and every
 later notebook (and every new runtime) reads them from there. An existing run's settings are shown,
-not asked again; for different settings choose a new run name. Without widgets (a headless run)
+not asked again; for different settings choose a new run name. Only its hardware settings (4-bit,
+micro-batch, accumulation, gradient checkpointing, attention) may change: in the form shown for it, or
+in the parameters below. Without widgets (a headless run)
 set `USE_FORM = False`: the values below are saved as they are.
 """),
         code('''
@@ -194,7 +196,8 @@ STAGE2_STEPS = 40
 STAGE3_STEPS = 30
 EPOCHS = None
 SAVE_MINUTES = None  # checkpoint to Drive this often
-# not in the form
+# not in the form; the hardware ones (QUANTIZATION ... ATTENTION) may change for an existing run: each training
+# session plans them again (the next one uses what is saved here)
 LORA_R = None
 MAX_DECODER_LENGTH = None  # decoder prompt + answer tokens kept
 QUANTIZATION = "auto"  # "auto": each session's plan (4-bit only when the model would not fit); "4bit", "8bit", "none"
@@ -202,6 +205,8 @@ SAVE_STEPS = None  # also checkpoint every N steps
 LOG_STEPS = None
 MICRO_BATCH_SIZE = None  # None: from the hardware plan
 GRAD_ACCUM_STEPS = None
+GRADIENT_CHECKPOINTING = None  # None: from the hardware plan; True: less memory, slower steps
+ATTENTION = None  # None: from the hardware plan; "sdpa", "eager" or "flash_attention_2"
 LR = None  # None: each stage's own (1e-4 for stage1/2, 5e-6 for stage3)
 USE_FORM = True  # False: save the values above without asking
 ''', "parameters"),
@@ -211,7 +216,7 @@ settings = nb.choose_settings(env.drive, nb.Settings(
     generation_top_k=TOP_K, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, stage3_steps=STAGE3_STEPS,
     epochs=EPOCHS, save_minutes=SAVE_MINUTES, lora_r=LORA_R, max_decoder_length=MAX_DECODER_LENGTH,
     quantization=QUANTIZATION, save_steps=SAVE_STEPS, log_steps=LOG_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
-    grad_accum_steps=GRAD_ACCUM_STEPS, lr=LR,
+    grad_accum_steps=GRAD_ACCUM_STEPS, gradient_checkpointing=GRADIENT_CHECKPOINTING, attention=ATTENTION, lr=LR,
 ), interactive=USE_FORM)
 '''),
         md("## 3. Hardware profile and plan\n\nDevice, precision, attention, 4-bit or not, batch and expected "

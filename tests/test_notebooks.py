@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -366,3 +367,41 @@ def test_settings_form_saves_what_was_typed_and_an_existing_run_is_not_asked_aga
     again = nb.choose_settings(tmp_path, nb.Settings(base_model="qwen2.5-1.5b"), interactive=False)
     assert again == saved  # '' = the current run; its run.json wins
     assert "Not applied (run.json wins for an existing run): base_model" in capsys.readouterr().out
+
+
+def test_hardware_settings_change_for_an_existing_run_and_the_next_session_uses_them(tmp_path, capsys):
+    import ipywidgets
+
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(
+        run_name="hw", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, stage1_steps=2,
+        stage2_steps=2, save_steps=2, log_steps=1, micro_batch_size=2, grad_accum_steps=1, lr=1e-3))
+    ws = nb.Workspace(drive, settings)
+    ws.prepare_data("example")
+    assert ws.train("stage1") is not None
+    # 00_setup again, its parameters cell asking for other hardware settings (and another base model)
+    asked = nb.Settings(run_name="hw", base_model="qwen2.5-1.5b", quantization="none", micro_batch_size=1,
+                        grad_accum_steps=2, gradient_checkpointing=True, attention="eager")
+    saved = nb.choose_settings(drive, asked, interactive=False)
+    shown = capsys.readouterr().out
+    assert "Not applied (run.json wins for an existing run): base_model" in shown
+    assert "Changed for this run" in shown and "micro_batch_size 2 -> 1" in shown
+    assert (saved.quantization, saved.micro_batch_size, saved.gradient_checkpointing, saved.attention) == \
+        ("none", 1, True, "eager")
+    with pytest.raises(nb.SettingsError, match="only quantization, micro_batch_size"):
+        nb.save_settings(drive, replace(saved, compr_rate=8))  # what changes results stays
+    assert nb.Workspace.open(drive).train("stage2") is not None
+    record = json.loads((drive / "runs" / "hw" / "run.json").read_text())
+    assert record["model"]["quantization"] == "none"
+    last = record["sessions"][-1]["training"]
+    assert (last["micro_batch_size"], last["grad_accum_steps"], last["gradient_checkpointing"],
+            last["attn_implementation"]) == (1, 2, True, "eager")
+    assert record["stages"]["stage2"]["train"]["rows_per_step"] == 2
+    # the form an existing run shows: its hardware settings only
+    form = nb.choose_settings(drive, nb.Settings(run_name="hw"), interactive=True)
+    assert form == nb.saved_settings(drive, "hw")
+    widget = __import__("clara_lite.notebook.widgets", fromlist=["hardware_form"]).hardware_form(drive, form)
+    boxes = {w.description: w for w in widget.children if isinstance(w, ipywidgets.ValueWidget)}
+    boxes["attention"].value = "sdpa"
+    next(w for w in widget.children if isinstance(w, ipywidgets.Button)).click()
+    assert nb.saved_settings(drive, "hw").attention == "sdpa"

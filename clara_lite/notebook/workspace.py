@@ -272,8 +272,8 @@ class Workspace:
                 print(stop)
                 self.show_loss_curve(stage.name)
                 return None
-            except OutOfMemory as oom:  # what to change, not a traceback
-                print(oom)
+            except OutOfMemory as oom:  # what to change, as 00_setup's parameters, not a traceback
+                print(oom.notebook_advice)
                 return None
         self.show_loss_curve(stage.name)
         final = self.layout.final(stage.name)
