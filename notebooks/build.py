@@ -101,8 +101,10 @@ TAKE_OVER = False  # True: take the run over from a runtime that is gone (reconn
 RELEASE = (
     md("## Done: release the GPU\n\nColab counts the time a GPU runtime is held, used or not. Everything "
        "is on Drive: *Runtime > Disconnect and delete runtime* (or `RELEASE_RUNTIME = True` above) gives it back; "
-       "the next notebook continues from Drive in any runtime."),
-    code("colab.release_runtime(RELEASE_RUNTIME)"),
+       "the next notebook continues from Drive in any runtime. With `RELEASE_RUNTIME = True` the newest "
+       "checkpoints and the exported zip are checked and Drive is flushed first; the stop button (or a stopped "
+       "training) keeps the runtime."),
+    code("ws.release(RELEASE_RUNTIME)"),
 )
 
 LOAD_SETTINGS = code("ws = nb.Workspace.open(env.drive, RUN_NAME)")

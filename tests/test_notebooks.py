@@ -405,3 +405,63 @@ def test_hardware_settings_change_for_an_existing_run_and_the_next_session_uses_
     boxes["attention"].value = "sdpa"
     next(w for w in widget.children if isinstance(w, ipywidgets.Button)).click()
     assert nb.saved_settings(drive, "hw").attention == "sdpa"
+
+
+@pytest.fixture
+def colab_release(fake_colab, monkeypatch):
+    """The pretend Colab of ``fake_colab`` with Drive mounted, ``drive.flush_and_unmount`` and
+    ``runtime.unassign`` recorded in one list (their order is the point)."""
+    colab, _, _, _ = fake_colab
+    events = []
+    fake = sys.modules["google.colab"]
+    fake.drive.flush_and_unmount = lambda: events.append("flush")
+    fake.runtime = types.SimpleNamespace(unassign=lambda: events.append("unassign"))
+    (Path(colab.MOUNT_POINT) / "MyDrive").mkdir(parents=True)
+    monkeypatch.setattr(colab, "RELEASE_GRACE_S", 0.0)
+    return colab, fake, events
+
+
+def test_release_checks_what_is_on_drive_flushes_it_then_releases(colab_release, tmp_path, capsys):
+    from clara_lite.core.layout import write_manifest
+
+    colab, _, events = colab_release
+    drive = colab.drive_root()
+    ws = nb.Workspace(drive, nb.save_settings(drive, nb.Settings(run_name="rel")))
+    step = ws.layout.checkpoints("stage1") / "step-000002"
+    step.mkdir(parents=True)
+    (step / "adapters.safetensors").write_bytes(b"weights")
+    write_manifest(step)
+    (drive / "exports").mkdir()
+    with __import__("zipfile").ZipFile(drive / "exports" / "rel-stage1.zip", "w") as z:
+        z.writestr("config.json", "{}")
+    checked = []
+    assert colab.release_runtime(True, check=lambda: checked.append(list(events)) or ws.saved_problems())
+    assert checked == [[]] and events == ["flush", "unassign"]  # checked while readable, flushed, then released
+    assert "Drive is up to date" in capsys.readouterr().out
+    # a checkpoint that does not match its manifest, a zip cut short: nothing is flushed or released
+    events.clear()
+    (step / "adapters.safetensors").write_bytes(b"weights, torn")
+    (drive / "exports" / "rel-stage1.zip").write_bytes(b"PK\x03\x04 cut short")
+    assert not ws.release(True) and events == []
+    shown = capsys.readouterr().out
+    assert "runs/rel/stage1/checkpoints/step-000002: adapters.safetensors has" in shown
+    assert "exports/rel-stage1.zip does not read back" in shown
+
+
+def test_the_stop_button_cancels_the_release(colab_release, monkeypatch, capsys):
+    colab, fake, events = colab_release
+
+    def stop_pressed(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(colab.time, "sleep", stop_pressed)  # during the seconds to change one's mind
+    assert not colab.release_runtime(True) and events == ["flush"]
+    assert "Release cancelled (stop pressed)" in capsys.readouterr().out
+    fake.drive.flush_and_unmount = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # stop while it flushes
+    assert not colab.release_runtime(True) and "unassign" not in events
+    # training stopped in this runtime (the stop button during ws.train): no release, not even a flush
+    events.clear()
+    assert not colab.release_runtime(True, stopped="stage1 was stopped before its final checkpoint")
+    assert events == [] and "Not releasing this runtime: stage1 was stopped" in capsys.readouterr().out
+    fake.drive.flush_and_unmount = lambda: (_ for _ in ()).throw(ValueError("Drive timed out"))
+    assert not colab.release_runtime(True) and "Drive could not be flushed (Drive timed out)" in capsys.readouterr().out

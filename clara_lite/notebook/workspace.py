@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig
-from ..core.layout import RunLayout, write_json
+from ..core.layout import EXPORTS_DIR, KIND_CHECKPOINT, RunLayout, step_folders, verify, write_json
 from ..model.data import DataError, read_jsonl, validate_file
 from ..model.evaluation import evaluate_model
 from ..model.modeling import ClaraModel
@@ -68,6 +69,7 @@ class Workspace:
         self.settings = settings
         self.root = run_dir(self.drive, settings.run_name)
         self.layout = RunLayout(self.root)
+        self.stopped = ""  # why training stopped in this runtime (the release is then cancelled)
 
     @classmethod
     def open(cls, drive: str | Path, run_name: str = "") -> Workspace:
@@ -267,13 +269,16 @@ class Workspace:
                       train_options=settings.train_options(stage.name), take_over=take_over)
             except RunLocked as locked:  # a reconnect finds the old runtime's fresh heartbeat: say what to do
                 print(lock_advice(locked))
+                self.stopped = "another runtime holds the run"
                 return None
             except TrainingInterrupted as stop:
                 print(stop)
+                self.stopped = f"{stage.name} was stopped before its final checkpoint"
                 self.show_loss_curve(stage.name)
                 return None
             except OutOfMemory as oom:  # what to change, as 00_setup's parameters, not a traceback
                 print(oom.notebook_advice)
+                self.stopped = f"{stage.name} ran out of GPU memory"
                 return None
         self.show_loss_curve(stage.name)
         final = self.layout.final(stage.name)
@@ -425,6 +430,34 @@ class Workspace:
         if download and not colab.offer_download(path):
             print("(outside Colab: no browser download; the zip is at the path above)")
         return path
+
+
+    # ------------------------------------------------------------------- the end of a notebook
+
+    def saved_problems(self) -> list[str]:
+        """What on Drive is not complete: each stage's newest checkpoint (or its final) against its manifest,
+        this run's exported zips (read through). [] when all is in order."""
+        problems = []
+        for name in ORDER:
+            final = self.layout.final(name)
+            steps = step_folders(self.layout.checkpoints(name))
+            newest = final if final.is_dir() else (steps[-1][1] if steps else None)
+            if newest is not None and (why := verify(newest, KIND_CHECKPOINT)):
+                problems.append(f"{self._relative(newest)}: {why}")
+        for path in sorted((self.drive / EXPORTS_DIR).glob(f"{self.settings.run_name}-*.zip")):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+            except (OSError, zipfile.BadZipFile) as err:
+                bad = str(err)
+            if bad:
+                problems.append(f"{self._relative(path)} does not read back ({bad})")
+        return problems
+
+    def release(self, release: bool = True) -> bool:
+        """The last cell: give the runtime back once what is on Drive is complete and flushed
+        (:func:`clara_lite.notebook.colab.release_runtime`); not when training was stopped in this runtime."""
+        return colab.release_runtime(release, check=self.saved_problems, stopped=self.stopped)
 
 
 def lock_advice(locked: RunLocked) -> str:
