@@ -299,6 +299,13 @@ def test_merged_prefix_cached_batched_decoding_answers_like_the_model(memory_spa
         assert batched.texts == reference
     lora = sum("lora_" in n for n, _ in model.lm.named_parameters())
     assert lora > 0 and not any("lora_" in n for n, _ in ServingDecoder(model).lm.named_parameters())
+    # a merged copy only when the (GPU's) free memory holds it; otherwise unmerged, the same answers, and said so
+    size = sum(p.numel() * p.element_size() for p in model.causal_lm.parameters())
+    roomy, tight = ServingDecoder(model, free_bytes=2 * size), ServingDecoder(model, free_bytes=size)
+    assert roomy.merged and "merged into a serving copy" in roomy.how
+    assert not tight.merged and "unmerged: no room for a merged copy" in tight.how and tight.lm is model.causal_lm
+    assert tight.generate(QUESTIONS, per_q, 2, 10).texts == reference
+    assert "on cpu" in ServingDecoder(model).how  # a CPU: always merged
 
 
 # --------------------------------------------------------------------------- large pools

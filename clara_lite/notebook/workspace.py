@@ -355,6 +355,7 @@ class Workspace:
         if not questions:
             print(f"No questions: set QUESTIONS, or add {HELDOUT}.jsonl to the data folder")
             return []
+        print(f"({index.decoder.how})")  # a merged copy only when the GPU has room for it
         answers = index.ask_many(questions, self.settings.generation_top_k, max_new_tokens=max_new_tokens)
         for one in answers:
             print(f"Q: {one.question}\nA: {one.text}")
