@@ -158,7 +158,7 @@ NOTEBOOKS: dict[str, list[dict]] = {
         intro("00_setup", "clara_lite 0 · Set up", """
 Prepares the runtime and the run: mounts Google Drive (first: Colab asks for permission once),
 installs clara_lite and what Colab lacks (never torch), a line per step, asks for the run's settings
-and shows how a GPU would train them.
+and shows this runtime's hardware plan for them (each training notebook plans again for the GPU it gets).
 
 **Needs:** a Colab runtime of any kind: this notebook and 01_data train nothing, so they ask Colab for
 no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from the wheel beside this notebook in
@@ -171,7 +171,8 @@ the same runtime (the setup is then a no-op). The settings are the same for smol
 qwen2.5-1.5b; only the plan differs (qwen2.5-1.5b: ~5.5 GB on a T4 in fp16 with gradient
 checkpointing, no 4-bit needed). Each training session plans again for the GPU it gets.
 
-Then: `01_data` (same runtime) → `02_stage1` (a GPU runtime) → `03_stage2` → `04_stage3` → `05_inference`;
+Then: `01_data` → `02_stage1` (a GPU runtime) → `03_stage2` → `04_stage3` → `05_inference`; each notebook
+opens in a runtime of its own, so its first cells install again (1–3 min);
 in 02 `CONTINUE_STAGES = True` trains all three stages in one runtime.
 """),
         md("## 1. Environment"),
@@ -224,7 +225,8 @@ settings = nb.choose_settings(env.drive, nb.Settings(
         md("## 3. Hardware profile and plan\n\nDevice, precision, attention, 4-bit or not, batch and expected "
            "memory, each with its reason, for this runtime. Training plans again on the GPU it runs on."),
         code("nb.show_plan(settings)"),
-        md("Next: **01_data**, in this same runtime (nothing to install again)."),
+        md("Next: **01_data**. Colab opens each notebook in a runtime of its own: its first two cells install "
+           "clara_lite again there (1–3 min); the run's settings come from Drive."),
     ],
     "01_data": [
         intro("01_data", "clara_lite 1 · Data", """
@@ -260,8 +262,8 @@ DATA_LINK = ""  # "link": Drive share link or URL of a documents zip/folder, a d
 ''', "parameters"),
         LOAD_SETTINGS,
         code("""
-ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, limit=DATASET_LIMIT,
-                long_answer=LONG_ANSWER, link=DATA_LINK)
+settings = ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, limit=DATASET_LIMIT,
+                           long_answer=LONG_ANSWER, link=DATA_LINK)
 """),
         md("## Validate\n\nEvery line of every file is checked; a bad row stops here, not hours into training."),
         code("reports = ws.check_data()"),
@@ -377,8 +379,10 @@ and `COMPRESSION` in the parameters above. Only the checkpoint's files are downl
 MB), then its base model `mistralai/Mistral-7B-Instruct-v0.2` (~14 GB, gated: accept its license on
 huggingface.co, then add your token as `HF_TOKEN` in Colab's Secrets, the key icon, with notebook access).
 On a T4 the plan loads it in 4-bit (~5 GB of GPU memory). Questions and documents: `QUESTIONS` and
-`POOL` above, else a few of the example documents. No run of your own? Run the first two cells, then
-this section (select its first cell, *Runtime > Run cell and below*).
+`POOL` above (a folder of PDF, DOCX, PPTX, HTML, Markdown or text files, or a JSONL), else a few of the
+example documents. It needs a GPU runtime (T4 or better): without one it says so and loads nothing. No run
+of your own? Run the first two cells and the *Run and inputs* cell (its parameters), then this section
+(select its first cell, *Runtime > Run cell and below*).
 """),
         code("""
 official = nb.official_model(OFFICIAL_MODEL, COMPRESSION)  # None while OFFICIAL_MODEL = ""

@@ -155,6 +155,11 @@ def test_settings_round_trip_and_options(tmp_path):
     assert saved.train_options("stage1") == {"max_steps": 40, "epochs": 2.0, "save_steps": 3}  # the rest: defaults
     assert saved.train_options("stage2")["epochs"] == 2.0 and "max_steps" not in saved.train_options("stage2")
     assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
+    table = dict(line.split(None, 1) for line in saved.format().splitlines())  # the values, not "(default)"
+    assert table["compr_rate"] == "4" and table["lora_r"] == str(ClaraConfig().lora_r)  # saved: every value
+    assert f"lora_r                 {ClaraConfig().lora_r} (default)" in nb.Settings().format()
+    assert table["micro_batch_size"] == "(the hardware plan)" and table["lr"] == "(each stage's own)"
+    assert table["data_dir"] == "(not set)" and table["save_steps"] == "3"
     record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
     assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
     explicit = nb.save_settings(tmp_path / "q", nb.Settings(run_name="q", quantization="none"))

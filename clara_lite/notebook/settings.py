@@ -128,7 +128,23 @@ class Settings:
         return cls(**data)
 
     def format(self) -> str:
-        return "\n".join(f"{k:<22} {'(default)' if v is None else v}" for k, v in self.to_dict().items())
+        """One line per setting, unset ones with the value they stand for (from the field's one home)."""
+        model, lines = ClaraConfig(**self.model_options()), []
+        for k, v in self.to_dict().items():
+            f = _field(k)
+            if v is not None:
+                shown = v
+            elif f.metadata.get("model"):
+                shown = f"{getattr(model, k)} (default)"
+            elif k in TrainConfig.HARDWARE_KEYS:
+                shown = "(the hardware plan)"
+            elif f.metadata.get("train"):
+                default = next(t.default for t in fields(TrainConfig) if t.name == k)
+                shown = "(each stage's own)" if default is None else f"{default} (default)"
+            else:
+                shown = "(not set)"
+            lines.append(f"{k:<22} {shown}")
+        return "\n".join(lines)
 
 
 def _field(name: str):

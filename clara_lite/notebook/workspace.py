@@ -10,6 +10,7 @@ method: choose and check the data (01), train a stage (02-04), load, ask, evalua
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import zipfile
@@ -340,6 +341,11 @@ class Workspace:
         try:
             index = ClaraIndex.load(path, model)
             print(f"Reusing the index {path}: {len(index.chunks)} chunks")
+            readable = sorted({s["needs"] for s in index.info()["skipped"]
+                               if s.get("needs") and importlib.util.find_spec(s["needs"]) is not None})
+            if readable and pool:  # skipped for want of a reader that is installed now: add them
+                print(f"Adding the documents skipped before ({', '.join(readable)} is installed now)")
+                index.add(source)
         except (FileNotFoundError, ValueError):
             print(f"Building the index {path} (once; saved on Drive)")
             index = ClaraIndex.build(path, model, source)

@@ -6,11 +6,14 @@ with a query reasoner (stage3) retrieves the top-k documents, others read every 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.modeling import ClaraModel
-from .documents import jsonl_documents
+from .documents import document_text, documents_from, jsonl_documents, skip_entry
+
+log = logging.getLogger(__name__)
 
 MAX_DOCS_WITHOUT_RETRIEVER = 16
 
@@ -28,21 +31,29 @@ def load(path, **kwargs) -> ClaraModel:
 
 
 def read_docs(path) -> list[str]:
-    """Documents from a folder of .txt/.md files (one each, by name, as written) or a JSONL file in
-    any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON
-    string, training rows' docs). Repeats dropped.
+    """Documents from a folder (recursively, by name, one each: .txt/.md as written; PDF, DOCX, PPTX, HTML
+    through the index's readers, a file whose reader is missing skipped with the package to install) or a
+    JSONL file in any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``,
+    a JSON string, training rows' docs). Repeats dropped.
 
     >>> read_docs("data/stage3.jsonl")[:1]  # doctest: +SKIP
     ['Ada lives in Paris.']
     """
     path = Path(path)
-    if path.is_dir():
-        docs = [p.read_text(encoding="utf-8") for p in sorted(path.iterdir())
-                if p.is_file() and p.suffix.lower() in (".txt", ".md")]
+    if path.is_dir():  # .txt/.md as written; PDF, DOCX, PPTX, HTML through the index's readers
+        docs = []
+        for doc in documents_from(path):
+            if doc.path.suffix.lower() in (".txt", ".md"):
+                docs.append(doc.path.read_text(encoding="utf-8"))
+                continue
+            try:
+                docs.append(document_text(doc.pages()))
+            except Exception as err:  # unreadable, or its reader not installed: said, and the others read
+                log.warning("skipped %s: %s", doc.source, skip_entry(doc, err)["reason"])
     elif path.is_file():
         docs = [d.text for d in jsonl_documents(path)]
     else:
-        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of .txt/.md files)")
+        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of documents)")
     docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))
     if not docs:
         raise ValueError(f"no documents in {path}")
