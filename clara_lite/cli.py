@@ -28,7 +28,6 @@ from .model.inputs import add_special_tokens
 from .model.modeling import ClaraModel
 from .model.size import model_params_b
 from .model.stages import ALL, ORDER, get_stage
-from .notebook.colab import drive_root
 from .pipeline.chunk import load_tokenizer
 from .pipeline.commands import add_data_commands
 from .pipeline.questions import load_questions
@@ -116,7 +115,8 @@ def _train(args) -> int:
     try:
         results = train(args.run_dir, stage, data=args.data, data_dir=data_dir,
                         model_options=given(args, ClaraConfig), train_options=given(args, TrainConfig),
-                        recipe=recipe, init_from=args.init_from, base_path=args.base_path)
+                        recipe=recipe, init_from=args.init_from, base_path=args.base_path,
+                        take_over=args.take_over)
     except TrainingInterrupted as stop:  # a checkpoint is saved: rerun to resume
         log.warning("%s", stop)
         return stop.exit_status
@@ -141,11 +141,7 @@ def _export(args) -> int:
 
 
 def _bundle(args) -> int:
-    out = args.out or drive_root(mount=False) / source.WHEELS_DIR
-    wheel = source.build_wheel(out)
-    print(f"{wheel} ({wheel.stat().st_size / 1e3:.0f} kB). In Colab the notebooks install it first when it is in "
-          f"MyDrive/clara_lite/{source.WHEELS_DIR}/ (Google Drive for desktop syncs a local Drive folder: "
-          f"`clara-lite bundle --out '<your Drive>/clara_lite/{source.WHEELS_DIR}'`).")
+    print(source.bundle_note(source.bundle(args.drive)))
     return 0
 
 
@@ -227,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="folder with " + ", ".join(get_stage(s).data_file for s in ORDER))
     t.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
     t.add_argument("--init-from", default=None, help="start the stage from this saved model (dir or zip)")
+    t.add_argument("--take-over", action="store_true",
+                   help="take the run folder's lock from a trainer on another machine whose heartbeat is still fresh "
+                   "(its runtime is gone: a Colab disconnect); never from a process alive on this machine; "
+                   "recorded in run.json")
     add_flags(t.add_argument_group("model (fixed in run.json by the first stage)"), ClaraConfig)
     add_flags(t.add_argument_group("training (unset: the hardware plan / the stage's default)"), TrainConfig)
     t.set_defaults(func=_train)
@@ -242,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, help="zip to write (default: exports/<run>-<stage>.zip beside runs/)")
     x.set_defaults(func=_export)
 
-    b = sub.add_parser("bundle", help="build this checkout's wheel into <drive>/wheels, where Colab installs it from")
-    b.add_argument("--out", default=None, help="folder for the wheel (default: $CLARA_DRIVE/wheels or ./drive/wheels)")
+    b = sub.add_parser("bundle", help="write a Drive-ready folder: the six notebooks, this checkout's wheel beside "
+                       f"them and {source.START_HERE} (drag it into Google Drive as MyDrive/clara_lite)")
+    b.add_argument("--drive", default="bundle/clara_lite", metavar="DIR",
+                   help="the folder to write (default: bundle/clara_lite; a Google Drive for desktop folder works)")
     b.set_defaults(func=_bundle)
 
     a = sub.add_parser("ask", help="answer a question from documents or an index with a saved model (zip or folder)")

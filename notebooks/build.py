@@ -46,10 +46,14 @@ def code(text: str, *tags: str) -> dict:
 # Every notebook starts with these two cells. A fresh Colab runtime has nothing, so the first one gets
 # clara_lite itself (the only logic a cell holds: clara_lite cannot install itself before it exists).
 DRIVE_DEFAULT = f"{MOUNT_POINT}/{COLAB_ROOT}"
+# the package index only once its name is ours (source.INDEX_NAME_OURS), and then with its dependencies
+INDEX = source.index_requirement() if source.INDEX_NAME_OURS else ""
+ORDER = "[*wheels, git, index]" if INDEX else "[*wheels, git]"
+NO_DEPS = '*(["--no-deps"] if source != index else [])' if INDEX else '"--no-deps"'
 BOOTSTRAP = code(f'''
-# Colab: mount Drive, then install clara_lite {__version__} from the first source that works: a wheel in
-# <Drive>/clara_lite/{source.WHEELS_DIR}/ (`make wheel` or `clara-lite bundle` on your computer), git tag {source.tag()},
-# the package index. A no-op when this runtime has it already, and outside Colab when it is installed.
+# Colab: mount Drive, then install clara_lite {__version__} from the first source that works: the wheel beside
+# this notebook in MyDrive/clara_lite/ (or its {source.WHEELS_DIR}/; `clara-lite bundle` on your computer), git tag {source.tag()}{", the package index" if INDEX else ""}.
+# A no-op when this runtime has it already, and outside Colab when it is installed.
 import importlib.metadata
 import os
 import subprocess
@@ -64,16 +68,16 @@ if "google.colab" in sys.modules and not os.environ.get("{DRIVE_ENV}"):
 DRIVE = Path(os.environ.get("{DRIVE_ENV}", "{DRIVE_DEFAULT}"))
 ready = "{__version__}" in [d.version for d in importlib.metadata.distributions(name="{source.DIST}")]
 git = "git+" + os.environ.get("{source.GIT_ENV}", "{source.git_url()}") + "@{source.tag()}"
-wheels = sorted(str(p) for p in (DRIVE / "{source.WHEELS_DIR}").glob("{source.wheel_glob()}"))[-1:]
-for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else [*wheels, git, "{source.index_requirement()}"]:
-    print(f"pip install {{source}}", flush=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source], capture_output=True, text=True)
+wheels = [str(w) for d in (DRIVE, DRIVE / "{source.WHEELS_DIR}") for w in sorted(d.glob("{source.wheel_glob()}"))][:1]
+{f'index = "{INDEX}"{chr(10)}' if INDEX else ""}for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else {ORDER}:
+    print(f"pip install {{source}}", flush=True)  # its dependencies: the next cell (never torch)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", {NO_DEPS}, source], capture_output=True, text=True)
     if pip.returncode == 0:
         break
     print(f"{{pip.stdout}}{{pip.stderr}}-> not from {{source}}", flush=True)
 else:
     if not ready:
-        raise RuntimeError("clara_lite {__version__} could not be installed (pip's messages above). Next: on your computer run `make wheel` in a clara_lite checkout (or `clara-lite bundle`) and put the wheel into MyDrive/clara_lite/{source.WHEELS_DIR}/, then run this cell again; or set CLARA_SOURCE to a pip requirement you can reach, e.g. git+https://github.com/<you>/clara_lite.git@{source.tag()}")
+        raise RuntimeError("clara_lite {__version__} could not be installed (pip's messages above). Next: on your computer, in a clara_lite checkout (a zip of the repository is enough), run `make bundle` and put the folder bundle/clara_lite into Google Drive as MyDrive/clara_lite (its START_HERE.md says how), then run this cell again; or set CLARA_SOURCE to a pip requirement you can reach, e.g. git+https://github.com/<you>/clara_lite.git@{source.tag()}")
 ''', "bootstrap")
 
 SETUP = code('''
@@ -91,13 +95,16 @@ RUN_PARAMETER = code('''
 RUN_NAME = ""  # "" = the run set up last in 00_setup (<drive>/current_run.txt)
 CONTINUE_STAGES = False  # True: train the next stages too, in this runtime (no new runtime, no reinstall)
 RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
+TAKE_OVER = False  # True: take the run over from a runtime that is gone (reconnecting within 10 min of a disconnect)
 ''', "parameters")
 
 RELEASE = (
     md("## Done: release the GPU\n\nColab counts the time a GPU runtime is held, used or not. Everything "
        "is on Drive: *Runtime > Disconnect and delete runtime* (or `RELEASE_RUNTIME = True` above) gives it back; "
-       "the next notebook continues from Drive in any runtime."),
-    code("colab.release_runtime(RELEASE_RUNTIME)"),
+       "the next notebook continues from Drive in any runtime. With `RELEASE_RUNTIME = True` the newest "
+       "checkpoints and the exported zip are checked and Drive is flushed first; the stop button (or a stopped "
+       "training) keeps the runtime."),
+    code("ws.release(RELEASE_RUNTIME)"),
 )
 
 LOAD_SETTINGS = code("ws = nb.Workspace.open(env.drive, RUN_NAME)")
@@ -131,7 +138,9 @@ def stage_notebook(name: str, stage: str, title: str, what: str, needs: str, tim
 it continues from the newest checkpoint on Drive (checkpoints every `save_minutes`, set in 00_setup),
 on whichever GPU the new runtime has: precision, 4-bit, attention and micro-batch are planned again
 for it (a change that alters numerics is printed as a warning), the rows per step stay the same.
-The stop button saves a checkpoint before stopping. {then}
+Back within 10 minutes of a disconnect, the old runtime's lock may still look alive: the cell says
+which runtime holds it and until when; `TAKE_OVER = True` continues at once. The stop button saves a
+checkpoint before stopping. {then}
 """),
         *BOOT,
         md("## Run\n\nThe run's settings come from its `run.json` (saved by 00_setup), not from this notebook."),
@@ -139,7 +148,7 @@ The stop button saves a checkpoint before stopping. {then}
         LOAD_SETTINGS,
         md(f"## Train {stage}\n\nThis session's plan, progress bar, log lines and the loss curve below; the "
            "last line says where the final checkpoint is."),
-        code(f'final = ws.train("{stage}", then_next=CONTINUE_STAGES)'),
+        code(f'final = ws.train("{stage}", then_next=CONTINUE_STAGES, take_over=TAKE_OVER)'),
         *RELEASE,
     ]
 
@@ -149,12 +158,12 @@ NOTEBOOKS: dict[str, list[dict]] = {
         intro("00_setup", "clara_lite 0 · Set up", """
 Prepares the runtime and the run: mounts Google Drive (first: Colab asks for permission once),
 installs clara_lite and what Colab lacks (never torch), a line per step, asks for the run's settings
-and shows how a GPU would train them.
+and shows this runtime's hardware plan for them (each training notebook plans again for the GPU it gets).
 
 **Needs:** a Colab runtime of any kind: this notebook and 01_data train nothing, so they ask Colab for
-no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from a wheel in
-`MyDrive/clara_lite/wheels/` when you put one there (`make wheel` or `clara-lite bundle` on your
-computer), else from the git tag of this notebook's version. Or a local Jupyter with clara_lite
+no GPU (keep your GPU time for 02–05). A Google account for Drive. clara_lite comes from the wheel beside this notebook in
+`MyDrive/clara_lite/` (`make bundle` or `clara-lite bundle --drive DIR` on your computer writes that
+folder: the six notebooks, the wheel, START_HERE.md), else from the git tag of this notebook's version. Or a local Jupyter with clara_lite
 installed, where "Drive" is the folder `$CLARA_DRIVE` (default `./drive`) and nothing is installed.
 
 **Takes:** 1–3 min in a fresh runtime, CPU, T4 or A100 alike (pip installs); seconds when run again in
@@ -162,7 +171,8 @@ the same runtime (the setup is then a no-op). The settings are the same for smol
 qwen2.5-1.5b; only the plan differs (qwen2.5-1.5b: ~5.5 GB on a T4 in fp16 with gradient
 checkpointing, no 4-bit needed). Each training session plans again for the GPU it gets.
 
-Then: `01_data` (same runtime) → `02_stage1` (a GPU runtime) → `03_stage2` → `04_stage3` → `05_inference`;
+Then: `01_data` → `02_stage1` (a GPU runtime) → `03_stage2` → `04_stage3` → `05_inference`; each notebook
+opens in a runtime of its own, so its first cells install again (1–3 min);
 in 02 `CONTINUE_STAGES = True` trains all three stages in one runtime.
 """),
         md("## 1. Environment"),
@@ -172,7 +182,9 @@ in 02 `CONTINUE_STAGES = True` trains all three stages in one runtime.
 
 Fill in the form and click **Save settings**: they go into `<drive>/runs/<run>/run.json`, and every
 later notebook (and every new runtime) reads them from there. An existing run's settings are shown,
-not asked again; for different settings choose a new run name. Without widgets (a headless run)
+not asked again; for different settings choose a new run name. Only its hardware settings (4-bit,
+micro-batch, accumulation, gradient checkpointing, attention) may change: in the form shown for it, or
+in the parameters below. Without widgets (a headless run)
 set `USE_FORM = False`: the values below are saved as they are.
 """),
         code('''
@@ -190,7 +202,8 @@ STAGE2_STEPS = None
 STAGE3_STEPS = None
 EPOCHS = None
 SAVE_MINUTES = None  # checkpoint to Drive this often
-# not in the form
+# not in the form; the hardware ones (QUANTIZATION ... ATTENTION) may change for an existing run: each training
+# session plans them again (the next one uses what is saved here)
 LORA_R = None
 MAX_DECODER_LENGTH = None  # decoder prompt + answer tokens kept
 QUANTIZATION = "auto"  # "auto": each session's plan (4-bit only when the model would not fit); "4bit", "8bit", "none"
@@ -198,6 +211,8 @@ SAVE_STEPS = None  # also checkpoint every N steps
 LOG_STEPS = None
 MICRO_BATCH_SIZE = None  # None: from the hardware plan
 GRAD_ACCUM_STEPS = None
+GRADIENT_CHECKPOINTING = None  # None: from the hardware plan; True: less memory, slower steps
+ATTENTION = None  # None: from the hardware plan; "sdpa", "eager" or "flash_attention_2"
 LR = None  # None: each stage's own (1e-4 for stage1/2, 5e-6 for stage3)
 USE_FORM = True  # False: save the values above without asking
 ''', "parameters"),
@@ -207,13 +222,14 @@ settings = nb.choose_settings(env.drive, nb.Settings(
     generation_top_k=TOP_K, recipe=RECIPE, stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS,
     stage3_steps=STAGE3_STEPS, epochs=EPOCHS, save_minutes=SAVE_MINUTES, lora_r=LORA_R, max_decoder_length=MAX_DECODER_LENGTH,
     quantization=QUANTIZATION, save_steps=SAVE_STEPS, log_steps=LOG_STEPS, micro_batch_size=MICRO_BATCH_SIZE,
-    grad_accum_steps=GRAD_ACCUM_STEPS, lr=LR,
+    grad_accum_steps=GRAD_ACCUM_STEPS, gradient_checkpointing=GRADIENT_CHECKPOINTING, attention=ATTENTION, lr=LR,
 ), interactive=USE_FORM)
 '''),
         md("## 3. Hardware profile and plan\n\nDevice, precision, attention, 4-bit or not, batch and expected "
            "memory, each with its reason, for this runtime. Training plans again on the GPU it runs on."),
         code("nb.show_plan(settings)"),
-        md("Next: **01_data**, in this same runtime (nothing to install again)."),
+        md("Next: **01_data**. Colab opens each notebook in a runtime of its own: its first two cells install "
+           "clara_lite again there (1–3 min); the run's settings come from Drive."),
     ],
     "01_data": [
         intro("01_data", "clara_lite 1 · Data", """
@@ -249,8 +265,8 @@ DATA_LINK = ""  # "link": Drive share link or URL of a documents zip/folder, a d
 ''', "parameters"),
         LOAD_SETTINGS,
         code("""
-ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, limit=DATASET_LIMIT,
-                long_answer=LONG_ANSWER, link=DATA_LINK)
+settings = ws.prepare_data(DATA_SOURCE, DATA_FOLDER, dataset=DATASET, split=DATASET_SPLIT, limit=DATASET_LIMIT,
+                           long_answer=LONG_ANSWER, link=DATA_LINK)
 """),
         md("## Validate\n\nEvery line of every file is checked; a bad row stops here, not hours into training."),
         code("reports = ws.check_data()"),
@@ -366,8 +382,10 @@ and `COMPRESSION` in the parameters above. Only the checkpoint's files are downl
 MB), then its base model `mistralai/Mistral-7B-Instruct-v0.2` (~14 GB, gated: accept its license on
 huggingface.co, then add your token as `HF_TOKEN` in Colab's Secrets, the key icon, with notebook access).
 On a T4 the plan loads it in 4-bit (~5 GB of GPU memory). Questions and documents: `QUESTIONS` and
-`POOL` above, else a few of the example documents. No run of your own? Run the first two cells, then
-this section (select its first cell, *Runtime > Run cell and below*).
+`POOL` above (a folder of PDF, DOCX, PPTX, HTML, Markdown or text files, or a JSONL), else a few of the
+example documents. It needs a GPU runtime (T4 or better): without one it says so and loads nothing. No run
+of your own? Run the first two cells and the *Run and inputs* cell (its parameters), then this section
+(select its first cell, *Runtime > Run cell and below*).
 """),
         code("""
 official = nb.official_model(OFFICIAL_MODEL, COMPRESSION)  # None while OFFICIAL_MODEL = ""

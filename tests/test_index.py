@@ -299,6 +299,13 @@ def test_merged_prefix_cached_batched_decoding_answers_like_the_model(memory_spa
         assert batched.texts == reference
     lora = sum("lora_" in n for n, _ in model.lm.named_parameters())
     assert lora > 0 and not any("lora_" in n for n, _ in ServingDecoder(model).lm.named_parameters())
+    # a merged copy only when the (GPU's) free memory holds it; otherwise unmerged, the same answers, and said so
+    size = sum(p.numel() * p.element_size() for p in model.causal_lm.parameters())
+    roomy, tight = ServingDecoder(model, free_bytes=2 * size), ServingDecoder(model, free_bytes=size)
+    assert roomy.merged and "merged into a serving copy" in roomy.how
+    assert not tight.merged and "unmerged: no room for a merged copy" in tight.how and tight.lm is model.causal_lm
+    assert tight.generate(QUESTIONS, per_q, 2, 10).texts == reference
+    assert "on cpu" in ServingDecoder(model).how  # a CPU: always merged
 
 
 # --------------------------------------------------------------------------- large pools
@@ -357,3 +364,30 @@ def test_an_upstream_checkpoint_serves_an_index_like_its_own_generate_from_quest
     answers, top = model.generate_from_questions(QUESTIONS, [texts] * 3, max_new_tokens=6, top_k=2)
     assert [[h.row for h in hs] for hs in index.search_many(QUESTIONS, 2)] == top.tolist()
     assert [a.text for a in index.ask_many(QUESTIONS, 2, max_new_tokens=6)] == answers
+
+
+def test_a_pdf_skipped_for_want_of_pypdf_says_what_to_install_and_is_added_once_it_is(tmp_path, monkeypatch, capsys):
+    from fpdf import FPDF
+
+    from clara_lite import notebook as nb
+
+    drive = tmp_path / "drive"
+    pool = drive / "pool"
+    pool.mkdir(parents=True)
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=12)
+    pdf.multi_cell(0, 8, "The bridge is seven meters long.")
+    pdf.output(str(pool / "report.pdf"))
+    (pool / "notes.txt").write_text("The river is blue.", encoding="utf-8")
+    ws = nb.Workspace(drive, nb.save_settings(drive, nb.Settings(run_name="p")))
+    model = served_model()
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # a runtime without pypdf: `import pypdf` fails
+    index = ws.build_index(model, "pool")
+    shown = capsys.readouterr().out
+    assert "skipped report.pdf: needs pypdf: pip install pypdf" in shown
+    assert {c.source for c in index.chunks} == {"notes.txt"}
+    monkeypatch.delitem(sys.modules, "pypdf")  # installed now: the next use adds it instead of reusing the gap
+    again = ws.build_index(model, "pool")
+    assert "Adding the documents skipped before (pypdf is installed now)" in capsys.readouterr().out
+    assert {c.source for c in again.chunks} == {"notes.txt", "report.pdf"} and again.info()["skipped"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -107,3 +108,63 @@ def test_the_heartbeat_keeps_a_long_step_alive_and_a_takeover_is_reported(tmp_pa
     finally:
         lock.release()
     assert path.exists()  # not ours any more: left to its holder
+
+
+def test_take_over_a_fresh_lock_of_another_host_but_never_of_a_live_process_here(tmp_path, caplog):
+    path = tmp_path / "run" / "train.lock"
+    _holder(path, host="colab-vm-a", heartbeat=time.time() - 60)  # the runtime before a reconnect
+    with pytest.raises(RunLocked, match="run again with --take-over") as refused:
+        RunLock(path).acquire()
+    err = refused.value
+    assert err.holder["host"] == "colab-vm-a" and not err.same_host and not err.alive_here
+    assert 530 <= err.stale_in <= 545 and 55 <= err.heartbeat_age <= 70
+    with caplog.at_level(logging.WARNING), hold(path, stage="stage2", take_over=True) as lock:
+        assert json.loads(path.read_text())["session"] == lock.me["session"]
+        assert lock.taken_over["from"]["host"] == "colab-vm-a" and lock.taken_over["by"]["stage"] == "stage2"
+        assert "asked to take over" in lock.taken_over["reason"]
+    assert "Taking over" in caplog.text and not path.exists()
+    # a process alive on this machine (this one): refused even when asked, saying why
+    _holder(path, pid=os.getpid())
+    with pytest.raises(RunLocked, match="--take-over cannot take a lock from a process alive on this machine") as here:
+        RunLock(path, take_over=True).acquire()
+    assert here.value.alive_here and here.value.same_host
+    assert json.loads(path.read_text())["session"] == "other"  # left alone
+
+
+def test_the_cli_takes_over_with_the_flag_and_records_it_in_run_json(tmp_path):
+    data = write_run_data(tmp_path / "data") / "stage1.jsonl"
+    run = tmp_path / "run"
+    cmd = [*CLI[:-10], "--max-steps", "2", "--batch-size", "2", "--save-steps", "2", "--lr", "1e-3", "--log-steps", "1",
+           "--run-dir", str(run), "--data", str(data)]
+    _holder(run / "train.lock", host="colab-vm-a", heartbeat=time.time() - 30)
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == RunLocked.exit_status and "--take-over" in out and "Traceback" not in out, out
+    done = subprocess.run([*cmd, "--take-over"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert [t["from"]["host"] for t in record["takeovers"]] == ["colab-vm-a"]
+    assert (run / "stage1" / "final").is_dir() and not (run / "train.lock").exists()
+
+
+def test_the_notebook_explains_the_lock_and_takes_over_with_TAKE_OVER(tmp_path, capsys):
+    from clara_lite import notebook as nb
+
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(
+        run_name="r", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, stage1_steps=2,
+        save_steps=2, log_steps=1, micro_batch_size=2, grad_accum_steps=1, lr=1e-3))
+    ws = nb.Workspace(drive, settings)
+    ws.prepare_data("example")
+    _holder(ws.layout.lock_file, host="colab-vm-a", heartbeat=time.time() - 120)
+    assert ws.train("stage1") is None
+    shown = capsys.readouterr().out
+    assert "another Colab runtime (host 'colab-vm-a', process 1) training stage1, since 2025-01-01T00:00:00" in shown
+    assert "heartbeat) was 2 min ago" in shown and "stale in 8 min" in shown
+    assert "set TAKE_OVER = True in the parameters cell" in shown and "Traceback" not in shown
+    assert ws.train("stage1", take_over=True) == ws.layout.final("stage1")
+    assert [t["from"]["host"] for t in json.loads(ws.layout.run_file.read_text())["takeovers"]] == ["colab-vm-a"]
+    # this runtime's own live process: no take-over offered
+    _holder(ws.layout.lock_file, pid=os.getpid())
+    ws.train("stage2", take_over=True)
+    assert "another notebook in this same runtime" in capsys.readouterr().out

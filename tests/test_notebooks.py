@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -164,6 +165,11 @@ def test_settings_round_trip_and_options(tmp_path):
     assert saved.train_options("stage1") == {"epochs": 2.0, "save_steps": 3}  # steps: the recipe's; the rest: defaults
     assert saved.train_options("stage2") == {"epochs": 2.0, "save_steps": 3, "max_steps": None}  # 0: epochs
     assert saved.model_options()["generation_top_k"] == ClaraConfig().generation_top_k  # unset: its one default
+    table = dict(line.split(None, 1) for line in saved.format().splitlines())  # the values, not "(default)"
+    assert table["compr_rate"] == "4" and table["lora_r"] == str(ClaraConfig().lora_r)  # saved: every value
+    assert f"lora_r                 {ClaraConfig().lora_r} (default)" in nb.Settings().format()
+    assert table["micro_batch_size"] == "(the hardware plan)" and table["lr"] == "(each stage's own)"
+    assert table["data_dir"] == "(not set)" and table["save_steps"] == "3"
     record = json.loads((tmp_path / "runs" / "a" / "run.json").read_text())
     assert record["model"]["compr_rate"] == 4 and "compr_rate" not in record["settings"]  # stored once
     explicit = nb.save_settings(tmp_path / "q", nb.Settings(run_name="q", quantization="none"))
@@ -406,3 +412,101 @@ def test_settings_form_saves_what_was_typed_and_an_existing_run_is_not_asked_aga
     again = nb.choose_settings(tmp_path, nb.Settings(base_model="qwen2.5-1.5b"), interactive=False)
     assert again == saved  # '' = the current run; its run.json wins
     assert "Not applied (run.json wins for an existing run): base_model" in capsys.readouterr().out
+
+
+def test_hardware_settings_change_for_an_existing_run_and_the_next_session_uses_them(tmp_path, capsys):
+    import ipywidgets
+
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(
+        run_name="hw", base_model="tiny-random", compr_rate=4, doc_max_length=16, lora_r=4, stage1_steps=2,
+        stage2_steps=2, save_steps=2, log_steps=1, micro_batch_size=2, grad_accum_steps=1, lr=1e-3))
+    ws = nb.Workspace(drive, settings)
+    ws.prepare_data("example")
+    assert ws.train("stage1") is not None
+    # 00_setup again, its parameters cell asking for other hardware settings (and another base model)
+    asked = nb.Settings(run_name="hw", base_model="qwen2.5-1.5b", quantization="none", micro_batch_size=1,
+                        grad_accum_steps=2, gradient_checkpointing=True, attention="eager")
+    saved = nb.choose_settings(drive, asked, interactive=False)
+    shown = capsys.readouterr().out
+    assert "Not applied (run.json wins for an existing run): base_model" in shown
+    assert "Changed for this run" in shown and "micro_batch_size 2 -> 1" in shown
+    assert (saved.quantization, saved.micro_batch_size, saved.gradient_checkpointing, saved.attention) == \
+        ("none", 1, True, "eager")
+    with pytest.raises(nb.SettingsError, match="only quantization, micro_batch_size"):
+        nb.save_settings(drive, replace(saved, compr_rate=8))  # what changes results stays
+    assert nb.Workspace.open(drive).train("stage2") is not None
+    record = json.loads((drive / "runs" / "hw" / "run.json").read_text())
+    assert record["model"]["quantization"] == "none"
+    last = record["sessions"][-1]["training"]
+    assert (last["micro_batch_size"], last["grad_accum_steps"], last["gradient_checkpointing"],
+            last["attn_implementation"]) == (1, 2, True, "eager")
+    assert record["stages"]["stage2"]["train"]["rows_per_step"] == 2
+    # the form an existing run shows: its hardware settings only
+    form = nb.choose_settings(drive, nb.Settings(run_name="hw"), interactive=True)
+    assert form == nb.saved_settings(drive, "hw")
+    widget = __import__("clara_lite.notebook.widgets", fromlist=["hardware_form"]).hardware_form(drive, form)
+    boxes = {w.description: w for w in widget.children if isinstance(w, ipywidgets.ValueWidget)}
+    boxes["attention"].value = "sdpa"
+    next(w for w in widget.children if isinstance(w, ipywidgets.Button)).click()
+    assert nb.saved_settings(drive, "hw").attention == "sdpa"
+
+
+@pytest.fixture
+def colab_release(fake_colab, monkeypatch):
+    """The pretend Colab of ``fake_colab`` with Drive mounted, ``drive.flush_and_unmount`` and
+    ``runtime.unassign`` recorded in one list (their order is the point)."""
+    colab, _, _, _ = fake_colab
+    events = []
+    fake = sys.modules["google.colab"]
+    fake.drive.flush_and_unmount = lambda: events.append("flush")
+    fake.runtime = types.SimpleNamespace(unassign=lambda: events.append("unassign"))
+    (Path(colab.MOUNT_POINT) / "MyDrive").mkdir(parents=True)
+    monkeypatch.setattr(colab, "RELEASE_GRACE_S", 0.0)
+    return colab, fake, events
+
+
+def test_release_checks_what_is_on_drive_flushes_it_then_releases(colab_release, tmp_path, capsys):
+    from clara_lite.core.layout import write_manifest
+
+    colab, _, events = colab_release
+    drive = colab.drive_root()
+    ws = nb.Workspace(drive, nb.save_settings(drive, nb.Settings(run_name="rel")))
+    step = ws.layout.checkpoints("stage1") / "step-000002"
+    step.mkdir(parents=True)
+    (step / "adapters.safetensors").write_bytes(b"weights")
+    write_manifest(step)
+    (drive / "exports").mkdir()
+    with __import__("zipfile").ZipFile(drive / "exports" / "rel-stage1.zip", "w") as z:
+        z.writestr("config.json", "{}")
+    checked = []
+    assert colab.release_runtime(True, check=lambda: checked.append(list(events)) or ws.saved_problems())
+    assert checked == [[]] and events == ["flush", "unassign"]  # checked while readable, flushed, then released
+    assert "Drive is up to date" in capsys.readouterr().out
+    # a checkpoint that does not match its manifest, a zip cut short: nothing is flushed or released
+    events.clear()
+    (step / "adapters.safetensors").write_bytes(b"weights, torn")
+    (drive / "exports" / "rel-stage1.zip").write_bytes(b"PK\x03\x04 cut short")
+    assert not ws.release(True) and events == []
+    shown = capsys.readouterr().out
+    assert "runs/rel/stage1/checkpoints/step-000002: adapters.safetensors has" in shown
+    assert "exports/rel-stage1.zip does not read back" in shown
+
+
+def test_the_stop_button_cancels_the_release(colab_release, monkeypatch, capsys):
+    colab, fake, events = colab_release
+
+    def stop_pressed(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(colab.time, "sleep", stop_pressed)  # during the seconds to change one's mind
+    assert not colab.release_runtime(True) and events == ["flush"]
+    assert "Release cancelled (stop pressed)" in capsys.readouterr().out
+    fake.drive.flush_and_unmount = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # stop while it flushes
+    assert not colab.release_runtime(True) and "unassign" not in events
+    # training stopped in this runtime (the stop button during ws.train): no release, not even a flush
+    events.clear()
+    assert not colab.release_runtime(True, stopped="stage1 was stopped before its final checkpoint")
+    assert events == [] and "Not releasing this runtime: stage1 was stopped" in capsys.readouterr().out
+    fake.drive.flush_and_unmount = lambda: (_ for _ in ()).throw(ValueError("Drive timed out"))
+    assert not colab.release_runtime(True) and "Drive could not be flushed (Drive timed out)" in capsys.readouterr().out

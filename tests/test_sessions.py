@@ -206,3 +206,7 @@ def test_out_of_memory_at_one_row_names_the_next_options(tmp_path, data_dir):
     assert "--quantization 4bit" in text and "--doc-max-length 8" in text and "qwen2.5-0.5b" in text
     assert "--top-k" not in text  # a stage1 row has one document
     assert not (tmp_path / "never" / "stage1" / "final").exists()
+    # the same options as a notebook sets them: 00_setup's parameters, no flags
+    notebook = err.value.notebook_advice
+    assert 'QUANTIZATION = "4bit" in 00_setup\'s parameters cell' in notebook and "DOC_MAX_LENGTH = 8" in notebook
+    assert "a new RUN_NAME in 00_setup" in notebook and "--" not in notebook

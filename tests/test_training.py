@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
-import json
 import signal
 import subprocess
 import sys

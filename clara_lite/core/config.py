@@ -33,6 +33,7 @@ QUANTIZATIONS = ("4bit", "8bit", "none")  # "none": full precision always; unset
 _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "4bit", "8bit": "8bit",
                        "8-bit": "8bit", "int8": "8bit", "none": "none", "no": "none", "full": "none"}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation values we load with
 BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
@@ -318,6 +319,9 @@ class TrainConfig:
                                                          "choices": MIXED_PRECISIONS})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward "
                                                                           "(default: the hardware plan)"})
+    attention: str | None = field(default=None, metadata={"help": "attention kernel (default: the hardware plan: "
+                                                                  "flash_attention_2 when installed on sm 8.0+, else sdpa)",
+                                                          "choices": ATTENTIONS})
     save_steps: int | None = field(default=None, metadata={"low": 0, "help": "checkpoint every N optimizer steps (0: none)"})
     save_minutes: float | None = field(default=20.0, metadata={"low": 0, "help": "checkpoint every M minutes (0: none)"})
     keep: int = field(default=2, metadata={"low": 1, "help": "complete checkpoints kept"})
@@ -341,7 +345,7 @@ class TrainConfig:
     RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
                    "max_grad_norm", "seed", "optim")
     # what each session's hardware plan decides again (a value given on the command line wins for that session)
-    HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing")
+    HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing", "attention")
 
     def __post_init__(self):
         check_fields(self)

@@ -49,7 +49,7 @@ FLASH_TIMEOUT_S = 300
 # a failed flash-attn attempt is remembered for the life of the runtime (/tmp is wiped with it)
 FLASH_FAILED = Path(tempfile.gettempdir()) / "clara_lite-flash-attn-failed"
 SETUP_DONE = Path(tempfile.gettempdir()) / "clara_lite-setup-done"  # /tmp lives as long as the runtime
-COLAB_EXTRAS = ("quant", "drive")  # bitsandbytes (4-bit on a T4) and gdown (Drive links)
+COLAB_EXTRAS = ("colab",)  # pyproject's one list of what Colab lacks (4-bit, Drive links, 05's index, readers)
 NOISY_LOGGERS = ("transformers", "peft", "bitsandbytes", "httpx", "urllib3", "accelerate")
 
 
@@ -276,7 +276,7 @@ def _install(env: Environment, what: str, *args: str) -> None:
 
 def package_requirements() -> list[str]:
     """What clara_lite needs on Colab, from its own metadata (a wheel or a git install has no
-    requirements-colab.txt): its dependencies plus the ``quant`` and ``drive`` extras."""
+    requirements-colab.txt): its dependencies plus the ``colab`` extra (torch is dropped by :func:`missing_from`)."""
     from packaging.requirements import Requirement
 
     wanted = []
@@ -343,20 +343,56 @@ def restart_session(stale: list[str]) -> None:
         get_ipython().kernel.do_shutdown(restart=True)
 
 
-def release_runtime(release: bool = True) -> None:
-    """The end of a notebook: give the GPU back (Colab counts the time a GPU runtime is held, used or
-    not). Everything worth keeping is on Drive already."""
+RELEASE_GRACE_S = 10.0  # seconds to press stop between "Drive is up to date" and the release
+
+
+def release_runtime(release: bool = True, *, check=None, stopped: str = "") -> bool:
+    """The end of a notebook: give the GPU back (Colab counts the time a GPU runtime is held, used or not),
+    without losing what is still on its way to Drive. Returns True when the runtime was released.
+
+    In this order: ``check()`` (the newest checkpoint of each stage against its manifest, the exported
+    zip: a list of problems, each stops the release) while Drive is mounted and readable; then
+    ``drive.flush_and_unmount()`` (Drive uploads asynchronously: this waits until every write has
+    reached it, and an error there stops the release); then :data:`RELEASE_GRACE_S` to change one's
+    mind; then ``runtime.unassign()``. ``stopped`` (why training stopped, e.g. the stop button) or an
+    interrupt at any point (the stop button) cancels the release: the runtime stays."""
     if not release:
         print("Done. To give the GPU back: Runtime > Disconnect and delete runtime (everything is on Drive), "
               "or set RELEASE_RUNTIME = True to do it at the end of Run all.")
-        return
+        return False
+    if stopped:
+        print(f"Not releasing this runtime: {stopped}. Run all again to continue, or Runtime > Disconnect and "
+              "delete runtime to give the GPU back.")
+        return False
     if not in_colab():
         print("Not in Colab: no runtime to release.")
-        return
-    from google.colab import runtime
+        return False
+    try:
+        problems = list(check()) if check is not None else []
+        if problems:
+            print("Not releasing this runtime: what is on Drive is not complete:\n  - " + "\n  - ".join(problems)
+                  + "\nRun the notebook again (it repairs or rewrites these), then release.")
+            return False
+        from google.colab import drive, runtime
 
-    print("Releasing this runtime (its GPU) now; everything is on Drive.", flush=True)
-    runtime.unassign()
+        if not os.environ.get(DRIVE_ENV) and (os.path.ismount(MOUNT_POINT) or (Path(MOUNT_POINT) / "MyDrive").is_dir()):
+            print("Writing everything to Google Drive (flush and unmount; this waits for pending uploads) ...",
+                  flush=True)
+            try:
+                drive.flush_and_unmount()
+            except Exception as err:  # noqa: BLE001 - whatever Colab raises, the runtime must stay
+                print(f"Not releasing this runtime: Drive could not be flushed ({err}). Check that your files "
+                      "are in Drive, then Runtime > Disconnect and delete runtime.")
+                return False
+            print("Drive is up to date and unmounted.", flush=True)
+        print(f"Releasing this runtime (its GPU) in {RELEASE_GRACE_S:.0f} s: press stop to keep it.", flush=True)
+        time.sleep(RELEASE_GRACE_S)
+        runtime.unassign()
+        return True
+    except KeyboardInterrupt:
+        print("Release cancelled (stop pressed): this runtime stays. If Drive was unmounted, run the first cell "
+              "again to mount it.")
+        return False
 
 
 def _no_gpu_note() -> str:

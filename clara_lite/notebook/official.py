@@ -1,7 +1,8 @@
 """05_inference's last section: an official CLaRa-7B release (apple/CLaRa-7B-{Base,Instruct,E2E}), no run needed.
 
 Why its own module: it works without a run of this suite (no ``Workspace``), so someone who only wants
-to try Apple's models runs the first two cells and this section. The load itself is
+to try Apple's models runs the first two cells, the parameters cell and this section. Without CUDA a 7B is
+refused before anything is downloaded: on a CPU it would load in fp32 (~29 GB) and crash the runtime. The load itself is
 ``ClaraModel.from_pretrained(repo, subfolder=...)``: only the checkpoint's files are fetched, the
 gated base model uses ``HF_TOKEN`` (Colab's Secrets), and on a GPU the hardware plan picks dtype,
 attention and 4-bit (a 7B on a 15 GB T4).
@@ -16,13 +17,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..core.hardware import dtype_name
 from ..model.hub import TOKEN_NAME, hub_token, official_id
 from ..model.modeling import ClaraModel
+from ..model.size import model_params_b
 from ..pipeline.examples import load_facts
 from ..serve.ask import answer_many, read_docs
 
 EXAMPLE_DOCS = 6  # the last example documents (no training file states them) and one question each
+CPU_MAX_GB = 8.0  # fp32 weights a CPU runtime may load (Colab's has ~12 GB of RAM in all)
+
+
+def cpu_refusal(params_b: float | None, cuda: bool) -> str | None:
+    """Why this model cannot load here (no CUDA and fp32 weights beyond :data:`CPU_MAX_GB`), or None.
+
+    >>> cpu_refusal(7.2, cuda=False)[:39]
+    'The official model has 7.2B parameters:'
+    """
+    if cuda or params_b is None or params_b * 4 <= CPU_MAX_GB:
+        return None
+    return (f"The official model has {params_b:.1f}B parameters: without a GPU it would load in fp32 (~{params_b * 4:.0f} "
+            "GB), more than this runtime's memory, and crash it. Runtime > Change runtime type > T4 GPU (free; "
+            "it loads in 4-bit there, ~5 GB), then run the first cells and this section again.")
 
 
 def official_model(variant: str, compression: int = 16) -> ClaraModel | None:
@@ -32,6 +50,10 @@ def official_model(variant: str, compression: int = 16) -> ClaraModel | None:
         print('OFFICIAL_MODEL = "": this section is skipped.')
         return None
     repo, subfolder = official_id(variant, compression)
+    refused = cpu_refusal(model_params_b(repo, subfolder), torch.cuda.is_available())
+    if refused:
+        print(refused)
+        return None
     if hub_token() is None:
         print(f"(no {TOKEN_NAME}: fine if the base model is already cached; its gated download needs one)")
     print(f"Loading {repo}/{subfolder}: its checkpoint files, then its base model (the first time: a download)")
@@ -46,8 +68,9 @@ def official_model(variant: str, compression: int = 16) -> ClaraModel | None:
 
 def ask_official(model: ClaraModel | None, questions: list[str], pool: str = "", drive: str | Path = ".",
                  max_new_tokens: int = 32) -> list[dict]:
-    """Answer ``questions`` over ``pool`` (a JSONL or folder of .txt on Drive); without them, a few of the
-    shipped example documents and their questions. Nothing when ``model`` is None."""
+    """Answer ``questions`` over ``pool`` (a JSONL or a folder of documents on Drive: PDF, DOCX, PPTX, HTML,
+    Markdown, TXT); without them, a few of the shipped example documents and their questions. Nothing when
+    ``model`` is None."""
     if model is None:
         return []
     if pool:

@@ -39,6 +39,8 @@ DEFAULT_RUN = "my-run"
 NOTEBOOKS = {"setup": "00_setup", "data": "01_data", "stage1": "02_stage1", "stage2": "03_stage2",
              "stage3": "04_stage3", "inference": "05_inference"}
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")  # 'auto': the hardware plan decides
+# what each training session plans again for its GPU: may change for an existing run (nothing trained depends on it)
+HARDWARE = ("quantization", "micro_batch_size", "grad_accum_steps", "gradient_checkpointing", "attention")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OVERRIDE = "override of the field of the same name; None = its default"
 _STEPS = "optimizer steps; None = the recipe's; 0 = train `epochs` passes"
@@ -80,6 +82,8 @@ class Settings:
     log_steps: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
     micro_batch_size: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
     grad_accum_steps: int | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
+    attention: str | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
     lr: float | None = field(default=None, metadata={"help": _OVERRIDE, "train": True})
     data_dir: str | None = field(default=None, metadata={"help": "set by 01_data; relative to the Drive root"})
     def __post_init__(self):
@@ -148,7 +152,23 @@ class Settings:
         return cls(**data)
 
     def format(self) -> str:
-        return "\n".join(f"{k:<18} {'(default)' if v is None else v}" for k, v in self.to_dict().items())
+        """One line per setting, unset ones with the value they stand for (from the field's one home)."""
+        model, lines = ClaraConfig(**self.model_options()), []
+        for k, v in self.to_dict().items():
+            f = _field(k)
+            if v is not None:
+                shown = v
+            elif f.metadata.get("model"):
+                shown = f"{getattr(model, k)} (default)"
+            elif k in TrainConfig.HARDWARE_KEYS:
+                shown = "(the hardware plan)"
+            elif f.metadata.get("train"):
+                default = next(t.default for t in fields(TrainConfig) if t.name == k)
+                shown = "(each stage's own)" if default is None else f"{default} (default)"
+            else:
+                shown = "(not set)"
+            lines.append(f"{k:<22} {shown}")
+        return "\n".join(lines)
 
 
 def colab_recipe(device: DeviceInfo) -> str:
@@ -197,21 +217,25 @@ def save_settings(drive: Path, settings: Settings) -> Settings:
     """Check ``settings`` and write them to run.json (``auto`` quantization stays: each training session
     plans it for the GPU it gets).
 
-    An existing run keeps its settings: only ``data_dir`` may change (the runner still refuses data
-    that changed under a started stage).
+    An existing run keeps its settings: only ``data_dir`` (the runner still refuses data that changed
+    under a started stage) and the :data:`HARDWARE` ones may change (each session plans them again: the
+    next session loads and splits its steps that way, the rows per step stay).
     """
     if not settings.run_name:
         raise SettingsError("settings need a run name")
     old = saved_settings(drive, settings.run_name)
     if old is not None:
         resolved = _resolved(settings)
-        changed = [k for k, v in resolved.to_dict().items() if k != "data_dir" and getattr(old, k) != v]
+        changed = [k for k, v in resolved.to_dict().items() if k not in ("data_dir", *HARDWARE) and getattr(old, k) != v]
         if changed:
             raise SettingsError(f"run {settings.run_name!r} already has other settings ({', '.join(changed)}): "
-                                "choose a new run name for new settings")
+                                "choose a new run name for new settings (only "
+                                f"{', '.join(HARDWARE)} and the data folder may change for a run)")
     run = Run(run_dir(drive, settings.run_name))
     if run.record.model is None:
         run.record.model = ClaraConfig(**settings.model_options())
+    else:  # the 4-bit choice lives with the model settings; it is the next session's
+        run.record.model = replace(run.record.model, quantization=settings.model_options().get("quantization"))
     run.record.settings = settings.stored()
     run.save()
     (Path(drive) / CURRENT_RUN).write_text(settings.run_name + "\n")

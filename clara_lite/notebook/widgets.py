@@ -13,6 +13,7 @@ from ..model.stages import STAGES
 from ..train.recipe import load_recipe
 from .settings import (
     DEFAULT_RUN,
+    HARDWARE,
     Settings,
     SettingsError,
     current_run,
@@ -33,11 +34,19 @@ def choose_settings(drive: Path, settings: Settings, *, interactive: bool = True
     name = settings.run_name or current_run(drive)
     if name and saved_settings(drive, name) is not None:
         saved = load_settings(drive, name)
-        differ = [f.name for f in fields(Settings) if f.name not in ("run_name", "data_dir", "quantization")
+        hardware = {k: getattr(settings, k) for k in HARDWARE if getattr(settings, k) not in (None, "auto")
+                    and getattr(saved, k) != getattr(settings, k)}  # None / "auto" in the cell: not asked
+        differ = [f.name for f in fields(Settings) if f.name not in ("run_name", "data_dir", *HARDWARE)
                   and getattr(settings, f.name) is not None and getattr(saved, f.name) != getattr(settings, f.name)]
         if differ and not interactive:  # with a form, the parameters are only its starting values
             print(f"\nNot applied (run.json wins for an existing run): {', '.join(differ)}. "
                   "For other settings, choose a new run name.")
+        if hardware:
+            saved = _save_hardware(drive, saved, hardware)
+        if interactive:
+            from IPython.display import display
+
+            display(hardware_form(drive, saved))
         return saved
     settings = replace(settings, run_name=name or DEFAULT_RUN)
     if interactive:
@@ -124,3 +133,60 @@ def settings_form(drive: Path, settings: Settings):
 
     button.on_click(save)
     return w.VBox([w.HTML("<b>Run settings</b> (saved into the run's run.json)"), *inputs.values(), button, out])
+
+
+def _save_hardware(drive: Path, saved: Settings, changes: dict) -> Settings:
+    new = save_settings(drive, replace(saved, **changes))
+    print("\nChanged for this run (each session plans them again; the next one uses these): " + ", ".join(
+        f"{k} {getattr(saved, k)!r} -> {getattr(new, k)!r}" for k in changes))
+    return new
+
+
+def _counts(current: int | None) -> list:
+    """Dropdown options: the plan's choice, powers of two and the run's own value."""
+    numbers = sorted({1, 2, 4, 8, 16, 32, *([current] if current else [])})
+    return [("plan", None), *[(str(n), n) for n in numbers]]
+
+
+def hardware_form(drive: Path, saved: Settings):
+    """An existing run's hardware settings (4-bit, micro-batch, accumulation, gradient checkpointing,
+    attention), changeable: each training session plans them again, so the next one uses what is saved."""
+    import ipywidgets as w
+
+    from ..core.config import ATTENTIONS
+    from .settings import QUANTIZATION_CHOICES
+
+    style = {"description_width": "150px"}
+    inputs = {
+        "quantization": w.Dropdown(options=list(QUANTIZATION_CHOICES), value=saved.quantization,
+                                   description="4-bit / 8-bit"),
+        "micro_batch_size": w.Dropdown(options=_counts(saved.micro_batch_size), value=saved.micro_batch_size,
+                                       description="micro-batch"),
+        "grad_accum_steps": w.Dropdown(options=_counts(saved.grad_accum_steps), value=saved.grad_accum_steps,
+                                       description="accumulation"),
+        "gradient_checkpointing": w.Dropdown(options=[("plan", None), ("on", True), ("off", False)],
+                                             value=saved.gradient_checkpointing, description="grad. checkpointing"),
+        "attention": w.Dropdown(options=[("plan", None), *[(a, a) for a in ATTENTIONS]], value=saved.attention,
+                                description="attention"),
+    }
+    for widget in inputs.values():
+        widget.style = style
+    button = w.Button(description="Save hardware settings", icon="check")
+    out = w.Output()
+
+    def save(_):
+        out.clear_output()
+        with out:
+            current = saved_settings(drive, saved.run_name)
+            changes = {k: v.value for k, v in inputs.items() if getattr(current, k) != v.value}
+            if not changes:
+                print("Nothing changed.")
+                return
+            try:
+                show_plan(_save_hardware(drive, current, changes))
+            except (SettingsError, ValueError) as err:
+                print(f"Not saved: {err}")
+
+    button.on_click(save)
+    return w.VBox([w.HTML("<b>Hardware settings</b> of this run (may change: each session plans them again)"),
+                   *inputs.values(), button, out])

@@ -12,14 +12,16 @@ For example::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 from ..core.config import ClaraConfig
 from ..core.hardware import probe_device
-from ..core.layout import RunLayout, write_json
+from ..core.layout import EXPORTS_DIR, KIND_CHECKPOINT, RunLayout, step_folders, verify, write_json
 from ..model.data import DataError, read_jsonl, validate_file
 from ..model.evaluation import evaluate_model
 from ..model.modeling import ClaraModel
@@ -40,6 +42,7 @@ from ..serve.index import ClaraIndex
 from ..serve.paper import paper_reference
 from ..serve.report import markdown_table
 from ..train.launch import train
+from ..train.lock import RunLocked
 from ..train.recipe import Recipe, load_recipe
 from ..train.run import Run
 from ..train.trainer import OutOfMemory, TrainingInterrupted
@@ -70,6 +73,7 @@ class Workspace:
         self.settings = settings
         self.root = run_dir(self.drive, settings.run_name)
         self.layout = RunLayout(self.root)
+        self.stopped = ""  # why training stopped in this runtime (the release is then cancelled)
 
     @classmethod
     def open(cls, drive: str | Path, run_name: str = "") -> Workspace:
@@ -231,13 +235,16 @@ class Workspace:
         if png.is_file():
             display(Image(filename=str(png)))
 
-    def train(self, stage: str, then_next: bool = False) -> Path | None:
+    def train(self, stage: str, then_next: bool = False, take_over: bool = False) -> Path | None:
         """02-04: train ``stage`` of the run; resume from its newest checkpoint; show the loss curve.
         ``then_next``: go on with the following stages in this runtime (no new runtime, no reinstall).
+        ``take_over`` (``TAKE_OVER = True``): take the run's lock from a runtime that is gone but whose heartbeat
+        is still fresh (a reconnect within 10 minutes of a disconnect); recorded in run.json.
 
-        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on).
+        Returns the (last) final checkpoint folder, or None when stopped (the checkpoint is kept: rerun to go on)
+        or locked by another runtime (what to do is printed).
         """
-        final = self._train_one(stage)
+        final = self._train_one(stage, take_over)
         if not then_next or final is None:
             return final
         for later in ORDER[ORDER.index(get_stage(stage).name) + 1:]:
@@ -247,7 +254,7 @@ class Workspace:
                 return None
         return final
 
-    def _train_one(self, stage: str) -> Path | None:
+    def _train_one(self, stage: str, take_over: bool = False) -> Path | None:
         stage = get_stage(stage)
         run = self.run
         status = run.stage_status(stage.name)
@@ -266,13 +273,19 @@ class Workspace:
             try:
                 # the model's settings are run.json's (saved once by 00_setup): only training options travel
                 train(self.root, stage.name, data=str(self.data_folder / stage.data_file),
-                      train_options=settings.train_options(stage.name), recipe=recipe)
+                      train_options=settings.train_options(stage.name), recipe=recipe, take_over=take_over)
+            except RunLocked as locked:  # a reconnect finds the old runtime's fresh heartbeat: say what to do
+                print(lock_advice(locked))
+                self.stopped = "another runtime holds the run"
+                return None
             except TrainingInterrupted as stop:
                 print(stop)
+                self.stopped = f"{stage.name} was stopped before its final checkpoint"
                 self.show_loss_curve(stage.name)
                 return None
-            except OutOfMemory as oom:  # what to change, not a traceback
-                print(oom)
+            except OutOfMemory as oom:  # what to change, as 00_setup's parameters, not a traceback
+                print(oom.notebook_advice)
+                self.stopped = f"{stage.name} ran out of GPU memory"
                 return None
         self.show_loss_curve(stage.name)
         final = self.layout.final(stage.name)
@@ -340,6 +353,11 @@ class Workspace:
         try:
             index = ClaraIndex.load(path, model)
             print(f"Reusing the index {path}: {len(index.chunks)} chunks")
+            readable = sorted({s["needs"] for s in index.info()["skipped"]
+                               if s.get("needs") and importlib.util.find_spec(s["needs"]) is not None})
+            if readable and pool:  # skipped for want of a reader that is installed now: add them
+                print(f"Adding the documents skipped before ({', '.join(readable)} is installed now)")
+                index.add(source)
         except (FileNotFoundError, ValueError):
             print(f"Building the index {path} (once; saved on Drive)")
             index = ClaraIndex.build(path, model, source)
@@ -355,6 +373,7 @@ class Workspace:
         if not questions:
             print(f"No questions: set QUESTIONS, or add {HELDOUT}.jsonl to the data folder")
             return []
+        print(f"({index.decoder.how})")  # a merged copy only when the GPU has room for it
         answers = index.ask_many(questions, self.settings.generation_top_k, max_new_tokens=max_new_tokens)
         for one in answers:
             print(f"Q: {one.question}\nA: {one.text}")
@@ -427,6 +446,61 @@ class Workspace:
         if download and not colab.offer_download(path):
             print("(outside Colab: no browser download; the zip is at the path above)")
         return path
+
+
+    # ------------------------------------------------------------------- the end of a notebook
+
+    def saved_problems(self) -> list[str]:
+        """What on Drive is not complete: each stage's newest checkpoint (or its final) against its manifest,
+        this run's exported zips (read through). [] when all is in order."""
+        problems = []
+        for name in ORDER:
+            final = self.layout.final(name)
+            steps = step_folders(self.layout.checkpoints(name))
+            newest = final if final.is_dir() else (steps[-1][1] if steps else None)
+            if newest is not None and (why := verify(newest, KIND_CHECKPOINT)):
+                problems.append(f"{self._relative(newest)}: {why}")
+        for path in sorted((self.drive / EXPORTS_DIR).glob(f"{self.settings.run_name}-*.zip")):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+            except (OSError, zipfile.BadZipFile) as err:
+                bad = str(err)
+            if bad:
+                problems.append(f"{self._relative(path)} does not read back ({bad})")
+        return problems
+
+    def release(self, release: bool = True) -> bool:
+        """The last cell: give the runtime back once what is on Drive is complete and flushed
+        (:func:`clara_lite.notebook.colab.release_runtime`); not when training was stopped in this runtime."""
+        return colab.release_runtime(release, check=self.saved_problems, stopped=self.stopped)
+
+
+def lock_advice(locked: RunLocked) -> str:
+    """A locked run in notebook terms: which runtime holds it, since when, when it goes stale, what to set."""
+    holder = locked.holder
+    if holder is None:
+        return f"{locked}"
+    stage = f" training {holder['stage']}" if holder.get("stage") else ""
+    beat = f"its last sign of life (heartbeat) was {_minutes(locked.heartbeat_age)} ago"
+    if locked.alive_here:
+        return (f"This run is in use by another notebook in this same runtime (process {holder.get('pid')}){stage}, "
+                f"since {holder.get('since')}; {beat}. Stop that notebook first (its stop button, or Runtime > "
+                "Interrupt execution), then run this cell again. TAKE_OVER cannot take a run from a process that "
+                "is still running here.")
+    when = "any moment" if locked.stale_in <= 0 else f"in {_minutes(locked.stale_in)}"
+    return (f"This run is in use by another Colab runtime (host {holder.get('host')!r}, process {holder.get('pid')})"
+            f"{stage}, since {holder.get('since')}; {beat}, so its lock counts as stale {when} and Run all then "
+            "continues by itself.\n"
+            "- If that runtime is gone (you are reconnecting after a disconnect, or closed its tab): set "
+            "TAKE_OVER = True in the parameters cell and Run all again; training continues from the newest checkpoint "
+            "on Drive, and the take-over is recorded in run.json.\n"
+            "- If it still runs (another tab or browser): leave it, or stop it there first. Two runtimes training one "
+            "run overwrite each other's checkpoints.")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _show(markdown: str, chart: Path) -> None:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.modeling import ClaraModel
-from ..pipeline.extract import Unreadable
-from .documents import document_text, documents_from, jsonl_documents
+from .documents import document_text, documents_from, jsonl_documents, skip_entry
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +31,10 @@ def load(path, **kwargs) -> ClaraModel:
 
 
 def read_docs(path) -> list[str]:
-    """Documents from a folder (.txt/.md as written; PDF, DOCX, PPTX, HTML through the pipeline's extractors,
-    one document per file; a file that cannot be read is skipped with a warning) or a JSONL file in any form
-    :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``, a JSON string,
-    training rows' docs). Repeats dropped.
+    """Documents from a folder (recursively, by name, one each: .txt/.md as written; PDF, DOCX, PPTX, HTML
+    through the index's readers, a file whose reader is missing skipped with the package to install) or a
+    JSONL file in any form :func:`~clara_lite.serve.documents.documents_from` reads (``{"text"|"doc": ...}``,
+    a JSON string, training rows' docs). Repeats dropped.
 
     For example::
 
@@ -43,7 +42,7 @@ def read_docs(path) -> list[str]:
         # -> ['Ada lives in Paris.']
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir():  # .txt/.md as written; PDF, DOCX, PPTX, HTML through the index's readers
         docs = []
         for doc in documents_from(path):
             if doc.path.suffix.lower() in (".txt", ".md"):
@@ -51,14 +50,12 @@ def read_docs(path) -> list[str]:
                 continue
             try:
                 docs.append(document_text(doc.pages()))
-            except Exception as err:  # noqa: BLE001 - a broken file of any kind (the reader's own error) is skipped
-                log.warning("skipped %s: %s", doc.source, err if isinstance(err, Unreadable) else
-                            f"cannot read ({type(err).__name__}: {err})")
+            except Exception as err:  # unreadable, or its reader not installed: said, and the others read
+                log.warning("skipped %s: %s", doc.source, skip_entry(doc, err)["reason"])
     elif path.is_file():
         docs = [d.text for d in jsonl_documents(path)]
     else:
-        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of documents: "
-                                ".txt, .md, .pdf, .docx, .pptx, .html)")
+        raise FileNotFoundError(f"documents not found: {path} (a .jsonl file or a folder of documents)")
     docs = list(dict.fromkeys(d.strip() for d in docs if d.strip()))
     if not docs:
         raise ValueError(f"no documents in {path}")

@@ -35,23 +35,53 @@ class Generation:
     token_ids: list[list[int]]  # the new tokens of each question, up to and with the stop token
 
 
+MERGE_HEADROOM = 1.25  # a merged copy must leave room for the prompt's activations and the KV cache
+
+
 def _quantized(model) -> bool:
     return bool(model.config.quantization) or bool(getattr(model.causal_lm, "is_quantized", False))
+
+
+def merge_choice(model, free_bytes: int | None = None) -> tuple[bool, str]:
+    """Whether to merge the decoder adapter into a serving copy, and why, in one line for the output.
+
+    The copy costs the base's weights once more: on a GPU it is made only when the free memory
+    (``free_bytes``, else what CUDA reports) holds it with :data:`MERGE_HEADROOM`; a 4B model in fp16 on
+    a T4 would need two copies (~16 GB). On a CPU it is always made. Unmerged answers are the same,
+    each step a little slower (the LoRA branch runs beside each base weight)."""
+    if _quantized(model):
+        return False, "decoder adapter unmerged: a 4/8-bit base cannot hold a merged adapter (same answers)"
+    weight = model.lm.get_input_embeddings().weight
+    if free_bytes is None and weight.device.type == "cuda":
+        free_bytes = torch.cuda.mem_get_info(weight.device)[0]
+    if free_bytes is None:
+        return True, f"decoder adapter merged into a serving copy (on {weight.device.type})"
+    need = sum(p.numel() * p.element_size() for p in model.causal_lm.parameters())
+    gb = f"~{need / 1e9:.1f} GB copy, {free_bytes / 1e9:.1f} GB free"
+    if free_bytes >= need * MERGE_HEADROOM:
+        return True, f"decoder adapter merged into a serving copy ({gb})"
+    return False, f"decoder adapter unmerged: no room for a merged copy ({gb}); same answers, slower steps"
 
 
 class ServingDecoder:
     """Greedy answers from already compressed documents, for one :class:`ClaraModel`.
 
-    ``merge``: None (default) merges the decoder adapter into a copy of the weights unless the base
-    is quantized (4/8-bit weights cannot hold a merged adapter exactly); the copy costs the base's
-    size in memory. ``prefix_cache``: reuse the fixed start of the prompt.
+    ``merge``: None (default) merges the decoder adapter into a copy of the weights when
+    :func:`merge_choice` says there is room (``free_bytes`` stands for the GPU's free memory in tests);
+    ``how`` says which, and why. ``prefix_cache``: reuse the fixed start of the prompt.
     """
 
-    def __init__(self, model, *, merge: bool | None = None, prefix_cache: bool = True):
+    def __init__(self, model, *, merge: bool | None = None, prefix_cache: bool = True,
+                 free_bytes: int | None = None):
         self.model = model
-        self.merged = (not _quantized(model)) if merge is None else merge
+        if merge is None:
+            self.merged, self.how = merge_choice(model, free_bytes)
+        else:
+            self.merged = merge
+            self.how = "decoder adapter " + ("merged into a serving copy" if merge else "unmerged") + " (as asked)"
         if self.merged and _quantized(model):
             raise ValueError("a quantized base cannot hold a merged adapter: use merge=False")
+        log.info("%s", self.how)
         model.eval()
         if self.merged:
             self.lm = copy.deepcopy(model.lm).merge_and_unload(adapter_names=["decoder"], progressbar=False)

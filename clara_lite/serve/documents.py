@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..model.rows import DOC_KEYS
+from ..pipeline.build import DATA_MODULES
 from ..pipeline.chunk import ChunkConfig, chunk_pages
 from ..pipeline.extract import EXTRACTORS, Unreadable, _choose_docling, extract_file
 from ..pipeline.records import Page, clean_paragraphs, fill_images
@@ -234,6 +235,18 @@ def chunk_document(doc: Document, pages: list[Page], tokenizer, *, doc_max_lengt
     return out
 
 
+def skip_entry(doc: Document, err: Exception) -> dict:
+    """Why ``doc`` could not be read, for the index's ``skipped`` list: a missing reader names the package
+    to install (``needs``: its module, so the index can add the document once it is installed)."""
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        module = err.name.split(".")[0]
+        package = DATA_MODULES.get(module, module)
+        return {"source": doc.source, "needs": module,
+                "reason": f"needs {package}: pip install {package} (an index then adds it on its next use)"}
+    reason = str(err) if isinstance(err, Unreadable) else f"cannot read ({type(err).__name__}: {err})"
+    return {"source": doc.source, "reason": reason}
+
+
 def chunk_documents(docs: Iterable[Document], tokenizer, *, doc_max_length: int, overlap: int | None = None,
                     docling=None, skipped: list | None = None) -> list[list[IndexChunk]]:
     """Chunks per document (an unreadable file gives none and is listed in ``skipped``)."""
@@ -242,10 +255,10 @@ def chunk_documents(docs: Iterable[Document], tokenizer, *, doc_max_length: int,
         try:
             pages = doc.pages(docling)
         except Exception as err:  # corrupt, encrypted: list it and go on, as the data pipeline does
-            reason = str(err) if isinstance(err, Unreadable) else f"cannot read ({type(err).__name__}: {err})"
-            log.warning("skipped %s: %s", doc.source, reason)
+            entry = skip_entry(doc, err)
+            log.warning("skipped %s: %s", doc.source, entry["reason"])
             if skipped is not None:
-                skipped.append({"source": doc.source, "reason": reason})
+                skipped.append(entry)
             out.append([])
             continue
         out.append(chunk_document(doc, pages, tokenizer, doc_max_length=doc_max_length, overlap=overlap))

@@ -386,8 +386,9 @@ class ClaraIndex:
         meta["parts"] = [p.row() for p, _ in parts]
         meta["n_chunks"] = sum(p.rows for p, _ in parts)
         meta["next_group"] = next_group + -(-len(new_docs) // group_docs)
+        now_in = {c.source for chunks in new_docs for c in chunks}  # skipped before, read now (a reader installed)
         meta["sources"] = {"documents": meta["sources"]["documents"] + len(new_docs),
-                           "skipped": meta["sources"]["skipped"] + skipped}
+                           "skipped": [x for x in meta["sources"]["skipped"] if x["source"] not in now_in] + skipped}
         chunks = [c for _, rows in parts for c in rows]
         (self.path / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the new manifest
         write_chunks(self.path, chunks)

@@ -38,7 +38,8 @@ ALREADY_FINAL = "already final"
 
 def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None = None,
           model_options: dict | None = None, train_options: dict | None = None, recipe: Recipe | None = None,
-          init_from: str | None = None, base_path: str | None = None, device: DeviceInfo | None = None) -> dict:
+          init_from: str | None = None, base_path: str | None = None, device: DeviceInfo | None = None,
+          take_over: bool = False) -> dict:
     """Train ``stage`` (or ``"all"``: every stage not yet final, in order) in ``run_dir``.
 
     ``model_options`` are :class:`~clara_lite.core.config.ClaraConfig` fields, ``train_options``
@@ -46,18 +47,25 @@ def train(run_dir, stage: str, *, data: str | None = None, data_dir: str | None 
     hardware plan; ``recipe`` (a recipe file, :mod:`.recipe`) gives settings under both, each stage its own
     training settings, and is recorded in run.json. ``device`` plans for that device instead of the one probed (tests simulate GPUs).
     Returns ``{stage: summary or "already final"}``. The run folder is locked meanwhile
-    (:mod:`.lock`): a second trainer there stops with a message naming this one.
+    (:mod:`.lock`): a second trainer there stops with a message naming this one. ``take_over``: take the
+    lock of a trainer on another machine whose heartbeat is still fresh (its runtime is gone, the user says);
+    recorded in run.json's ``takeovers``.
     """
-    with hold(RunLayout(run_dir).lock_file, stage=stage, enabled=process_state().is_main_process):
+    with hold(RunLayout(run_dir).lock_file, stage=stage, enabled=process_state().is_main_process,
+              take_over=take_over) as lock:
         return _train(run_dir, stage, data=data, data_dir=data_dir, model_options=model_options,
                       train_options=train_options, recipe=recipe or Recipe(), init_from=init_from,
-                      base_path=base_path, device=device)
+                      base_path=base_path, device=device, takeover=lock.taken_over if lock else None)
 
 
 def _train(run_dir, stage: str, *, data, data_dir, model_options, train_options, recipe: Recipe, init_from,
-           base_path, device) -> dict:
-    """:func:`train`, with the run folder's lock held."""
+           base_path, device, takeover: dict | None = None) -> dict:
+    """:func:`train`, with the run folder's lock held (``takeover``: whose lock it replaced)."""
     run = Run(run_dir)
+    if takeover is not None:
+        run.record.takeovers.append(takeover)
+        if run.exists:  # else the session's first save writes it
+            run.save()
     model_options = {**recipe.model, **(model_options or {})}
     options = {s.name: {**recipe.train_options(s.name), **(train_options or {})} for s in stages_to_train(stage)}
     every = stage == ALL

@@ -10,7 +10,11 @@ every :data:`HEARTBEAT_S`. Another trainer that finds it:
   exists, on another its heartbeat is younger than :data:`STALE_S`;
 - takes it over, with a warning, when it is stale: the pid is gone (a restarted kernel), or the
   heartbeat is older than :data:`STALE_S` (a disconnected runtime; Drive syncs within seconds to
-  a minute, so ten minutes leaves room), or the file is unreadable and as old.
+  a minute, so ten minutes leaves room), or the file is unreadable and as old;
+- takes it over while fresh only when asked (``take_over=True``: ``clara-lite train --take-over``, a
+  notebook's ``TAKE_OVER = True``), and never from a process that is alive on this machine: a runtime
+  that reconnects after a disconnect finds its old runtime's heartbeat, and only the user knows that
+  runtime is gone. Every take-over is kept in :attr:`RunLock.taken_over` (run.json records it).
 
 Two sessions taking over the same stale lock in the same instant, on two machines, is not
 caught: Drive has no atomic create. Each re-reads the lock after writing it, which narrows it to
@@ -39,9 +43,20 @@ STALE_S = 600.0
 
 
 class RunLocked(ClaraError, OSError):
-    """Another trainer holds the run folder; the message names it and what to do."""
+    """Another trainer holds the run folder; the message names it and what to do (the CLI's terms).
+
+    The facts are attributes too, so a notebook can say the same in its own terms: ``holder`` (the lock
+    file's JSON, None when unreadable), ``path``, ``same_host``, ``alive_here`` (its process runs on this
+    machine: no take-over), ``heartbeat_age`` and ``stale_in`` (seconds)."""
     code = "run_locked"
     exit_status = 5
+
+    def __init__(self, message: str, *, holder: dict | None = None, path: Path | None = None,
+                 same_host: bool = False, alive_here: bool = False, heartbeat_age: float = 0.0,
+                 stale_in: float = 0.0):
+        super().__init__(message)
+        self.holder, self.path, self.same_host, self.alive_here = holder, path, same_host, alive_here
+        self.heartbeat_age, self.stale_in = heartbeat_age, stale_in
 
 
 def _alive(pid: int) -> bool:
@@ -70,8 +85,9 @@ class RunLock:
     """The lock of one run folder, held by this process (see the module doc)."""
 
     def __init__(self, path: str | Path, *, stage: str = "", heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S):
-        self.path, self.heartbeat_s, self.stale_s = Path(path), heartbeat_s, stale_s
+                 stale_s: float = STALE_S, take_over: bool = False):
+        self.path, self.heartbeat_s, self.stale_s, self.take_over = Path(path), heartbeat_s, stale_s, take_over
+        self.taken_over: dict | None = None  # whose lock this one replaced, when and why (for run.json)
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "session": uuid.uuid4().hex, "stage": stage,
                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._stop = threading.Event()
@@ -94,23 +110,32 @@ class RunLock:
             return f"its last heartbeat is {_age(age)} old (a disconnected runtime)"
         return None
 
-    def _refusal(self, holder: dict | None, now: float) -> str:
+    def _alive_here(self, holder: dict | None) -> bool:
+        """The holder's process runs on this machine: provably alive, never taken over."""
+        return (holder is not None and holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int)
+                and _alive(holder["pid"]))
+
+    def _refused(self, holder: dict | None, now: float) -> RunLocked:
         if holder is None:
-            return (f"{self.path.parent} is being set up by another trainer ({self.path} is being written): wait "
-                    "a moment and run the command again")
+            return RunLocked(f"{self.path.parent} is being set up by another trainer ({self.path} is being written): "
+                             "wait a moment and run the command again", path=self.path)
         beat = holder.get("heartbeat")
         age = now - beat if isinstance(beat, (int, float)) else 0.0
         same = holder.get("host") == self.me["host"]
+        stale_in = max(self.stale_s - age, 0.0)
         who = (f"process {holder.get('pid')} on this machine" if same else
                f"process {holder.get('pid')} on host {holder.get('host')!r} (another session)")
         what = f" training {holder['stage']}" if holder.get("stage") else ""
-        hint = (f"Wait for it to finish or stop it (kill {holder.get('pid')})" if same else
-                f"Wait for it to finish or stop that session. If its runtime is gone (a Colab disconnect), the "
-                f"lock counts as stale {_age(self.stale_s)} after its last heartbeat, in "
-                f"{_age(max(self.stale_s - age, 0))}; delete {self.path} to take over sooner if you are sure")
-        return (f"{self.path.parent} is in use by {who}{what} since {holder.get('since')} (last heartbeat "
-                f"{_age(age)} ago): two trainers on one run folder overwrite each other's checkpoints. {hint}, "
-                "or train in another --run-dir.")
+        hint = (f"Wait for it to finish or stop it (kill {holder.get('pid')}); --take-over cannot take a lock from a "
+                "process alive on this machine" if same else
+                f"Wait for it to finish or stop that session. If its runtime is gone (a Colab disconnect), run again "
+                f"with --take-over (recorded in run.json); without it the lock counts as stale {_age(self.stale_s)} "
+                f"after its last heartbeat, in {_age(stale_in)}")
+        message = (f"{self.path.parent} is in use by {who}{what} since {holder.get('since')} (last heartbeat "
+                   f"{_age(age)} ago): two trainers on one run folder overwrite each other's checkpoints. {hint}, "
+                   "or train in another --run-dir.")
+        return RunLocked(message, holder=holder, path=self.path, same_host=same, alive_here=self._alive_here(holder),
+                         heartbeat_age=age, stale_in=stale_in)
 
     # ----------------------------------------------------------- acquire / keep / release
 
@@ -129,9 +154,13 @@ class RunLock:
                 return self
             reason = self.stale_reason(holder, now)
             if reason is None:
-                raise RunLocked(self._refusal(holder, now)) from None
+                if not self.take_over or holder is None or self._alive_here(holder):
+                    raise self._refused(holder, now) from None
+                reason = "asked to take over (its heartbeat was fresh; its runtime is gone, the user says)"
             log.warning("Taking over %s from %s (process %s): %s", self.path,
                         (holder or {}).get("host", "?"), (holder or {}).get("pid", "?"), reason)
+            self.taken_over = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": {k: v for k, v in self.me.items() if k != "session"}, "reason": reason,
+                               "from": {k: v for k, v in (holder or {}).items() if k != "session"}}
         try:
             self._write()
         except OSError as err:
@@ -140,7 +169,7 @@ class RunLock:
             raise OSError(err.errno, f"could not write {self.path} ({err.strerror or err}): free space (on Colab: "
                           "empty Drive's bin), then run the same command again") from None
         if (_read(self.path) or {}).get("session") != self.me["session"]:  # another taker won the race
-            raise RunLocked(self._refusal(_read(self.path), time.time()))
+            raise self._refused(_read(self.path), time.time())
         self._thread = threading.Thread(target=self._beat, name="clara-lite-lock", daemon=True)
         self._thread.start()
         return self

@@ -61,6 +61,8 @@ class SessionPlan:
     gradient_checkpointing: bool
     tokens_per_row: int
     notes: tuple[str, ...] = field(default=())
+    attention: str | None = None  # asked for (TrainConfig.attention); None: the profile's
+
 
     @property
     def dtype(self):
@@ -68,13 +70,13 @@ class SessionPlan:
 
     @property
     def attn_implementation(self) -> str:
-        return self.profile.attn_implementation
+        return self.attention or self.profile.attn_implementation
 
     def train_values(self) -> dict:
         """The :class:`~clara_lite.core.config.TrainConfig` fields this session sets."""
         return {"micro_batch_size": self.micro_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "rows_per_step": self.rows_per_step, "mixed_precision": self.mixed_precision,
-                "gradient_checkpointing": self.gradient_checkpointing}
+                "gradient_checkpointing": self.gradient_checkpointing, "attention": self.attention}
 
     def record(self) -> dict:
         """What run.json's session keeps as ``training`` (``attn_implementation`` is corrected to what
@@ -181,7 +183,8 @@ def plan_session(run: Run, stage: Stage, examples, config: ClaraConfig, train_op
 
     notes = []
     previous = _previous(run)
-    plan_ = SessionPlan(profile, quant, micro, accum, rows, world, mixed, ckpt, tokens)
+    attention = train_options.get("attention")
+    plan_ = SessionPlan(profile, quant, micro, accum, rows, world, mixed, ckpt, tokens, attention=attention)
     if previous is not None:
         notes += numerics_changes(previous, plan_)
     family = model_family(base)
@@ -191,7 +194,7 @@ def plan_session(run: Run, stage: Stage, examples, config: ClaraConfig, train_op
         notes.append(f"training a {'model of unknown size' if params is None else f'{params:g}B model'} on a CPU "
                      "takes hours; in Colab: Runtime > Change runtime type > T4 GPU, then run this again "
                      "(the run and its checkpoints stay on Drive)")
-    return SessionPlan(profile, quant, micro, accum, rows, world, mixed, ckpt, tokens, tuple(notes))
+    return SessionPlan(profile, quant, micro, accum, rows, world, mixed, ckpt, tokens, tuple(notes), attention)
 
 
 def _last_on_same_device(run: Run, stage: str, info: DeviceInfo, saved_train, world: int) -> dict:
@@ -252,24 +255,37 @@ def fp16_note(family: str) -> str:
             "gradient are skipped, but a GPU with bf16 (L4, A100) or fp32 (--mixed-precision no) avoids it")
 
 
-def oom_advice(config: ClaraConfig, stage: Stage, *, quantized: bool, rows_per_step: int, micro: int = 1) -> str:
+def oom_advice(config: ClaraConfig, stage: Stage, *, quantized: bool, rows_per_step: int, micro: int = 1,
+               checkpointing: bool = True, notebook: bool = False) -> str:
     """The exact next options once even one row at a time does not fit (or, with several processes,
-    which cannot split a step on their own, at ``micro`` rows per pass)."""
+    which cannot split a step on their own, at ``micro`` rows per pass), each named the way it is set
+    where the run was started: a ``clara-lite train`` flag, or (``notebook``) 00_setup's parameter."""
+    def how(flag: str, parameter: str) -> str:
+        return f"{parameter} in 00_setup's parameters cell" if notebook else flag
+
+    same_run = ("then run 00_setup and this notebook again: this run continues from its last checkpoint"
+                if notebook else "this run can continue with it")
+    new_run = ("in a new run (a new RUN_NAME in 00_setup): it changes results" if notebook else
+               "in a new run (new --run-dir): it changes results")
     options = []
     if not quantized:
-        options.append("load the base in 4-bit: quantization '4bit' (--quantization 4bit; in 00_setup "
-                       "QUANTIZATION = \"4bit\"); this run can continue with it")
-    new_run = "in a new run (new --run-dir / RUN_NAME): it changes results"
+        four_bit = how("--quantization 4bit", 'QUANTIZATION = "4bit"')
+        options.append(f"load the base in 4-bit: {four_bit}; {same_run}")
+    if not checkpointing:
+        options.append("recompute activations in the backward pass: "
+                       f"{how('--gradient-checkpointing', 'GRADIENT_CHECKPOINTING = True')}; {same_run}")
     if config.doc_max_length > config.compr_rate:
         shorter = max(config.compr_rate, config.doc_max_length // 2)
         options.append(f"shorter documents: doc_max_length {config.doc_max_length} -> {shorter} "
-                       f"(--doc-max-length {shorter}) {new_run}")
+                       f"({how(f'--doc-max-length {shorter}', f'DOC_MAX_LENGTH = {shorter}')}) {new_run}")
     if stage.previous is not None and config.generation_top_k > 1:
         fewer = max(1, config.generation_top_k // 2)
         options.append(f"fewer documents per question: generation_top_k {config.generation_top_k} -> {fewer} "
-                       f"(--top-k {fewer}; rows then need only {fewer} candidates) {new_run}")
+                       f"({how(f'--top-k {fewer}', f'TOP_K = {fewer}')}; rows then need only {fewer} candidates) "
+                       f"{new_run}")
     smaller = [s.name for s in REGISTRY.values() if s.params_b and 0.1 < s.params_b < 2][:3]
-    options.append(f"a smaller base model ({', '.join(smaller)}) {new_run}")
+    options.append(f"a smaller base model ({', '.join(smaller)}"
+                   f"{': BASE_MODEL = ' + repr(smaller[0]) if notebook and smaller else ''}) {new_run}")
     options.append("a GPU with more memory: Runtime > Change runtime type (L4 24 GB, A100 40/80 GB); this run "
                    "continues there from its last checkpoint")
     where = ("even one row at a time" if micro == 1 else

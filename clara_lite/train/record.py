@@ -13,6 +13,7 @@ Reading it needs no training code (export reads it for the model card).
                    "training": {what the session ran: quantization, dtype, attention, micro-batch x accumulation,
                                 rows per step, warnings; see train.plan.SessionPlan.record}}, ...],
                    "step": where the session started, "train": {its TrainConfig}}, ...],
+     "takeovers": [{"at", "by", "from": {the lock it replaced}, "reason"}, ...],
      "settings": {notebook settings} | null}
 """
 
@@ -93,6 +94,7 @@ class RunRecord:
     stages: dict[str, StageRecord] = field(default_factory=dict)
     sessions: list[SessionRecord] = field(default_factory=list)
     settings: dict | None = None  # a notebook's own settings (clara_lite.notebook.settings.Settings)
+    takeovers: list[dict] = field(default_factory=list)  # run-folder locks taken over (train.lock.RunLock.taken_over)
 
     def stage(self, name: str) -> StageRecord:
         """The record of stage ``name``, created empty when the stage has none yet."""
@@ -104,7 +106,8 @@ class RunRecord:
             model = {k: v for k, v in self.model.to_dict().items() if k != "trained_stages"}
         return {"format": self.format, "model": model,
                 "stages": {name: rec.to_dict() for name, rec in self.stages.items()},
-                "sessions": [asdict(s) for s in self.sessions], "settings": self.settings}
+                "sessions": [asdict(s) for s in self.sessions], "settings": self.settings,
+                **({"takeovers": self.takeovers} if self.takeovers else {})}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "run.json") -> RunRecord:
@@ -123,7 +126,7 @@ class RunRecord:
             text = str(err)
             raise RunRecordError(text if text.startswith(where) else f"{where}: {text}") from None
         return cls(format=data.get("format", RUN_FORMAT), model=model, stages=stages, sessions=sessions,
-                   settings=data.get("settings"))
+                   settings=data.get("settings"), takeovers=list(data.get("takeovers") or []))
 
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:

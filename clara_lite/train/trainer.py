@@ -69,9 +69,14 @@ class TrainingInterrupted(ClaraError, RuntimeError):
 
 
 class OutOfMemory(ClaraError, RuntimeError):
-    """Even one row at a time does not fit; the message lists the exact next options."""
+    """Even one row at a time does not fit; the message lists the exact next options as ``clara-lite
+    train`` flags, ``notebook_advice`` the same as 00_setup's parameters."""
     code = "out_of_memory"
     exit_status = 4
+
+    def __init__(self, message: str, notebook_advice: str = ""):
+        super().__init__(message)
+        self.notebook_advice = notebook_advice or message
 
 
 class TrainingDiverged(ClaraError, RuntimeError):
@@ -284,9 +289,10 @@ class Trainer:
         per_process = cfg.micro_batch_size * cfg.grad_accum_steps
         smaller = smaller_micro(cfg.micro_batch_size, per_process) if world == 1 else None  # DDP: all or none
         if smaller is None:
-            advice = oom_advice(self.model.config, self.stage, quantized=is_quantized(self.model.config.quantization),
-                                rows_per_step=per_process * world, micro=cfg.micro_batch_size)
-            raise OutOfMemory(advice) from err
+            facts = {"quantized": is_quantized(self.model.config.quantization), "rows_per_step": per_process * world,
+                     "micro": cfg.micro_batch_size, "checkpointing": cfg.gradient_checkpointing}
+            raise OutOfMemory(oom_advice(self.model.config, self.stage, **facts),
+                              oom_advice(self.model.config, self.stage, **facts, notebook=True)) from err
         self.cfg = dataclasses.replace(cfg, micro_batch_size=smaller, grad_accum_steps=per_process // smaller)
         log.warning("Out of GPU memory at step %d with %d row(s) per pass: trying the step again as %d x %d "
                     "(the same %d rows, the same update)", self.progress.step + 1, cfg.micro_batch_size, smaller,
