@@ -235,3 +235,19 @@ def test_local_smollm2_synthesis_gives_parseable_pairs_on_most_chunks(tmp_path, 
         print(json.dumps({"summary": row["summary"], "qa": row["qa"]}, ensure_ascii=False)[:300])
     record_property("smollm2_parse_rate", rate)
     assert rate >= 0.6
+
+
+def test_a_small_local_model_keeps_grounded_answers_and_fills_up_with_cloze_pairs_from_the_text():
+    """The local fallback (a model far too small to write questions, here the tiny random one) still gives
+    every passage its pairs, each answer a span of the passage."""
+    from clara_lite.pipeline.generators import LocalModel
+    from clara_lite.pipeline.records import Chunk
+    from clara_lite.pipeline.synthesize import SynthesisConfig, synthesize_chunk
+
+    generator = LocalModel("tiny-random")
+    assert generator.small
+    text = TOPICS["volcanoes"]
+    row = synthesize_chunk(Chunk("c", "s.txt", None, "", 0, text), generator, SynthesisConfig(summary=False))
+    assert len(row["qa"]) == 3 and row["cloze"] >= 1
+    assert all(pair["answer"] in text for pair in row["qa"][-row["cloze"]:])
+    assert all("____" in pair["question"] for pair in row["qa"][-row["cloze"]:])

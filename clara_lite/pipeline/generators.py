@@ -271,6 +271,9 @@ class LocalModel:
     """
 
     qa_format = "lines"  # what synthesis asks for by default: small models follow Q:/A: lines, not JSON
+    # A model this small writes vague or invented pairs (SmolLM2-135M: 0.75 a passage, benchmarks/local_qa.py):
+    # synthesis keeps the answers found in the text and fills up with cloze pairs from the text itself.
+    SMALL_B = 1.0  # billions of parameters
 
     def __init__(self, name: str = "smollm2-135m", *, model=None, tokenizer=None, device: str | None = None,
                  repetition_penalty: float = 1.1):
@@ -286,6 +289,7 @@ class LocalModel:
             model.to(device)
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.repetition_penalty = repetition_penalty  # tiny models loop without it
+        self.small = sum(p.numel() for p in model.parameters()) < self.SMALL_B * 1e9
 
     def chat(self, messages: list[dict], *, max_tokens: int = 256) -> str:
         import torch

@@ -218,6 +218,45 @@ def parse_summary(text: str) -> str | None:
     return text or None
 
 
+# --------------------------------------------------------------------------- grounded pairs for small local models
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_WORD = re.compile(r"\w+")
+# an answer span: a number (a year, a count) or a run of capitalised words (a name, a title, a place)
+_SPAN = re.compile(r"\b(?:\d[\d,.]*\d|\d)\b|\b(?:[A-Z][\w'’-]+)(?:\s+(?:of|de|the|and|von|van|du|la|&)?\s*[A-Z][\w'’-]+)*")
+_STOP = {"the", "a", "an", "of", "in", "on", "at", "to", "and", "or", "is", "was", "are", "were", "it", "its", "this",
+         "that", "by", "for", "with", "as", "from", "be", "been", "has", "have", "had", "which", "who", "their"}
+
+
+def grounded(answer: str, text: str, share: float = 0.5) -> bool:
+    """Whether most of ``answer``'s content words occur in ``text`` (a small model's answers are often invented)."""
+    words = [w for w in _WORD.findall(answer.lower()) if w not in _STOP]
+    if not words:
+        return False
+    known = set(_WORD.findall(text.lower()))
+    return sum(w in known for w in words) >= share * len(words)
+
+
+def cloze_pairs(text: str, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` fill-in-the-blank pairs from ``text``'s own sentences: a name or number blanked out, the
+    answer the span itself, so every answer is in the text. One per sentence, spread over the passage.
+
+    >>> cloze_pairs("Jake Phelps edits Thrasher magazine. The shop opened in 1981 in Oslo.", 2)
+    [('Which word or words fill the blank: "____ edits Thrasher magazine."?', 'Jake Phelps'), ('Which word or words fill the blank: "The shop opened in ____ in Oslo."?', '1981')]
+    """
+    pairs = []
+    for sentence in _SENTENCE.split(" ".join(text.split())):
+        if len(sentence.split()) < 5 or len(pairs) >= n:
+            continue
+        spans = [m for m in _SPAN.finditer(sentence) if m.group().lower() not in _STOP and len(m.group()) > 1]
+        if not spans:
+            continue
+        span = max(spans, key=lambda m: (len(m.group().split()), -m.start()))  # the longest name, else the first
+        blanked = sentence[: span.start()] + "____" + sentence[span.end():]
+        pairs.append((f'Which word or words fill the blank: "{blanked}"?', span.group()))
+    return pairs
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -257,16 +296,24 @@ def synthesize_chunk(chunk: Chunk, generator, config: SynthesisConfig = Synthesi
                                            max_tokens=config.summary_max_tokens)) if config.summary else None
     # auto: the generator's preferred format (LocalModel says "lines": small models follow Q:/A: lines)
     qa_format = getattr(generator, "qa_format", "json")
-    qa, dropped = [], 0
+    small = getattr(generator, "small", False)  # a small local model: keep grounded answers, fill up with cloze
+    qa, dropped, cloze = [], 0, 0
     for language in config.languages:
         messages = qa_messages(text, config, qa_format, language, templates.qa)
         pairs, n_dropped = parse_qa(generator.chat(messages, max_tokens=config.max_tokens), config.n_questions)
+        if small:
+            kept = [(q, a) for q, a in pairs if grounded(a, text)]
+            n_dropped += len(pairs) - len(kept)
+            asked = {q.lower() for q, _ in kept}
+            filler = [p for p in cloze_pairs(text, config.n_questions) if p[0].lower() not in asked]
+            filler = filler[: max(config.n_questions - len(kept), 0)] if language is None else []
+            pairs, cloze = kept + filler, cloze + len(filler)
         qa += [{"question": q, "answer": a, **({"language": language} if language else {})} for q, a in pairs]
         dropped += n_dropped
     languages = [x for x in config.languages if x]
     return {"id": chunk.id, "source": chunk.source, "page": chunk.page, "title": chunk.title, "doc": text,
             "summary": summary, "qa": qa, "dropped": dropped, "language": languages or None,
-            "generator": generator.name}
+            "generator": generator.name, **({"cloze": cloze} if cloze else {})}
 
 
 def synthesize(chunks: list[Chunk], out: str | Path, generator, config: SynthesisConfig = SynthesisConfig(), *,
