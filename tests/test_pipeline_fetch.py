@@ -112,3 +112,34 @@ def test_notebook_link_source_trains_converts_or_builds_by_what_it_fetched(drive
     assert "fetched documents" in capsys.readouterr().out and saved.data_dir == "data/r-raw"
     assert all(r.ok for r in nb.Workspace(drive, saved).check_data().values())
     assert json.loads((drive / "data" / "r-raw" / "build_report.json").read_text())["extract"]["documents"] == 5
+
+
+def test_fetching_a_zip_never_replaces_an_existing_folder_or_file_of_its_name(tmp_path, server, capsys):
+    out = tmp_path / "fetched"
+    mine = out / "my_docs"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's own file")
+    (out / "my_docs-2").write_text("a file, not a folder")
+    assert main(["data", "fetch", f"{server.url}/my_docs.zip", "--out", str(out)]) == 0
+    assert (mine / "notes.txt").read_text() == "the user's own file" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt"]
+    assert (out / "my_docs-2").read_text() == "a file, not a folder"
+    assert (out / "my_docs-3" / "my_docs" / "coffee.docx").is_file()
+    assert f"documents: {out / 'my_docs-3' / 'my_docs'}" in capsys.readouterr().out
+    # a zip already there with the same bytes is the user's: kept after unpacking
+    out2 = tmp_path / "again"
+    out2.mkdir()
+    (out2 / "my_docs.zip").write_bytes((tmp_path / "served" / "my_docs.zip").read_bytes())
+    assert main(["data", "fetch", f"{server.url}/my_docs.zip", "--out", str(out2)]) == 0
+    assert (out2 / "my_docs.zip").is_file() and (out2 / "my_docs" / "my_docs" / "coffee.docx").is_file()
+
+
+def test_unpack_refuses_an_existing_target_and_leaves_it_untouched(tmp_path):
+    archive = zip_folder(make_documents(tmp_path / "d"), tmp_path / "d.zip")
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=str(target)):
+        unpack(archive, target)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"] and [p.name for p in tmp_path.iterdir()
+                                                                   if p.name.startswith(".")] == []

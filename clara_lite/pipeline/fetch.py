@@ -59,7 +59,14 @@ def classify(path: str | Path) -> str:
 
 
 def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """``archive`` unpacked into ``folder`` (all or nothing); member names may not leave it."""
+    """``archive`` unpacked into the new folder ``folder`` (all or nothing); member names may not leave it.
+
+    Nothing is ever replaced: the zip is unpacked into a fresh staging folder beside ``folder`` and moved
+    to ``folder`` only when ``folder`` does not exist (:class:`FileExistsError` names it otherwise).
+    """
+    if os.path.lexists(folder):
+        raise FileExistsError(f"{folder} already exists: not unpacking {archive.name} over it; "
+                              "move it away or unpack somewhere else")
     with zipfile.ZipFile(archive) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         if len(infos) > MAX_MEMBERS:
@@ -74,9 +81,7 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             zf.extractall(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            _move_to_new(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -85,8 +90,33 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
+def _move_to_new(src: Path, dst: Path) -> None:
+    """``src`` renamed to ``dst``, which must not exist (a folder or file there is never replaced).
+
+    Between the check and the rename another process could create ``dst``: rename(2) then fails on a
+    file or a non-empty folder, and replaces only an empty folder, so no one's content is lost.
+    """
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} already exists: not replaced; move it away or choose another --out")
+    os.rename(src, dst)
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first of ``path-2``, ``path-3``, … that is free."""
+    n = 2
+    candidate = path
+    while os.path.lexists(candidate):
+        candidate = path.with_name(f"{path.name}-{n}")
+        n += 1
+    return candidate
+
+
 def fetch(url_or_id: str, dest: str | Path) -> Fetched:
-    """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result."""
+    """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result.
+
+    A zip ``name.zip`` unpacks into ``dest/name``, or ``dest/name-2`` (…) when that is taken: nothing
+    under ``dest`` is deleted or replaced.
+    """
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -96,10 +126,14 @@ def fetch(url_or_id: str, dest: str | Path) -> Fetched:
         if Path(done["path"]).exists():
             log.info("already fetched: %s", done["path"])
             return Fetched(Path(done["path"]), done["kind"])
+    before = set(os.listdir(dest))
     got = download(url_or_id, dest)
     if got.is_file() and zipfile.is_zipfile(got):
-        path = unpack(got, got.with_suffix(""))
-        got.unlink()
+        # a fresh folder beside the zip: an existing folder of that name is the user's, never replaced
+        stem = got.stem if got.suffix.lower() == ".zip" else f"{got.name}-unzipped"
+        path = unpack(got, free_name(dest / stem))
+        if got.name not in before:  # the zip we downloaded; an identical one already there is the user's
+            got.unlink()
     else:
         path = got
     fetched = Fetched(path, classify(path))
