@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..io.paths import refusal, shown
 from ..model.rows import DOC_KEYS
 from ..pipeline.chunk import ChunkConfig, chunk_pages
 from ..pipeline.extract import EXTRACTORS, Unreadable, _choose_docling, extract_file
@@ -75,15 +76,25 @@ def text_source(text: str) -> str:
     return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def documents_from(source, *, use_docling: str = "auto") -> list[Document]:
-    """Documents of a folder (recursively, sorted; files of types no extractor reads are skipped),
-    a JSONL file (``{"text"|"doc": ..., "source"|"id"?: ..., "title"?: ...}``, a JSON string, or
-    training rows, whose docs become documents) or a list of strings."""
+def documents_from(source, *, use_docling: str = "auto", skipped: list | None = None) -> list[Document]:
+    """Documents of a folder (recursively, sorted; files of types no extractor reads are left out, and
+    files :func:`clara_lite.io.paths.refusal` refuses, a link out of the folder or a name that is not
+    UTF-8, skipped with a warning and listed in ``skipped``), a JSONL file (``{"text"|"doc": ...,
+    "source"|"id"?: ..., "title"?: ...}``, a JSON string, or training rows, whose docs become
+    documents) or a list of strings."""
     if isinstance(source, str | Path) and Path(source).is_dir():
         root = Path(source)
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and p.suffix.lower() in EXTRACTORS)
-        return [Document(str(p.relative_to(root)), p.stem, path=p, root=root) for p in files]
+        docs = []
+        for p in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in EXTRACTORS):
+            why = refusal(p, root)
+            if why is not None:
+                log.warning("skipped %s: %s", shown(p.relative_to(root)), why)
+                if skipped is not None:
+                    skipped.append({"source": shown(p.relative_to(root)), "reason": why})
+                continue
+            docs.append(Document(str(p.relative_to(root)), p.stem, path=p, root=root))
+        return docs
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():

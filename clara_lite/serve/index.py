@@ -137,12 +137,14 @@ class ClaraIndex:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         keys = _resolve_keys(keys)
-        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
+        refused: list[dict] = []  # files of the folder that are no documents (links out of it, names not UTF-8)
+        docs = (documents_from(documents, use_docling=use_docling, skipped=refused) if not _is_docs(documents)
+                else list(documents))
         n_groups = -(-len(docs) // group_docs)
         first, end = (0, n_groups) if shard is None else shard_range(shard, n_groups)
         mine = docs[first * group_docs:end * group_docs]
         settings = _settings(model, dtype, keys, overlap, group_docs, part_rows)
-        skipped: list[dict] = []
+        skipped: list[dict] = refused if shard is None or shard[0] == 0 else []  # listed once when merged
         tokenizer = model.tokenizer
         per_doc = chunk_documents(mine, tokenizer, doc_max_length=model.config.doc_max_length,
                                   overlap=settings["overlap"], docling=docling_for(use_docling), skipped=skipped)
@@ -352,9 +354,10 @@ class ClaraIndex:
             use_docling: str = "auto") -> dict:
         """Append documents without recompressing the others. A source already in the index with the
         same text is skipped; with other text it is refused unless ``replace``."""
-        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
-        s = self.meta["settings"]
         skipped: list[dict] = []
+        docs = (documents_from(documents, use_docling=use_docling, skipped=skipped) if not _is_docs(documents)
+                else list(documents))
+        s = self.meta["settings"]
         per_doc = chunk_documents(docs, self.model.tokenizer, doc_max_length=s["doc_max_length"],
                                   overlap=s["overlap"], docling=docling_for(use_docling), skipped=skipped)
         with writing(self.path, "add"):
