@@ -167,7 +167,7 @@ def _convert(args) -> int:
     fmt = args.format if args.format != "auto" else detect_format(records[0])
     options = {"answer": "long"} if args.long_answer and fmt == "pubmedqa" else {}
     print(f"{description}: {len(records)} records, format {fmt}" + (" (long answers)" if options else ""))
-    return _write(convert(records, fmt, **options), args)
+    return _write(convert(records, fmt, where=description, **options), args)
 
 
 def _fetch(args) -> int:

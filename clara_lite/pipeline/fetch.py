@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,11 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
     if os.path.lexists(folder):
         raise FileExistsError(f"{folder} already exists: not unpacking {archive.name} over it; "
                               "move it away or unpack somewhere else")
-    with zipfile.ZipFile(archive) as zf:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{archive}: not a readable zip ({err}): download it again") from None
+    with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         if len(infos) > MAX_MEMBERS:
             raise ValueError(f"{archive.name}: {len(infos)} files; more than {MAX_MEMBERS} is not a document set")
@@ -82,6 +87,10 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
         try:
             zf.extractall(tmp)
             _move_to_new(tmp, folder)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # sizes or data the zip lies about, an unknown method
+            raise ValueError(f"{archive}: a damaged zip ({type(err).__name__}: {err}); nothing unpacked: "
+                             "download it again") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -232,7 +232,9 @@ class ClaraIndex:
         try:
             f = safe_open(str(self.path / part.file), "pt")
         except (SafetensorError, OSError) as err:
-            raise IndexChanged(f"{part.file} cannot be read ({err}): the index changed or is damaged") from None
+            raise IndexChanged(f"{self.path / part.file} cannot be read ({type(err).__name__}: {err}): the index was "
+                               f"changed meanwhile, or the file is damaged (`clara-lite index info --index {self.path} "
+                               "--verify` checks every file; then rebuild the index)") from None
         if (f.metadata() or {}).get("ids") != part.ids:
             raise IndexChanged(f"{part.file} holds other rows than this view of the index: another process changed it")
         return f
@@ -314,7 +316,7 @@ class ClaraIndex:
     def search_many(self, questions: Sequence[str], k: int | None = None) -> list[list[Hit]]:
         """The k best chunks of each question, best first."""
         if not self.chunks:
-            raise IndexFolderError(f"{self.path} has no chunks")
+            raise IndexFolderError(f"{self.path} has no chunks: add documents with `clara-lite index add`")
         questions = list(questions)
         scores, rows = self.retriever().search(questions, self._k(k))
         return [[Hit(float(s), int(r), self.chunks[int(r)]) for s, r in zip(sr, rr, strict=True) if r >= 0]

@@ -155,8 +155,10 @@ def read_meta(path: Path) -> dict:
         raise FileNotFoundError(f"{path} is not an index (no {INDEX_FILE}): build one with clara-lite index build")
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise IndexFolderError(f"{file}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise IndexFolderError(f"{file}: not valid JSON ({err}): rebuild the index") from None
+    if not isinstance(meta, dict):
+        raise IndexFolderError(f"{file}: a JSON {type(meta).__name__}, not an index's object: rebuild the index")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise IndexFolderError(f"{file}: index format {version!r}, this clara_lite reads {FORMAT_VERSION}"
