@@ -357,3 +357,29 @@ def test_an_upstream_checkpoint_serves_an_index_like_its_own_generate_from_quest
     answers, top = model.generate_from_questions(QUESTIONS, [texts] * 3, max_new_tokens=6, top_k=2)
     assert [[h.row for h in hs] for hs in index.search_many(QUESTIONS, 2)] == top.tolist()
     assert [a.text for a in index.ask_many(QUESTIONS, 2, max_new_tokens=6)] == answers
+
+
+def test_collapsed_whitespace_positions_hold_two_numbers_per_word_not_one_per_character():
+    from clara_lite.serve.documents import _normalized
+
+    rng = random.Random(4)
+    text = "".join(rng.choice(["\u00e9t\u00e9", "a", "bc", " ", "\n\n", "\t ", "\u3000", "x."]) for _ in range(5000))
+    norm, where = _normalized(text)
+    assert norm == " ".join(text.split())
+    assert len(where.norm) == len(text.split())  # per word, where one int per character was kept before
+    for at, ch in enumerate(norm):
+        if ch != " ":
+            assert text[where[at]] == ch, at
+        else:
+            assert text[where[at]].isspace() and not text[where[at] - 1].isspace()
+
+
+def test_two_jsonl_documents_with_one_source_and_other_texts_are_refused_naming_both_lines(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    rows = [{"source": "faq", "text": "Ada lives in Oslo."}, {"source": "faq", "text": "Ada lives in Oslo."},
+            {"source": "other", "text": "Bo lives in Rome."}]
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [d.source for d in documents_from(docs)] == ["faq", "other"]  # the same text twice: one document
+    docs.write_text(docs.read_text() + json.dumps({"source": "faq", "text": "Ada moved to Lima."}) + "\n")
+    with pytest.raises(ValueError, match=r"docs.jsonl:4: source 'faq' is also line 1's, with other text"):
+        documents_from(docs)
