@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.secrets import redact
 from ..io.drive import download
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,13 @@ def free_name(path: Path) -> Path:
     return candidate
 
 
+def _is_html(path: Path) -> bool:
+    """A web page (a sign-in or error page) saved under a data file's name."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head"))
+
+
 def fetch(url_or_id: str, dest: str | Path) -> Fetched:
     """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result.
 
@@ -137,6 +145,12 @@ def fetch(url_or_id: str, dest: str | Path) -> Fetched:
             return Fetched(Path(done["path"]), done["kind"])
     before = set(os.listdir(dest))
     got = download(url_or_id, dest)
+    if got.is_file() and got.suffix.lower() not in (".html", ".htm") and _is_html(got):
+        if got.name not in before:
+            got.unlink()
+        raise ValueError(f"{redact(url_or_id)} sent a web page (HTML), not the file {got.name}: the link needs "
+                         "signing in or is not a download link; share the file with 'anyone with the link', or "
+                         "use its direct download URL")
     if got.is_file() and zipfile.is_zipfile(got):
         # a fresh folder beside the zip: an existing folder of that name is the user's, never replaced
         stem = got.stem if got.suffix.lower() == ".zip" else f"{got.name}-unzipped"
