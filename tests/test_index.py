@@ -383,3 +383,18 @@ def test_two_jsonl_documents_with_one_source_and_other_texts_are_refused_naming_
     docs.write_text(docs.read_text() + json.dumps({"source": "faq", "text": "Ada moved to Lima."}) + "\n")
     with pytest.raises(ValueError, match=r"docs.jsonl:4: source 'faq' is also line 1's, with other text"):
         documents_from(docs)
+
+
+def test_a_part_damaged_at_the_same_size_is_refused_on_its_first_read(tmp_path):
+    model = served_model()
+    ClaraIndex.build(tmp_path / "kb", model, corpus(6), keys=(), progress=False)
+    index = ClaraIndex.load(tmp_path / "kb", model)
+    part = tmp_path / "kb" / index.parts[0].file
+    raw = bytearray(part.read_bytes())
+    raw[-3] ^= 0x40  # inside the memory vectors: the header, the size and the row ids still fit
+    part.write_bytes(bytes(raw))
+    damaged = ClaraIndex.load(tmp_path / "kb", model)  # names and sizes check out
+    with pytest.raises(IndexFolderError, match=r"is damaged \(its sha256 is not the manifest's\).*--verify"):
+        damaged.search(QUESTIONS[0])
+    with pytest.raises(IndexFolderError, match="is damaged"):
+        damaged.memory_rows([0])

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.layout import INDEX_CHUNKS, INDEX_FILE, KIND_INDEX, verify
+from ..core.layout import INDEX_CHUNKS, INDEX_FILE, KIND_INDEX, read_manifest, sha256_file, verify
 from ..pipeline.chunk import ChunkConfig
 from . import fingerprint as fp
 from .decoding import ServingDecoder
@@ -119,6 +119,8 @@ class ClaraIndex:
         self._retriever = None
         self._decoder = None
         self._seen = _stat_key(self.path / INDEX_FILE)  # index.json as this view read it (see refresh)
+        self._hashes: dict[str, str] = {}  # part file -> sha256 in the manifest this view was loaded with
+        self._verified: set[str] = set()  # part files hashed once by this view (the first read of each)
 
     # ------------------------------------------------------------------ building
 
@@ -173,7 +175,8 @@ class ClaraIndex:
         """Open a complete index with the model it was built with (refused for another model).
 
         ``verify_files`` checks every file's sha256 against the manifest (slow for a large index);
-        by default names and sizes are checked.
+        by default names and sizes are checked, and each part file's sha256 the first time this view
+        reads it (a part damaged in place, at the same size, is refused instead of read).
         """
         path = Path(path)
         meta = read_meta(path)
@@ -185,8 +188,10 @@ class ClaraIndex:
         chunks = read_chunks(path)
         if len(chunks) != meta["n_chunks"]:
             raise IndexFolderError(f"{path / INDEX_CHUNKS}: {len(chunks)} chunks, index.json says {meta['n_chunks']}")
-        return cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
-                   hybrid_candidates=hybrid_candidates)
+        index = cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
+                    hybrid_candidates=hybrid_candidates)
+        index._hashes = {name: entry["sha256"] for name, entry in read_manifest(path, KIND_INDEX).items()}
+        return index
 
     @classmethod
     def resume(cls, path, model, *, batch_size: int | None = None, progress: bool = True, **load_options) -> ClaraIndex:
@@ -237,6 +242,15 @@ class ClaraIndex:
                                "--verify` checks every file; then rebuild the index)") from None
         if (f.metadata() or {}).get("ids") != part.ids:
             raise IndexChanged(f"{part.file} holds other rows than this view of the index: another process changed it")
+        if part.file not in self._verified and part.file in self._hashes:
+            # damage that keeps the size (load checks sizes only): caught on the first read of each part,
+            # which costs one pass over the file, once per process (the retriever's keys read it all anyway)
+            if sha256_file(self.path / part.file) != self._hashes[part.file]:
+                f.__exit__(None, None, None)
+                raise IndexFolderError(f"{self.path / part.file} is damaged (its sha256 is not the manifest's): "
+                                       "rebuild the index; `clara-lite index info --index "
+                                       f"{self.path} --verify` checks every file")
+            self._verified.add(part.file)
         return f
 
     def _tensor_blocks(self, name: str):
@@ -271,6 +285,7 @@ class ClaraIndex:
     def _adopt(self, fresh: ClaraIndex) -> None:
         self.meta, self.chunks, self.parts, self._ends = fresh.meta, fresh.chunks, fresh.parts, fresh._ends
         self._seen, self._retriever = fresh._seen, None
+        self._hashes, self._verified = fresh._hashes, set()
 
     def clara_keys(self) -> np.ndarray:
         """Every chunk's memory flattened and L2-normalized (N, M*H): what the query reasoner is scored against."""
