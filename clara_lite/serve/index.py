@@ -409,7 +409,8 @@ class ClaraIndex:
             self._sync(None, False)
             unknown = sources - {c.source for c in self.chunks}
             if unknown:
-                raise IndexFolderError(f"not in {self.path}: {sorted(unknown)[:5]}")
+                raise IndexFolderError(f"not in {self.path}: {sorted(unknown)[:5]} (`clara-lite index info` lists "
+                                       "the sources; the rerun of a killed `index remove` finishes it first)")
             before = len(self.chunks)
             self._rewrite(remove=sources, new_docs=[], skipped=[], batch_size=None, progress=False)
             return before - len(self.chunks)
