@@ -155,11 +155,12 @@ def test_two_torchrun_processes_build_the_same_index_as_one(tmp_path):
 class running:
     """``with running(app) as base_url``: uvicorn on a free loopback port in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
         import uvicorn
 
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -236,3 +237,19 @@ def test_request_limits_413_and_422_and_a_huge_body_never_holds_up_health(tmp_pa
             refused = http.post("/search", json=body)
             assert refused.status_code == 422 and str(tmp_path) not in refused.text, body
     print(f"\n20 MB body: 413 in {big_s:.3f} s; /health during another: {health_s:.3f} s")
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path):
+    from clara_lite.serve.server import head_timeout_protocol
+
+    index = ClaraIndex.build(tmp_path / "kb", served_model(), corpus(3), keys=(), progress=False)
+    with running(create_app(index), http=head_timeout_protocol(0.5)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with httpx.Client(base_url=base, timeout=30) as http:  # a kept-alive connection serves on and on
+            assert [http.get("/health").status_code for _ in range(3)] == [200, 200, 200]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            started = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the server
+            waited = time.monotonic() - started
+        assert 0.3 < waited < 5, waited

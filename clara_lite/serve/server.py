@@ -10,7 +10,8 @@ huge body costs neither memory nor the event loop's time: ``/health`` is never k
 one); 422 for a malformed body (not JSON, a missing, empty, whitespace-only or over-long question, k
 outside 1..100, an unknown field); 503 when the index is being changed by another process and this
 request met the change (retry); 500 for any other fault of the server. Error bodies name no file of
-the server: details go to its log. The model answers one request at a time (a lock), as one model on
+the server: details go to its log. A client that has not sent its request line and headers
+:data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected. The model answers one request at a time (a lock), as one model on
 one device does anyway. Loopback by default: the API has no authentication.
 
 Index changes by other processes (``clara-lite index add|remove`` while serving) are seen: each
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 MAX_QUESTION_CHARS = 4000
 MAX_BODY_BYTES = 64 << 10  # a question of 4000 characters, escaped, fits many times over
+HEAD_TIMEOUT_S = 10.0  # a request's line and headers must arrive within this (uvicorn alone waits forever)
 
 
 class BodyLimit:
@@ -71,6 +73,33 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": data})
+
+
+def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
+    """uvicorn's h11 protocol, closing a connection whose next request head (line and headers) has not
+    arrived ``seconds`` after the connection opened or the previous response ended: a client that sends
+    its headers a byte at a time (slowloris) holds a connection that long, not forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeout(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._expect_head()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._expect_head()
+
+        def _expect_head(self):
+            waiting_for = self.cycle  # a new request head makes a new cycle
+
+            def late():
+                if self.cycle is waiting_for and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, late)
+
+    return HeadTimeout
 
 
 def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64):
@@ -161,4 +190,4 @@ def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | Non
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
     uvicorn.run(create_app(index, default_k=default_k, max_new_tokens=max_new_tokens), host=host, port=port,
-                log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES)
+                log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES, http=head_timeout_protocol())
