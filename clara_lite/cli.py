@@ -21,6 +21,7 @@ from .core import source
 from .core.config import ClaraConfig, TrainConfig, add_flags, given
 from .core.errors import ClaraError, exit_status
 from .core.hardware import cpu_threads_note, describe, detect_hardware
+from .core.secrets import redact
 from .demo import run_demo, write_recipe_data
 from .model.data import read_jsonl, validate_file
 from .model.evaluation import evaluate_model
@@ -171,6 +172,7 @@ BASE_PATH_HELP = "local copy of the base model (offline machines)"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clara-lite", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="on an error, also print its traceback")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("doctor", help="show the hardware profile, its reasons and library versions")
@@ -281,9 +283,34 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return args.func(args)
-    except (ClaraError, ValueError, OSError) as err:  # one message, no traceback; the status by kind (core.errors)
-        log.error("%s", err)
+    except Exception as err:  # every error one message, no traceback (--debug: with it); the status by kind
+        log.error("%s", error_message(err), exc_info=args.debug)
         return exit_status(err)
+
+
+# what a user can do about an error that carries no advice of its own, by the library that raised it
+ADVICE = {
+    "SafetensorError": "a .safetensors file is damaged or not one: rebuild or download it again "
+                       "(`clara-lite index info --index DIR --verify` names a damaged index file)",
+    "BadZipFile": "the zip is damaged or truncated: download it again",
+    "RecursionError": "the input is nested too deeply to read: check the file",
+    "UnicodeError": "the text holds characters that cannot be encoded (an unpaired surrogate?): fix the input",
+}
+
+
+def error_message(err: BaseException) -> str:
+    """The one line the CLI prints for ``err``: clara_lite's errors and the built-in kinds its code raises
+    with a message as they are; anything else as its type, its text and what to do."""
+    text = redact(str(err)) or "(no message)"
+    if isinstance(err, ClaraError):
+        return text
+    kind = next((ADVICE[t.__name__] for t in type(err).__mro__ if t.__name__ in ADVICE), None)
+    if kind is not None:
+        return f"{type(err).__name__}: {text}. What to do: {kind}; --debug shows where it happened"
+    if isinstance(err, ValueError | OSError):
+        return text
+    return (f"{type(err).__name__}: {text}. This is a clara-lite bug or an input it does not check: rerun with "
+            "--debug for the traceback and report it with the command")
 
 
 if __name__ == "__main__":

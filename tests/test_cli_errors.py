@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import TINY_RUN_FLAGS, tiny_model
 from synthetic_data import write_run_data
 
@@ -79,3 +80,71 @@ def test_train_out_of_memory_prints_the_advice_and_exits_4(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "4bit" in errors[0].lower().replace("-", ""), errors
     assert not (tmp_path / "run" / "stage1" / "final").exists()
+
+
+def test_errors_of_other_libraries_and_unchecked_input_are_one_message_and_debug_shows_the_traceback(
+        tmp_path, caplog):
+    """Issue 24, Low 10: the cases that printed a traceback, in-process through clara-lite's main()."""
+    import logging
+    import zipfile
+
+    from test_index import served_model
+
+    from clara_lite.cli import main
+    from clara_lite.serve.index import ClaraIndex
+
+    model = served_model()
+    model.save_pretrained(tmp_path / "model")
+    m = str(tmp_path / "model")
+    kb = tmp_path / "kb"
+    index = ClaraIndex.build(kb, model, ["Ada lives in Oslo.", "Bo lives in Rome."], keys=(), progress=False)
+    part = kb / index.parts[0].file
+    listed = tmp_path / "listed"
+    ClaraIndex.build(listed, model, ["Cy lives in Lima."], keys=(), progress=False)
+    (listed / "index.json").write_text("[1, 2]")
+    empty = ClaraIndex.build(tmp_path / "empty", model, ["Dee."], keys=(), progress=False)
+    empty.remove(["text:" + __import__("hashlib").sha1(b"Dee.").hexdigest()[:12]])
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text('{"context": 1, "question": "q", "answers": {"text": 5, "answer_start": [0]}}\n')
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    bad_zip = tmp_path / "docs.zip"
+    with zipfile.ZipFile(bad_zip, "w") as zf:
+        zf.writestr("docs/a.txt", "Bees dance. " * 50)
+    raw = bytearray(bad_zip.read_bytes())
+    raw[raw.index(b"Bees") + 5] ^= 0xFF  # the data no longer matches its CRC
+    bad_zip.write_bytes(bytes(raw))
+
+    ask = ["ask", "--model", m, "--top-k", "1", "--max-new-tokens", "2"]
+    cases = {  # name: (arguments, before the run, words the one message must hold)
+        "index.json not an object": ([*ask, "--index", str(listed), "q"], None, [str(listed / "index.json"),
+                                                                                "not an index's object"]),
+        "junk part of the right size": ([*ask, "--index", str(kb), "q"], lambda: part.write_bytes(
+            b"\x00" * part.stat().st_size), [str(part), "--verify"]),
+        "bm25 on an empty index": ([*ask, "--index", str(tmp_path / "empty"), "--retriever", "bm25", "q"], None,
+                                   ["has no chunks", "index add"]),
+        "convert, wrong types": (["data", "convert", "--input", str(typed), "--out-dir", str(tmp_path / "o1")],
+                                 None, ["typed.jsonl", "record 1", "--format"]),
+        "convert, deep nesting": (["data", "convert", "--input", str(deep), "--out-dir", str(tmp_path / "o2")],
+                                  None, ["RecursionError", "What to do"]),
+        "a missing input file": (["data", "convert", "--input", str(tmp_path / "none.jsonl"), "--out-dir",
+                           str(tmp_path / "o3")], None, ["none.jsonl"]),
+    }
+    for name, (args, before, words) in cases.items():
+        if before is not None:
+            before()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="clara_lite"):
+            assert main(args) == 2, name
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and not errors[0].exc_info, (name, caplog.text)
+        assert all(w in errors[0].getMessage() for w in words), (name, errors[0].getMessage())
+
+    from clara_lite.pipeline.fetch import unpack
+    with pytest.raises(ValueError, match="a damaged zip .*download it again") as err:
+        unpack(bad_zip, tmp_path / "unpacked")
+    assert str(bad_zip) in str(err.value) and not (tmp_path / "unpacked").exists()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="clara_lite"):
+        assert main(["--debug", *cases["convert, deep nesting"][0]]) == 2
+    assert "Traceback" in caplog.text and "RecursionError" in caplog.text

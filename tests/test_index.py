@@ -391,3 +391,44 @@ def test_a_pdf_skipped_for_want_of_pypdf_says_what_to_install_and_is_added_once_
     again = ws.build_index(model, "pool")
     assert "Adding the documents skipped before (pypdf is installed now)" in capsys.readouterr().out
     assert {c.source for c in again.chunks} == {"notes.txt", "report.pdf"} and again.info()["skipped"] == []
+
+
+def test_collapsed_whitespace_positions_hold_two_numbers_per_word_not_one_per_character():
+    from clara_lite.serve.documents import _normalized
+
+    rng = random.Random(4)
+    text = "".join(rng.choice(["\u00e9t\u00e9", "a", "bc", " ", "\n\n", "\t ", "\u3000", "x."]) for _ in range(5000))
+    norm, where = _normalized(text)
+    assert norm == " ".join(text.split())
+    assert len(where.norm) == len(text.split())  # per word, where one int per character was kept before
+    for at, ch in enumerate(norm):
+        if ch != " ":
+            assert text[where[at]] == ch, at
+        else:
+            assert text[where[at]].isspace() and not text[where[at] - 1].isspace()
+
+
+def test_two_jsonl_documents_with_one_source_and_other_texts_are_refused_naming_both_lines(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    rows = [{"source": "faq", "text": "Ada lives in Oslo."}, {"source": "faq", "text": "Ada lives in Oslo."},
+            {"source": "other", "text": "Bo lives in Rome."}]
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [d.source for d in documents_from(docs)] == ["faq", "other"]  # the same text twice: one document
+    docs.write_text(docs.read_text() + json.dumps({"source": "faq", "text": "Ada moved to Lima."}) + "\n")
+    with pytest.raises(ValueError, match=r"docs.jsonl:4: source 'faq' is also line 1's, with other text"):
+        documents_from(docs)
+
+
+def test_a_part_damaged_at_the_same_size_is_refused_on_its_first_read(tmp_path):
+    model = served_model()
+    ClaraIndex.build(tmp_path / "kb", model, corpus(6), keys=(), progress=False)
+    index = ClaraIndex.load(tmp_path / "kb", model)
+    part = tmp_path / "kb" / index.parts[0].file
+    raw = bytearray(part.read_bytes())
+    raw[-3] ^= 0x40  # inside the memory vectors: the header, the size and the row ids still fit
+    part.write_bytes(bytes(raw))
+    damaged = ClaraIndex.load(tmp_path / "kb", model)  # names and sizes check out
+    with pytest.raises(IndexFolderError, match=r"is damaged \(its sha256 is not the manifest's\).*--verify"):
+        damaged.search(QUESTIONS[0])
+    with pytest.raises(IndexFolderError, match="is damaged"):
+        damaged.memory_rows([0])

@@ -20,6 +20,7 @@ from test_index import QUESTIONS, corpus, folder_files, served_model
 
 from clara_lite.cli import main
 from clara_lite.serve.index import ClaraIndex
+from clara_lite.serve.index_folder import IndexChanged
 from clara_lite.serve.server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_http_api_answers_on_loopback_and_refuses_bad_requests_with_4xx(tmp_path
         with httpx.Client(base_url=base, timeout=60) as http:
             health = http.get("/health").json()
             assert health == {"status": "ok", "chunks": len(index.chunks), "retriever": "clara",
-                              "fingerprint": index.meta["fingerprint"]["id"]}
+                              "fingerprint": index.meta["fingerprint"]["id"], "generation": 0}
             found = http.post("/search", json={"question": QUESTIONS[0], "k": 3}).json()
             assert [h["id"] for h in found["hits"]] == [h.chunk.id for h in index.search(QUESTIONS[0], 3)]
             asked = http.post("/ask", json={"question": QUESTIONS[1], "k": 2, "max_new_tokens": 4})
@@ -149,3 +150,106 @@ def test_two_torchrun_processes_build_the_same_index_as_one(tmp_path):
     assert shard_meta["shard"] == {"index": 1, "count": 2, "groups": [3, 6]}
     _cli("index", "merge", "--out", str(tmp_path / "byhand"))
     assert folder_files(tmp_path / "byhand") == one
+
+
+class running:
+    """``with running(app) as base_url``: uvicorn on a free loopback port in a thread."""
+
+    def __init__(self, app, **config):
+        import uvicorn
+
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **config))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive()
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def test_a_running_server_sees_other_processes_add_and_remove_and_never_reads_a_stale_part(tmp_path):
+    model = served_model()
+    kb = tmp_path / "kb"
+    index = ClaraIndex.build(kb, model, corpus(6), keys=(), progress=False)
+    other = ClaraIndex.load(kb, model)  # another process's view of the same folder
+    stale = ClaraIndex.load(kb, model)
+    with running(create_app(index, max_new_tokens=4)) as base, httpx.Client(base_url=base, timeout=60) as http:
+        assert http.get("/health").json()["generation"] == 0
+        other.add(["Zebras are striped horses of Kenya."], progress=False)
+        health = http.get("/health").json()
+        assert health["chunks"] == len(other.chunks) and health["generation"] == 1
+        sources = {h["source"] for h in http.post("/search", json={"question": "zebras", "k": 100}).json()["hits"]}
+        assert sources == {c.source for c in other.chunks} and any(s.startswith("text:") for s in sources)
+        gone = other.chunks[0].source
+        other.remove([gone])
+        hits = http.post("/search", json={"question": "note", "k": 100}).json()["hits"]
+        assert gone not in {h["source"] for h in hits} and len(hits) == len(other.chunks)
+        asked = http.post("/ask", json={"question": QUESTIONS[0], "max_new_tokens": 4})
+        assert asked.status_code == 200 and asked.json()["answer"] == other.ask(QUESTIONS[0], max_new_tokens=4).text
+        with pytest.raises(IndexChanged):  # a view two generations old never reads another chunk's memory
+            stale.memory_rows(range(len(stale.chunks)))
+
+        part = kb / other.parts[0].file  # damaged under the server: its fault, answered 503 naming no file
+        part.write_bytes(part.read_bytes()[:100])
+        failed = http.post("/ask", json={"question": QUESTIONS[0], "max_new_tokens": 4})
+        assert failed.status_code == 503 and str(tmp_path) not in failed.text and "retry" in failed.json()["error"]
+
+
+def test_request_limits_413_and_422_and_a_huge_body_never_holds_up_health(tmp_path):
+    model = served_model()
+    index = ClaraIndex.build(tmp_path / "kb", model, corpus(4), keys=(), progress=False)
+    with running(create_app(index, max_new_tokens=4)) as base, httpx.Client(base_url=base, timeout=60) as http:
+        big = json.dumps({"question": "x" * (20 << 20)}).encode()
+        started = time.monotonic()
+        response = http.post("/ask", content=big, headers={"content-type": "application/json"})
+        big_s = time.monotonic() - started
+        assert response.status_code == 413 and big_s < 5, big_s
+
+        def chunks():
+            for _ in range(200):
+                yield b" " * 4096
+
+        assert http.post("/search", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+        late = {}
+
+        def post_big():
+            with httpx.Client(base_url=base, timeout=60) as h:
+                late["status"] = h.post("/search", content=big, headers={"content-type": "application/json"}).status_code
+
+        thread = threading.Thread(target=post_big)
+        thread.start()
+        started = time.monotonic()
+        assert http.get("/health").status_code == 200
+        health_s = time.monotonic() - started
+        thread.join()
+        assert late["status"] == 413 and health_s < 2, health_s
+        for body in ({"question": "   \n\t "}, {"question": "x" * 4001}, {"question": "x", "k": 101},
+                     {"question": "x", "k": 0}):
+            refused = http.post("/search", json=body)
+            assert refused.status_code == 422 and str(tmp_path) not in refused.text, body
+    print(f"\n20 MB body: 413 in {big_s:.3f} s; /health during another: {health_s:.3f} s")
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path):
+    from clara_lite.serve.server import head_timeout_protocol
+
+    index = ClaraIndex.build(tmp_path / "kb", served_model(), corpus(3), keys=(), progress=False)
+    with running(create_app(index), http=head_timeout_protocol(0.5)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with httpx.Client(base_url=base, timeout=30) as http:  # a kept-alive connection serves on and on
+            assert [http.get("/health").status_code for _ in range(3)] == [200, 200, 200]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            started = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the server
+            waited = time.monotonic() - started
+        assert 0.3 < waited < 5, waited

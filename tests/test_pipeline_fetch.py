@@ -112,3 +112,78 @@ def test_notebook_link_source_trains_converts_or_builds_by_what_it_fetched(drive
     assert "fetched documents" in capsys.readouterr().out and saved.data_dir == "data/r-raw"
     assert all(r.ok for r in nb.Workspace(drive, saved).check_data().values())
     assert json.loads((drive / "data" / "r-raw" / "build_report.json").read_text())["extract"]["documents"] == 5
+
+
+def test_fetching_a_zip_never_replaces_an_existing_folder_or_file_of_its_name(tmp_path, server, capsys):
+    out = tmp_path / "fetched"
+    mine = out / "my_docs"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's own file")
+    (out / "my_docs-2").write_text("a file, not a folder")
+    assert main(["data", "fetch", f"{server.url}/my_docs.zip", "--out", str(out)]) == 0
+    assert (mine / "notes.txt").read_text() == "the user's own file" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt"]
+    assert (out / "my_docs-2").read_text() == "a file, not a folder"
+    assert (out / "my_docs-3" / "my_docs" / "coffee.docx").is_file()
+    assert f"documents: {out / 'my_docs-3' / 'my_docs'}" in capsys.readouterr().out
+    # a zip already there with the same bytes is the user's: kept after unpacking
+    out2 = tmp_path / "again"
+    out2.mkdir()
+    (out2 / "my_docs.zip").write_bytes((tmp_path / "served" / "my_docs.zip").read_bytes())
+    assert main(["data", "fetch", f"{server.url}/my_docs.zip", "--out", str(out2)]) == 0
+    assert (out2 / "my_docs.zip").is_file() and (out2 / "my_docs" / "my_docs" / "coffee.docx").is_file()
+
+
+def test_unpack_refuses_an_existing_target_and_leaves_it_untouched(tmp_path):
+    archive = zip_folder(make_documents(tmp_path / "d"), tmp_path / "d.zip")
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=str(target)):
+        unpack(archive, target)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"] and [p.name for p in tmp_path.iterdir()
+                                                                   if p.name.startswith(".")] == []
+
+
+def test_a_zip_without_its_suffix_unpacks_and_a_sign_in_page_is_not_kept_as_a_dataset(tmp_path, server):
+    served = tmp_path / "served"
+    (served / "download").write_bytes((served / "my_docs.zip").read_bytes())  # a zip behind a name without .zip
+    (served / "data.jsonl").write_text("<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n")
+    out = tmp_path / "fetched"
+    assert main(["data", "fetch", f"{server.url}/download", "--out", str(out)]) == 0
+    assert (out / "download-unzipped" / "my_docs" / "coffee.docx").is_file() and not (out / "download").exists()
+    assert main(["data", "fetch", f"{server.url}/data.jsonl", "--out", str(out)]) == 2
+    assert not (out / "data.jsonl").exists()
+
+
+def test_a_compressed_body_that_expands_a_thousandfold_is_refused_and_not_kept(tmp_path, monkeypatch):
+    import gzip
+    from http.server import BaseHTTPRequestHandler
+
+    from clara_lite.io.drive import DownloadFailed, download
+
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MB of zeros in about 64 KB
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # gzip though the client asked for identity
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "out").mkdir()
+        with pytest.raises(DownloadFailed, match="expands more than 100x"):
+            download(f"http://127.0.0.1:{httpd.server_address[1]}/data.jsonl", tmp_path / "out", quiet=True)
+        assert list((tmp_path / "out").rglob("*")) == [] and len(bomb) < 100_000  # nothing kept, not even staging
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -130,3 +130,88 @@ def test_cli_reports_a_bad_key_in_one_line_without_a_traceback(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in out, out
     assert f"{ENV_API_KEY} holds a line break" in out and KEY[:8] not in out and KEY[8:] not in out
+
+
+def test_encoded_and_cut_echoes_of_a_key_are_redacted_and_a_slash_in_user_key_at_host_too():
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    key = "sk-live/4f9d2c+NEVER=SHOWN"
+    echoes = {"json": json.dumps({"echo": key + '"'}), "json with \\/": key.replace("/", "\\/"),
+              "url-encoded": quote(key, safe=""), "form-encoded": quote_plus(key),
+              "base64": base64.b64encode(key.encode()).decode(),
+              "base64 inside Basic": "Basic " + base64.b64encode(f"bob:{key}".encode()).decode(),
+              "base64 urlsafe, shifted": base64.urlsafe_b64encode(f"xx{key}".encode()).decode(),
+              "cut by one": key[:-1], "cut by two": key[2:], "cut at both ends": key[1:-1]}
+    for what, echo in echoes.items():
+        shown = secrets.redact(f"HTTP 401: {echo} is not valid", key)
+        assert "***" in shown and key[4:-4] not in shown, (what, shown)
+        if what.startswith("base64"):
+            assert base64.b64encode(key.encode()).decode()[4:-4] not in shown, what
+    url = f"https://bob:{key}@api.example.com/v1/chat"
+    assert secrets.redact(f"POST {url} failed") == "POST https://api.example.com/v1/chat failed"
+    assert secrets.url_credentials(url)
+    with pytest.raises(ValueError, match="user name or key before '@'") as err:
+        OpenAICompatible(url, "m", None)
+    assert "4f9d2c" not in str(err.value) and "sk-live" not in str(err.value)
+    assert secrets.redact("see https://medium.com/@ada/post") == "see https://medium.com/@ada/post"
+
+
+def test_environment_secrets_are_hidden_without_being_named(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("SOME_PATH", "/usr/local/share/stuff")
+    assert secrets.redact("401 for token hf_abcdefghijklmnopqrstuvwxy (cut)") == "401 for token *** (cut)"
+    assert secrets.redact("/usr/local/share/stuff") == "/usr/local/share/stuff"
+
+
+HUB_SCRIPT = r'''
+import sys
+from clara_lite.model.hub import HubError, download
+from clara_lite.pipeline.sources import open_dataset
+for what, call in (("model", lambda: download("someorg/somemodel")), ("dataset", lambda: open_dataset("someorg/someds"))):
+    try:
+        call()
+        print(what, "loaded")
+    except (HubError, OSError, ValueError) as err:
+        print(what, "ERROR", type(err).__name__, err)
+'''
+
+
+def test_hub_errors_that_echo_hf_token_are_redacted(tmp_path):
+    token = "hf_" + "Q7x" * 10
+    echo = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # every Hub call answered 400, echoing the request's token (as some proxies do)
+            got = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            echo["token"] = got
+            body = ('{"error": "invalid credentials ' + got + '"}').encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Error-Message", f"invalid credentials {got}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_TOKEN": token,
+               "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds"),
+               "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        env.pop("HF_DATASETS_OFFLINE", None)
+        proc = subprocess.run([sys.executable, "-c", HUB_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = proc.stdout + proc.stderr
+    assert echo.get("token") == token  # the Hub client sent it, and the server echoed it back
+    assert "model ERROR HubError" in out and "dataset ERROR" in out, out[-3000:]
+    assert token not in out and token[3:20] not in out, out[-3000:]

@@ -15,6 +15,7 @@ from clara_lite import ClaraModel
 from clara_lite.cli import main
 from clara_lite.model.saving import save_model
 from clara_lite.pipeline.extract import extract_folder
+from clara_lite.serve.index import ClaraIndex
 
 
 class Payload:
@@ -79,6 +80,40 @@ def test_extract_does_not_follow_links_out_of_the_input_folder(tmp_path):
     assert [(s.source, s.reason.split(",")[0]) for s in result.skipped] == [("passwd.txt", f"a link to {secret}")]
     md = next(p for p in result.pages if p.source == "page.md")
     assert md.images and "path" not in md.images[0]  # the image outside is never read, nor sent on
+
+
+def _hostile_folder(tmp_path):
+    """docs/: a good file, a link to a secret outside, a file whose name is Latin-1 (not UTF-8)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the password file")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("Bees dance to tell where flowers are.")
+    (docs / "passwd.txt").symlink_to(secret)
+    (docs / "sub").mkdir()
+    (docs / "sub" / "up").symlink_to(tmp_path)  # a link to a folder outside: the files seen through it
+    latin1 = os.fsencode(str(docs)) + b"/caf\xe9.txt"
+    with open(latin1, "w") as f:
+        f.write("A cafe named in Latin-1.")
+    return docs, secret
+
+
+def test_one_check_decides_what_a_document_path_may_be_for_extract_and_the_index(tmp_path, caplog):
+    docs, secret = _hostile_folder(tmp_path)
+    result = extract_folder(docs, use_docling="no")
+    assert "Bees dance" in " ".join(p.text for p in result.pages)
+    reasons = {s.source: s.reason for s in result.skipped}
+    assert reasons["passwd.txt"].startswith(f"a link to {secret}") and "not valid UTF-8" in reasons["caf\\xe9.txt"]
+    json.dumps(result.report(), ensure_ascii=False).encode("utf-8")  # the report can be written
+
+    model = tiny_model(doc_max_length=24, compr_rate=6)
+    with caplog.at_level(logging.WARNING):
+        index = ClaraIndex.build(tmp_path / "kb", model, docs, keys=(), progress=False)
+    assert {c.source for c in index.chunks} == {"notes.txt"}
+    assert "password" not in (tmp_path / "kb" / "chunks.jsonl").read_text()
+    skipped = {s["source"]: s["reason"] for s in index.meta["sources"]["skipped"]}
+    assert {"passwd.txt", "caf\\xe9.txt"} <= set(skipped) and "caf\\xe9.txt" in caplog.text
+    assert index.add(docs, progress=False)["unchanged"] == 1  # add reads the folder through the same check
 
 
 def test_duplicate_chunk_ids_are_refused_instead_of_mispairing_questions(tmp_path, caplog):

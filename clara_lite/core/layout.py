@@ -84,6 +84,8 @@ INDEX_FILE = "index.json"  # settings, model fingerprint, parts; identical for t
 INDEX_CHUNKS = "chunks.jsonl"  # one row per chunk: text, source, page, character span
 INDEX_MEMORY_DIR = "memory"  # memory vectors (and MiniLM keys), one safetensors file per part of a document group
 INDEX_SHARDS_DIR = "shards"  # shard-IIIII-of-NNNNN/: one process's part of a sharded build
+INDEX_LOCK = "index.lock"  # who writes the index now (build, add, remove, merge); never in the manifest
+PENDING = ".new"  # an index file's next content, staged; index.json.new whole is the commit point
 
 
 def index_part_file(group: int, sub: int) -> str:
@@ -259,11 +261,14 @@ def file_entry(path: str | Path) -> dict:
     return {"sha256": sha256_file(path), "size": Path(path).stat().st_size}
 
 
-def write_manifest(folder: str | Path, kind: str = KIND_CHECKPOINT, extra: dict | None = None) -> dict:
-    """fsync every file under ``folder``, then write its manifest (itself fsync'd) last."""
+def write_manifest(folder: str | Path, kind: str = KIND_CHECKPOINT, extra: dict | None = None,
+                   skip: tuple[str, ...] = ()) -> dict:
+    """fsync every file under ``folder`` (but the top-level names in ``skip``), then write its manifest
+    (itself fsync'd) last."""
     folder = Path(folder)
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+                       and p.relative_to(folder).as_posix() not in skip):
         fsync_path(path)
         files[path.relative_to(folder).as_posix()] = file_entry(path)
     manifest = {"kind": kind, "format_version": MANIFEST_VERSION, "files": files, **(extra or {})}

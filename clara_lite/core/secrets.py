@@ -11,15 +11,30 @@ line break makes ``http.client`` raise ``Invalid header value b'Bearer sk-…\\n
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 MASK = "***"
 SHOWN_PARAMS = ("id", "export", "usp")  # query parameters safe to show (a Drive file id); any other may be a token
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
+# user:password@ right after the scheme, the password up to the last "@" before the host: a key with an
+# unescaped "/" in it ends urlsplit's netloc early and would be shown as host and path
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@:\s]*:[^@\s]*@")
+SECRET_ENV = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$", re.IGNORECASE)  # variables whose values are hidden
+MIN_SECRET = 8  # shorter values are not searched for (a 3-letter "key" would mask ordinary words)
+TRIMMED = 2  # an echo cut by up to this many characters at either end is still the secret
+
+
+def url_credentials(url: str) -> bool:
+    """Whether ``url`` carries ``user:password@`` (also when the password holds a ``/``)."""
+    return bool(_CREDENTIALS.match(url)) or "@" in urlsplit(url).netloc
 
 
 def _url(url: str) -> str:
+    url = _CREDENTIALS.sub(r"\1", url)
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -33,9 +48,41 @@ def _url(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}" + (f"?{'&'.join(shown)}" if shown else "")
 
 
+def _base64_cores(secret: bytes) -> set[str]:
+    """The base64 characters that depend on ``secret``'s bytes alone, at each of the three alignments
+    it can have inside a longer encoded text (``Basic base64(user:key)``, a JSON body encoded whole)."""
+    cores = set()
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * offset + secret).decode()
+            first, end = -(-8 * offset // 6), (8 * (offset + len(secret))) // 6
+            if end - first >= MIN_SECRET:
+                cores.add(text[first:end])
+    return cores
+
+
+def _forms(secret: str) -> set[str]:
+    """``secret`` as an echo may carry it: itself, cut by a character or two at either end, JSON-escaped,
+    URL-encoded, base64-encoded."""
+    cut = {secret[i:len(secret) - j] for i in range(TRIMMED + 1) for j in range(TRIMMED + 1)}
+    forms = {c for c in cut if len(c) >= MIN_SECRET} | {secret}
+    for form in list(forms):
+        escaped = json.dumps(form)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/"), quote(form, safe=""), quote_plus(form, safe="")}
+    forms |= _base64_cores(secret.encode())
+    return forms
+
+
+def environment_secrets() -> list[str]:
+    """Values of the environment's ``*_TOKEN``, ``*_API_KEY``, ``*_SECRET``, ``*PASSWORD`` variables."""
+    return [v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v.strip()) >= MIN_SECRET]
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with each of ``secrets`` replaced by ``***`` and every URL in it shown without its
-    user:password and with query values other than a Drive ``id`` hidden (signed links carry tokens).
+    """``text`` with each of ``secrets`` (and each secret of the environment: :func:`environment_secrets`)
+    replaced by ``***``, also JSON-escaped, URL-encoded, base64'd or cut by a character or two; and every
+    URL in it shown without its user:password and with query values other than a Drive ``id`` hidden
+    (signed links carry tokens).
 
     >>> redact("https://user:pw@example.com/f.zip?sig=abc&id=1")
     'https://example.com/f.zip?id=1&…'
@@ -43,9 +90,13 @@ def redact(text: str, *secrets: str | None) -> str:
     'HTTP 401: bad key Bearer ***'
     """
     text = str(text)
-    for secret in secrets:
+    forms: set[str] = set()
+    for secret in {*secrets, *environment_secrets()}:
         if secret:
-            text = text.replace(secret, MASK)
+            forms |= _forms(secret) if len(secret) >= MIN_SECRET else {secret}
+    for form in sorted(forms, key=len, reverse=True):  # the longest first: a cut form never splits a whole one
+        if form in text:
+            text = text.replace(form, MASK)
     return _URL.sub(lambda m: _url(m.group(0)), text) if "://" in text else text
 
 

@@ -45,6 +45,8 @@ from ..core.secrets import redact  # one redaction for every layer (re-exported 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = (10, 120)  # (connect, between bytes): offline fails in seconds, a slow link still runs
+MAX_BYTES = 20 << 30  # what one download may write: no document set or dataset file clara_lite reads is larger
+MAX_EXPANSION = 100  # a body the server compressed though asked not to may grow this much: more is a bomb
 RETRIES = 2  # further tries after a transfer breaks off, stalls or meets a busy server; each continues
 CHUNK = 64 << 10  # small: when a connection drops, urllib3 discards the chunk it was filling
 DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
@@ -65,7 +67,8 @@ class DownloadFailed(OSError):
 
 
 def download(url_or_id: str, dest: str | Path, *, overwrite: bool = False, quiet: bool = False,
-             timeout: float | tuple[float, float] = TIMEOUT_S, retries: int = RETRIES) -> Path:
+             timeout: float | tuple[float, float] = TIMEOUT_S, retries: int = RETRIES,
+             max_bytes: int = MAX_BYTES) -> Path:
     """Download a Drive file link, Drive folder link, Drive file id or http(s) URL to ``dest``.
 
     ``dest`` is the file to write, or an existing folder (the file keeps the server's name); for a
@@ -74,7 +77,9 @@ def download(url_or_id: str, dest: str | Path, *, overwrite: bool = False, quiet
     ``timeout`` is seconds to connect and then between bytes (one number: both); ``retries`` is how
     many more tries, each continuing the bytes received, a broken, stalled or busy transfer gets.
     Raises :class:`DownloadFailed` when offline, or the link is private, wrong or gone, or the
-    transfer keeps failing (then the received bytes are kept, and the same call continues them).
+    transfer keeps failing (then the received bytes are kept, and the same call continues them), or
+    the body is over ``max_bytes``, or a compressed body expands more than :data:`MAX_EXPANSION` times
+    (nothing of it is kept).
     """
     try:
         import gdown  # noqa: F401  (and requests, which it brings)
@@ -84,7 +89,7 @@ def download(url_or_id: str, dest: str | Path, *, overwrite: bool = False, quiet
     kind, file_id = _kind(source)
     shown = redact(source)
     log.info("Downloading %s -> %s", shown, dest)
-    with _Transfer(shown, timeout, retries, quiet) as transfer:
+    with _Transfer(shown, timeout, retries, quiet, max_bytes) as transfer:
         if kind == "folder":
             return _download_folder(transfer, source, dest, overwrite)
         into_folder = dest.is_dir() or str(dest).endswith(("/", os.sep))
@@ -226,9 +231,10 @@ def _body_error(err: Exception, received: int, total: int | None, timeout) -> _R
 class _Transfer:
     """One requests session fetching for one :func:`download` call: statuses, timeouts, retries, resume."""
 
-    def __init__(self, shown: str, timeout, retries: int, quiet: bool):
+    def __init__(self, shown: str, timeout, retries: int, quiet: bool, max_bytes: int = MAX_BYTES):
         import requests
 
+        self.max_bytes = max_bytes
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
         self.requests, self.shown, self.timeout, self.retries, self.quiet = requests, shown, timeout, retries, quiet
@@ -385,17 +391,32 @@ class _Transfer:
 
         with open(part, "ab" if resumed else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=self.quiet) as bar:
+            encoded = headers.get("Content-Encoding", "identity").lower() != "identity"
             try:
                 for chunk in response.iter_content(CHUNK):
                     f.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    self._check_size(response, part, received - have, encoded)
             except self._body_errors as err:
                 raise _body_error(err, received, total, self.timeout) from None
         if total is not None and received != total:
             if received > total:  # more than announced: these bytes cannot be trusted
                 part.unlink()
             raise _BrokeOff(received, total)
+
+
+    def _check_size(self, response, part: Path, received: int, encoded: bool) -> None:
+        wire = getattr(response.raw, "tell", lambda: 0)() or 0  # bytes off the network, before decoding
+        if received > self.max_bytes:
+            why = f"is over {self.max_bytes / 1e9:.1f} GB (max_bytes)"
+        elif encoded and received > MAX_EXPANSION * max(wire, CHUNK):
+            why = (f"came compressed and expands more than {MAX_EXPANSION}x ({wire} bytes sent became {received}): "
+                   "a decompression bomb, or not a file to download")
+        else:
+            return
+        part.unlink(missing_ok=True)
+        raise DownloadFailed(f"{self.shown}: the download {why}; nothing of it is kept")
 
 
 def _length(headers) -> int | None:

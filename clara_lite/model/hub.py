@@ -36,6 +36,7 @@ from ..core.layout import (
     UPSTREAM_CONFIG,
     UPSTREAM_LAYERS,
 )
+from ..core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,12 @@ def download(repo_id: str, subfolder: str | None = None, patterns=MODEL_FILES, r
     except RepositoryNotFoundError:
         raise HubError(f"{repo_id} is not on the Hugging Face Hub (or is private: {token_help(repo_id)})") from None
     except LocalEntryNotFoundError as err:
-        raise HubError(f"{where} is not in the Hugging Face cache and the Hub cannot be reached ({err}). "
-                       "Connect to the internet once, or pass a local folder.") from None
+        raise HubError(f"{where} is not in the Hugging Face cache and the Hub cannot be reached "
+                       f"({redact(str(err), hub_token())}). Connect to the internet once, or pass a local "
+                       "folder.") from None
+    except Exception as err:  # an HTTP error may echo the request, token included: never shown as it is
+        raise HubError(f"{where}: the Hugging Face Hub failed ({type(err).__name__}: "
+                       f"{redact(str(err), hub_token())}). Check the name and your token, then try again.") from None
     path = Path(root) / (subfolder or "")
     if not ((path / CONFIG_FILE).is_file() or (path / UPSTREAM_ADAPTERS).is_file()):
         found = sorted({p.parent.relative_to(root).as_posix() for p in Path(root).rglob(UPSTREAM_ADAPTERS)}

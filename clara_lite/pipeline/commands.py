@@ -167,7 +167,7 @@ def _convert(args) -> int:
     fmt = args.format if args.format != "auto" else detect_format(records[0])
     options = {"answer": "long"} if args.long_answer and fmt == "pubmedqa" else {}
     print(f"{description}: {len(records)} records, format {fmt}" + (" (long answers)" if options else ""))
-    corpus = convert(records, fmt, **options)
+    corpus = convert(records, fmt, where=description, **options)
     outputs = instruction_outputs(records) if fmt == "instruction" else []
     if outputs:  # chat-tuning pairs without a document: their outputs become documents to synthesize from
         folder = Path(args.out_dir) / "instruction_documents"

@@ -349,11 +349,25 @@ FORMATS: dict[str, Callable[..., Corpus]] = {
 }
 
 
-def convert(records: Iterable[dict], fmt: str, **options) -> Corpus:
-    """``options`` go to the converter (``answer="long"`` for PubMedQA)."""
+def convert(records: Iterable[dict], fmt: str, *, where: str = "the records", **options) -> Corpus:
+    """``options`` go to the converter (``answer="long"`` for PubMedQA). A record whose fields have other
+    types than the format's (a number for a question, a string for a list) is a ValueError naming
+    ``where`` and the record's number, never the converter's TypeError."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    corpus = FORMATS[fmt](records, **options)
+    at = [0]
+
+    def counted():
+        for at[0], record in enumerate(records, start=1):
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}, record {at[0]}: a {type(record).__name__}, not an object with fields")
+            yield record
+
+    try:
+        corpus = FORMATS[fmt](counted(), **options)
+    except (TypeError, AttributeError, KeyError, IndexError) as err:
+        raise ValueError(f"{where}, record {at[0]}: not {fmt} data ({type(err).__name__}: {err}): a field holds "
+                         "another type than the format's; fix the record, or pass the right --format") from None
     log.info("%s: %d documents, %d questions", fmt, len(corpus.docs), len(corpus.items))
     return corpus
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io.paths import inside, refusal, shown
 from .records import IMAGE_REF, Page, clean_paragraphs
 
 log = logging.getLogger(__name__)
@@ -362,15 +363,6 @@ def extract_file(path: str | Path, root: str | Path | None = None, *, images_dir
     return pages
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, links followed, is within ``root`` (links followed too)."""
-    try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def _lone_image(page: Page) -> bool:
     return page.text == IMAGE_REF and Path(page.source).suffix.lower() in IMAGE_SUFFIXES
 
@@ -385,16 +377,17 @@ def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = Non
     result = Extraction(description)
     log.info("extracting %s with %s", root, description)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = str(path.relative_to(root))
+        rel = shown(path.relative_to(root))
         if path.name.startswith(".") or images_dir is not None and Path(images_dir).resolve() in path.resolve().parents:
             continue
         suffix = path.suffix.lower()
         if suffix not in EXTRACTORS and suffix not in IMAGE_SUFFIXES:
             result.ignored.append(rel)
             continue
-        if not inside(path, root):  # a symlink out of the folder (to /etc/passwd, say): its text would be sent on
-            result.skipped.append(Skipped(rel, f"a link to {path.resolve()}, outside the input folder: not read"))
-            log.warning("skipped %s: a link to outside the input folder", rel)
+        why = refusal(path, root)  # a link out of the folder (to /etc/passwd, say), a name that is not UTF-8
+        if why is not None:
+            result.skipped.append(Skipped(rel, why))
+            log.warning("skipped %s: %s", rel, why)
             continue
         try:
             pages = extract_file(path, root, images_dir=images_dir, docling=docling)
@@ -405,6 +398,6 @@ def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = Non
             continue
         result.pages += [p for p in pages if p.text.strip() or p.images]
     # an image file a document shows is recorded there (with its place), not again on its own
-    shown = {i.get("path") for p in result.pages if not _lone_image(p) for i in p.images}
-    result.pages = [p for p in result.pages if not _lone_image(p) or p.images[0].get("path") not in shown]
+    displayed = {i.get("path") for p in result.pages if not _lone_image(p) for i in p.images}
+    result.pages = [p for p in result.pages if not _lone_image(p) or p.images[0].get("path") not in displayed]
     return result

@@ -22,9 +22,11 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.secrets import redact
 from ..io.drive import download
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,19 @@ def classify(path: str | Path) -> str:
 
 
 def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """``archive`` unpacked into ``folder`` (all or nothing); member names may not leave it."""
-    with zipfile.ZipFile(archive) as zf:
+    """``archive`` unpacked into the new folder ``folder`` (all or nothing); member names may not leave it.
+
+    Nothing is ever replaced: the zip is unpacked into a fresh staging folder beside ``folder`` and moved
+    to ``folder`` only when ``folder`` does not exist (:class:`FileExistsError` names it otherwise).
+    """
+    if os.path.lexists(folder):
+        raise FileExistsError(f"{folder} already exists: not unpacking {archive.name} over it; "
+                              "move it away or unpack somewhere else")
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{archive}: not a readable zip ({err}): download it again") from None
+    with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         if len(infos) > MAX_MEMBERS:
             raise ValueError(f"{archive.name}: {len(infos)} files; more than {MAX_MEMBERS} is not a document set")
@@ -76,9 +89,11 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             zf.extractall(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            _move_to_new(tmp, folder)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # sizes or data the zip lies about, an unknown method
+            raise ValueError(f"{archive}: a damaged zip ({type(err).__name__}: {err}); nothing unpacked: "
+                             "download it again") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -87,8 +102,40 @@ def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> 
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
+def _move_to_new(src: Path, dst: Path) -> None:
+    """``src`` renamed to ``dst``, which must not exist (a folder or file there is never replaced).
+
+    Between the check and the rename another process could create ``dst``: rename(2) then fails on a
+    file or a non-empty folder, and replaces only an empty folder, so no one's content is lost.
+    """
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} already exists: not replaced; move it away or choose another --out")
+    os.rename(src, dst)
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first of ``path-2``, ``path-3``, … that is free."""
+    n = 2
+    candidate = path
+    while os.path.lexists(candidate):
+        candidate = path.with_name(f"{path.name}-{n}")
+        n += 1
+    return candidate
+
+
+def _is_html(path: Path) -> bool:
+    """A web page (a sign-in or error page) saved under a data file's name."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head"))
+
+
 def fetch(url_or_id: str, dest: str | Path) -> Fetched:
-    """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result."""
+    """Download ``url_or_id`` into the folder ``dest``, unpack a zip, and classify the result.
+
+    A zip ``name.zip`` unpacks into ``dest/name``, or ``dest/name-2`` (…) when that is taken: nothing
+    under ``dest`` is deleted or replaced.
+    """
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -98,10 +145,20 @@ def fetch(url_or_id: str, dest: str | Path) -> Fetched:
         if Path(done["path"]).exists():
             log.info("already fetched: %s", done["path"])
             return Fetched(Path(done["path"]), done["kind"])
+    before = set(os.listdir(dest))
     got = download(url_or_id, dest)
+    if got.is_file() and got.suffix.lower() not in (".html", ".htm") and _is_html(got):
+        if got.name not in before:
+            got.unlink()
+        raise ValueError(f"{redact(url_or_id)} sent a web page (HTML), not the file {got.name}: the link needs "
+                         "signing in or is not a download link; share the file with 'anyone with the link', or "
+                         "use its direct download URL")
     if got.is_file() and zipfile.is_zipfile(got):
-        path = unpack(got, got.with_suffix(""))
-        got.unlink()
+        # a fresh folder beside the zip: an existing folder of that name is the user's, never replaced
+        stem = got.stem if got.suffix.lower() == ".zip" else f"{got.name}-unzipped"
+        path = unpack(got, free_name(dest / stem))
+        if got.name not in before:  # the zip we downloaded; an identical one already there is the user's
+            got.unlink()
     else:
         path = got
     fetched = Fetched(path, classify(path))

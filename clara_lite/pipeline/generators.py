@@ -45,7 +45,7 @@ from typing import Protocol
 
 from ..core.errors import ClaraError
 from ..core.hardware import detect_hardware
-from ..core.secrets import SHOWN_PARAMS, header_value, redact
+from ..core.secrets import SHOWN_PARAMS, header_value, redact, url_credentials
 from ..model.base import load_base_model
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class OpenAICompatible:
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"{ENV_BASE_URL} must be an http(s) URL such as https://api.openai.com/v1, got "
                              f"{self._redact(self.base_url)!r}")
-        if "@" in parts.netloc:  # urllib would not send it as credentials, only show it in messages
+        if url_credentials(self.base_url):  # urllib would not send it as credentials, only show it in messages
             raise ValueError(f"{ENV_BASE_URL} holds a user name or key before '@' ({self._redact(self.base_url)}): "
                              f"give the URL without it and put the key in {ENV_API_KEY}")
 

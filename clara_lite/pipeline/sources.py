@@ -21,6 +21,8 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..core.secrets import redact
+from ..model.hub import hub_token
 from .convert import load_records as read_file
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,12 @@ def open_dataset(source: str | Path, *, split: str | None = None, config: str | 
     name, known_config, known_split = KNOWN.get(str(source).lower(), (str(source), None, None))
     config, split = config or known_config, split or known_split or "train"
     streaming = True if streaming is None else streaming
-    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    try:
+        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as err:  # a Hub error may echo the request, HF_TOKEN included: never shown as it is
+        raise OSError(f"{name}: the Hugging Face Hub could not load it ({type(err).__name__}: "
+                      f"{redact(str(err), hub_token())}). Check the name (or give a local file or folder) and "
+                      "your token") from None
     total = None if streaming else len(dataset)
     return dataset, total, f"{name}{f' ({config})' if config else ''} [{split}] from the Hugging Face Hub"
 

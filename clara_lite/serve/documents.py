@@ -18,13 +18,17 @@ For example::
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
+import re
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..io.paths import refusal, shown
 from ..model.rows import DOC_KEYS
 from ..pipeline.build import DATA_MODULES
 from ..pipeline.chunk import ChunkConfig, chunk_pages
@@ -78,15 +82,25 @@ def text_source(text: str) -> str:
     return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def documents_from(source, *, use_docling: str = "auto") -> list[Document]:
-    """Documents of a folder (recursively, sorted; files of types no extractor reads are skipped),
-    a JSONL file (``{"text"|"doc": ..., "source"|"id"?: ..., "title"?: ...}``, a JSON string, or
-    training rows, whose docs become documents) or a list of strings."""
+def documents_from(source, *, use_docling: str = "auto", skipped: list | None = None) -> list[Document]:
+    """Documents of a folder (recursively, sorted; files of types no extractor reads are left out, and
+    files :func:`clara_lite.io.paths.refusal` refuses, a link out of the folder or a name that is not
+    UTF-8, skipped with a warning and listed in ``skipped``), a JSONL file (``{"text"|"doc": ...,
+    "source"|"id"?: ..., "title"?: ...}``, a JSON string, or training rows, whose docs become
+    documents) or a list of strings."""
     if isinstance(source, str | Path) and Path(source).is_dir():
         root = Path(source)
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and p.suffix.lower() in EXTRACTORS)
-        return [Document(str(p.relative_to(root)), p.stem, path=p, root=root) for p in files]
+        docs = []
+        for p in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in EXTRACTORS):
+            why = refusal(p, root)
+            if why is not None:
+                log.warning("skipped %s: %s", shown(p.relative_to(root)), why)
+                if skipped is not None:
+                    skipped.append({"source": shown(p.relative_to(root)), "reason": why})
+                continue
+            docs.append(Document(str(p.relative_to(root)), p.stem, path=p, root=root))
+        return docs
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
@@ -111,6 +125,7 @@ def jsonl_documents(path: Path) -> list[Document]:
     """The documents of a JSONL file, one reader for the index and ``ask``: a JSON string, ``{"text"|"doc":
     ..., "source"|"id"?: ..., "title"?: ...}``, or a training row (its ``docs``); a bad line names file:line."""
     docs: list[Document] = []
+    named: dict[str, tuple[int, str]] = {}  # source -> (first line, text)
     for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
@@ -125,8 +140,12 @@ def jsonl_documents(path: Path) -> list[Document]:
             text = next((row[k] for k in ("text", "doc") if isinstance(row.get(k), str)), None)
             if text is not None:
                 name = row.get("source") or row.get("id")
-                docs.append(Document(str(name) if name is not None else f"{path.name}:{lineno}",
-                                     str(row.get("title") or ""), text))
+                source = str(name) if name is not None else f"{path.name}:{lineno}"
+                first = named.setdefault(source, (lineno, text))
+                if first[0] != lineno and first[1] != text:  # the same text twice is one document
+                    raise ValueError(f"{path}:{lineno}: source {source!r} is also line {first[0]}'s, with other "
+                                     "text: give each document its own source (or join them into one text)")
+                docs.append(Document(source, str(row.get("title") or ""), text))
                 continue
             listed = next((row[k] for k in DOC_KEYS if isinstance(row.get(k), list)), None)
             if listed is not None and all(isinstance(d, str) for d in listed):
@@ -153,20 +172,31 @@ def document_text(pages: Sequence[Page]) -> str:
     return "\n\n".join(t for t in (fill_images(p.text) for p in pages) if t.strip())
 
 
-def _normalized(text: str) -> tuple[str, list[int]]:
+_WORD = re.compile(r"\S+")
+
+
+class _Positions:
+    """Where each character of the whitespace-collapsed text was in the original: two integers per word
+    (its start in each), not one Python int per character (a 50 MB text made 50 million of them)."""
+
+    def __init__(self):
+        self.norm, self.orig = array("q"), array("q")
+
+    def __getitem__(self, at: int) -> int:
+        w = bisect.bisect_right(self.norm, at) - 1
+        return self.orig[w] + at - self.norm[w]  # a joining space: the first character of the run it stands for
+
+
+def _normalized(text: str) -> tuple[str, _Positions]:
     """``text`` with whitespace runs as single spaces, and each kept character's position in ``text``."""
-    out, where, space = [], [], False
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            space = bool(out)
-            continue
-        if space:
-            out.append(" ")
-            where.append(i)
-            space = False
-        out.append(ch)
-        where.append(i)
-    return "".join(out), where
+    where, words, n = _Positions(), [], 0
+    for m in _WORD.finditer(text):
+        n += 1 if words else 0  # the space joining it to the word before
+        where.norm.append(n)
+        where.orig.append(m.start())
+        words.append(m.group())
+        n += m.end() - m.start()
+    return " ".join(words), where
 
 
 def locate(chunks: Sequence[str], text: str, follows: Sequence[bool] | None = None) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ On disk (a folder; names in :mod:`clara_lite.core.layout`)::
     memory/part-GGGGGG-SSS.safetensors   rows of document group G: "memory" (n, M, H), fp16 by default,
                                  and "minilm" (n, 384) keys; metadata "ids": sha256 of the rows' chunk ids
     manifest.json                written last (kind clara_lite-index): the folder is complete
+    index.lock                   while a writer (build, add, remove) works on it; not part of the index
 
 Why parts of document groups: documents are taken ``group_docs`` at a time, each group's chunks cut
 into parts of ``part_rows``. A part is written whole and checked on its own, so a killed build
@@ -17,6 +18,12 @@ and merging them is copying files.
 
 Loading memory-maps nothing it does not need: the memory of the k chunks a question retrieves is
 read from the part files (safetensors slices) when asked; only the retrieval keys live in RAM.
+
+Writers take turns and survive a kill at any point (:mod:`.index_folder`). A process that keeps an
+index open (``clara-lite serve``) sees other processes' changes by :meth:`ClaraIndex.refresh`: one
+``stat`` of index.json per request, and a reload when its ``generation`` moved and the new state is
+complete; every memory read checks that the part file still holds the rows of this view
+(:class:`IndexChanged` otherwise), so a stale view never reads another chunk's memory.
 
 For example::
 
@@ -28,6 +35,7 @@ For example::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.layout import (
-    INDEX_CHUNKS,
-    INDEX_FILE,
-    KIND_INDEX,
-    MANIFEST,
-    verify,
-    write_json,
-    write_manifest,
-)
+from ..core.layout import INDEX_CHUNKS, INDEX_FILE, KIND_INDEX, read_manifest, sha256_file, verify
 from ..pipeline.chunk import ChunkConfig
 from . import fingerprint as fp
 from .decoding import ServingDecoder
@@ -56,8 +56,11 @@ from .index_folder import (
     MEMORY,
     MINILM,
     PART_ROWS,
+    IndexChanged,
     IndexFolderError,
     Part,
+    commit,
+    finish,
     ids_sha,
     materialize,
     parts_of,
@@ -66,8 +69,7 @@ from .index_folder import (
     read_meta,
     shard_range,
     sizes_problem,
-    write_chunks,
-    write_part,
+    writing,
 )
 from .retrievers import BM25Retriever, ClaraRetriever, HybridRetriever, MiniLMRetriever
 
@@ -118,6 +120,9 @@ class ClaraIndex:
         self.index_type, self.merge, self.hybrid_candidates = index_type, merge, hybrid_candidates
         self._retriever = None
         self._decoder = None
+        self._seen = _stat_key(self.path / INDEX_FILE)  # index.json as this view read it (see refresh)
+        self._hashes: dict[str, str] = {}  # part file -> sha256 in the manifest this view was loaded with
+        self._verified: set[str] = set()  # part files hashed once by this view (the first read of each)
 
     # ------------------------------------------------------------------ building
 
@@ -136,12 +141,14 @@ class ClaraIndex:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         keys = _resolve_keys(keys)
-        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
+        refused: list[dict] = []  # files of the folder that are no documents (links out of it, names not UTF-8)
+        docs = (documents_from(documents, use_docling=use_docling, skipped=refused) if not _is_docs(documents)
+                else list(documents))
         n_groups = -(-len(docs) // group_docs)
         first, end = (0, n_groups) if shard is None else shard_range(shard, n_groups)
         mine = docs[first * group_docs:end * group_docs]
         settings = _settings(model, dtype, keys, overlap, group_docs, part_rows)
-        skipped: list[dict] = []
+        skipped: list[dict] = refused if shard is None or shard[0] == 0 else []  # listed once when merged
         tokenizer = model.tokenizer
         per_doc = chunk_documents(mine, tokenizer, doc_max_length=model.config.doc_max_length,
                                   overlap=settings["overlap"], docling=docling_for(use_docling), skipped=skipped)
@@ -152,11 +159,13 @@ class ClaraIndex:
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp.fingerprint(model), "settings": settings,
                 "parts": [p.row() for p, _ in parts], "n_chunks": sum(p.rows for p, _ in parts),
                 "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end,
-                "shard": None if shard is None else {"index": shard[0], "count": shard[1], "groups": [first, end]}}
+                "shard": None if shard is None else {"index": shard[0], "count": shard[1], "groups": [first, end]},
+                "generation": 0}
         chunks = [c for _, rows in parts for c in rows]
-        prepare_folder(path, meta, chunks)
-        materialize(path, model, parts, settings, batch_size=batch_size, progress=progress)
-        write_manifest(path, KIND_INDEX)
+        with writing(path, "build"):
+            prepare_folder(path, meta, chunks)
+            materialize(path, model, parts, settings, batch_size=batch_size, progress=progress)
+            finish(path)
         log.info("index %s: %d chunks from %d documents (%d skipped)", path, len(chunks), len(mine), len(skipped))
         return cls.load(path, model, **load_options)
 
@@ -168,7 +177,8 @@ class ClaraIndex:
         """Open a complete index with the model it was built with (refused for another model).
 
         ``verify_files`` checks every file's sha256 against the manifest (slow for a large index);
-        by default names and sizes are checked.
+        by default names and sizes are checked, and each part file's sha256 the first time this view
+        reads it (a part damaged in place, at the same size, is refused instead of read).
         """
         path = Path(path)
         meta = read_meta(path)
@@ -180,29 +190,20 @@ class ClaraIndex:
         chunks = read_chunks(path)
         if len(chunks) != meta["n_chunks"]:
             raise IndexFolderError(f"{path / INDEX_CHUNKS}: {len(chunks)} chunks, index.json says {meta['n_chunks']}")
-        return cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
-                   hybrid_candidates=hybrid_candidates)
+        index = cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
+                    hybrid_candidates=hybrid_candidates)
+        index._hashes = {name: entry["sha256"] for name, entry in read_manifest(path, KIND_INDEX).items()}
+        return index
 
     @classmethod
     def resume(cls, path, model, *, batch_size: int | None = None, progress: bool = True, **load_options) -> ClaraIndex:
-        """Finish an index whose build or update (add, remove) was interrupted: compress the parts still
-        missing, then write the manifest. A complete index is simply loaded."""
+        """Finish an index whose build or update (add, remove) was interrupted: complete or undo its file
+        replacements, compress the parts still missing, then write the manifest. A complete index is
+        simply loaded."""
         path = Path(path)
-        meta = read_meta(path)
-        if sizes_problem(path) is None:
-            return cls.load(path, model, **load_options)
-        fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
-        chunks, parts, start = read_chunks(path), [], 0
-        for row in meta["parts"]:
-            part = Part(**row)
-            rows = chunks[start:start + part.rows]
-            if ids_sha(rows) != part.ids:
-                raise IndexFolderError(f"{path}: {INDEX_CHUNKS} and {INDEX_FILE} disagree (interrupted while writing "
-                                       "them): build the index again into a new folder")
-            parts.append((part, rows))
-            start += part.rows
-        materialize(path, model, parts, meta["settings"], batch_size=batch_size, progress=progress)
-        write_manifest(path, KIND_INDEX)
+        read_meta(path)  # an index at all, before taking its lock
+        with writing(path, "resume"):
+            _complete(path, model, batch_size=batch_size, progress=progress)
         return cls.load(path, model, **load_options)
 
     def info(self) -> dict:
@@ -221,24 +222,72 @@ class ClaraIndex:
 
     def memory_rows(self, rows: Sequence[int]) -> torch.Tensor:
         """Memory vectors of ``rows`` (len, M, H), read from the part files, in the model's dtype."""
-        from safetensors import safe_open
-
         out = []
         where = np.searchsorted(self._ends, np.asarray(rows, dtype=np.int64), side="right")
         for row, part_i in zip(rows, where.tolist(), strict=True):
             part = self.parts[part_i]
             offset = int(row) - (int(self._ends[part_i]) - part.rows)
-            with safe_open(str(self.path / part.file), "pt") as f:
+            with self._open_part(part) as f:
                 out.append(f.get_slice(MEMORY)[offset:offset + 1])
         dtype = self.model.lm.get_input_embeddings().weight.dtype
         return torch.cat(out).to(dtype)
 
-    def _tensor_blocks(self, name: str):
-        from safetensors import safe_open
+    def _open_part(self, part: Part):
+        """The part's file, opened, after checking it holds this view's rows (IndexChanged if not)."""
+        from safetensors import SafetensorError, safe_open
 
+        try:
+            f = safe_open(str(self.path / part.file), "pt")
+        except (SafetensorError, OSError) as err:
+            raise IndexChanged(f"{self.path / part.file} cannot be read ({type(err).__name__}: {err}): the index was "
+                               f"changed meanwhile, or the file is damaged (`clara-lite index info --index {self.path} "
+                               "--verify` checks every file; then rebuild the index)") from None
+        if (f.metadata() or {}).get("ids") != part.ids:
+            raise IndexChanged(f"{part.file} holds other rows than this view of the index: another process changed it")
+        if part.file not in self._verified and part.file in self._hashes:
+            # damage that keeps the size (load checks sizes only): caught on the first read of each part,
+            # which costs one pass over the file, once per process (the retriever's keys read it all anyway)
+            if sha256_file(self.path / part.file) != self._hashes[part.file]:
+                f.__exit__(None, None, None)
+                raise IndexFolderError(f"{self.path / part.file} is damaged (its sha256 is not the manifest's): "
+                                       "rebuild the index; `clara-lite index info --index "
+                                       f"{self.path} --verify` checks every file")
+            self._verified.add(part.file)
+        return f
+
+    def _tensor_blocks(self, name: str):
         for part in self.parts:
-            with safe_open(str(self.path / part.file), "pt") as f:
+            with self._open_part(part) as f:
                 yield f.get_tensor(name)
+
+    def refresh(self) -> bool:
+        """Adopt the index on disk when another process changed it; True when this view was replaced.
+
+        Cheap when nothing changed (one ``stat`` of index.json). While an update is under way (no
+        manifest yet), or when the new state cannot be opened, the current view is kept.
+        """
+        key = _stat_key(self.path / INDEX_FILE)
+        if key == self._seen:
+            return False
+        try:
+            fresh = ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
+                                    index_type=self.index_type, merge=self.merge,
+                                    hybrid_candidates=self.hybrid_candidates)
+        except (IndexFolderError, OSError) as err:
+            log.info("%s is being changed (%s): serving the previous view", self.path, err)
+            return False
+        self._seen = fresh._seen
+        if fresh.meta == self.meta:
+            return False
+        log.info("%s changed (generation %s -> %s): reloaded", self.path, self.meta.get("generation", 0),
+                 fresh.meta.get("generation", 0))
+        self._adopt(fresh)
+        return True
+
+    def _adopt(self, fresh: ClaraIndex) -> None:
+        self.meta, self.chunks, self.parts, self._ends = fresh.meta, fresh.chunks, fresh.parts, fresh._ends
+        self._seen, self._retriever = fresh._seen, None
+        self._hashes, self._verified = fresh._hashes, set()
 
     def clara_keys(self) -> np.ndarray:
         """Every chunk's memory flattened and L2-normalized (N, M*H): what the query reasoner is scored against."""
@@ -284,7 +333,7 @@ class ClaraIndex:
     def search_many(self, questions: Sequence[str], k: int | None = None) -> list[list[Hit]]:
         """The k best chunks of each question, best first."""
         if not self.chunks:
-            raise IndexFolderError(f"{self.path} has no chunks")
+            raise IndexFolderError(f"{self.path} has no chunks: add documents with `clara-lite index add`")
         questions = list(questions)
         scores, rows = self.retriever().search(questions, self._k(k))
         return [[Hit(float(s), int(r), self.chunks[int(r)]) for s, r in zip(sr, rr, strict=True) if r >= 0]
@@ -324,11 +373,17 @@ class ClaraIndex:
             use_docling: str = "auto") -> dict:
         """Append documents without recompressing the others. A source already in the index with the
         same text is skipped; with other text it is refused unless ``replace``."""
-        docs = documents_from(documents, use_docling=use_docling) if not _is_docs(documents) else list(documents)
-        s = self.meta["settings"]
         skipped: list[dict] = []
+        docs = (documents_from(documents, use_docling=use_docling, skipped=skipped) if not _is_docs(documents)
+                else list(documents))
+        s = self.meta["settings"]
         per_doc = chunk_documents(docs, self.model.tokenizer, doc_max_length=s["doc_max_length"],
                                   overlap=s["overlap"], docling=docling_for(use_docling), skipped=skipped)
+        with writing(self.path, "add"):
+            self._sync(batch_size, progress)
+            return self._add(docs, per_doc, skipped, replace, batch_size, progress)
+
+    def _add(self, docs, per_doc, skipped, replace, batch_size, progress) -> dict:
         by_source: dict[str, list[IndexChunk]] = {}
         for c in self.chunks:
             by_source.setdefault(c.source, []).append(c)
@@ -352,12 +407,23 @@ class ClaraIndex:
     def remove(self, sources: Sequence[str]) -> int:
         """Drop every chunk of ``sources``; the memory of the others is copied, not recompressed."""
         sources = set(sources)
-        unknown = sources - {c.source for c in self.chunks}
-        if unknown:
-            raise IndexFolderError(f"not in {self.path}: {sorted(unknown)[:5]}")
-        before = len(self.chunks)
-        self._rewrite(remove=sources, new_docs=[], skipped=[], batch_size=None, progress=False)
-        return before - len(self.chunks)
+        with writing(self.path, "remove"):
+            self._sync(None, False)
+            unknown = sources - {c.source for c in self.chunks}
+            if unknown:
+                raise IndexFolderError(f"not in {self.path}: {sorted(unknown)[:5]} (`clara-lite index info` lists "
+                                       "the sources; the rerun of a killed `index remove` finishes it first)")
+            before = len(self.chunks)
+            self._rewrite(remove=sources, new_docs=[], skipped=[], batch_size=None, progress=False)
+            return before - len(self.chunks)
+
+    def _sync(self, batch_size: int | None, progress: bool) -> None:
+        """Under the lock: finish an interrupted update, then make this view the index on disk (another
+        process may have changed it since it was opened)."""
+        _complete(self.path, self.model, batch_size=batch_size, progress=progress)
+        self._adopt(ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
+                                    index_type=self.index_type, merge=self.merge,
+                                    hybrid_candidates=self.hybrid_candidates))
 
     def _rewrite(self, *, remove: set[str], new_docs: list[list[IndexChunk]], skipped: list[dict],
                  batch_size: int | None, progress: bool) -> None:
@@ -389,26 +455,46 @@ class ClaraIndex:
         now_in = {c.source for chunks in new_docs for c in chunks}  # skipped before, read now (a reader installed)
         meta["sources"] = {"documents": meta["sources"]["documents"] + len(new_docs),
                            "skipped": [x for x in meta["sources"]["skipped"] if x["source"] not in now_in] + skipped}
+        meta["generation"] = meta.get("generation", 0) + 1
         chunks = [c for _, rows in parts for c in rows]
-        (self.path / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the new manifest
-        write_chunks(self.path, chunks)
-        write_json(self.path / INDEX_FILE, meta)
-        for part, _, tensors in kept:
-            if tensors is not None:
-                write_part(self.path, part, tensors)
-        wanted = {p.file for p, _ in parts}
-        for old in self.parts:
-            if old.file not in wanted:
-                (self.path / old.file).unlink(missing_ok=True)
+        # shrunk parts staged beside the old files; removed ones deleted by roll_forward once committed
+        commit(self.path, meta, chunks, [(part, tensors) for part, _, tensors in kept if tensors is not None])
         materialize(self.path, self.model, added, s, batch_size=batch_size, progress=progress)
-        write_manifest(self.path, KIND_INDEX)
-        fresh = ClaraIndex.load(self.path, self.model, retriever=self.retriever_name, index_type=self.index_type,
-                                merge=self.merge, hybrid_candidates=self.hybrid_candidates)
-        self.meta, self.chunks, self.parts, self._ends = fresh.meta, fresh.chunks, fresh.parts, fresh._ends
-        self._retriever = None
+        finish(self.path)
+        self._adopt(ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
+                                    index_type=self.index_type, merge=self.merge,
+                                    hybrid_candidates=self.hybrid_candidates))
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _stat_key(file: Path) -> tuple | None:
+    """What changes whenever index.json is replaced (a new inode) or rewritten."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _complete(path: Path, model, *, batch_size: int | None, progress: bool) -> None:
+    """Under the lock, after roll_forward: compress the parts still missing, then the manifest."""
+    meta = read_meta(path)
+    if sizes_problem(path) is None:
+        return
+    fp.check(meta["fingerprint"], fp.fingerprint(model), str(path))
+    chunks, parts, start = read_chunks(path), [], 0
+    for row in meta["parts"]:
+        part = Part(**row)
+        rows = chunks[start:start + part.rows]
+        if ids_sha(rows) != part.ids:
+            raise IndexFolderError(f"{path}: {INDEX_CHUNKS} and {INDEX_FILE} disagree (changed by hand?): build "
+                                   "the index again into a new folder")
+        parts.append((part, rows))
+        start += part.rows
+    materialize(path, model, parts, meta["settings"], batch_size=batch_size, progress=progress)
+    finish(path)
 
 
 def _is_docs(documents) -> bool:

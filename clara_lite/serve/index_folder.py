@@ -1,10 +1,22 @@
 """The index folder on disk: its parts (memory vectors of a document group, written whole, checked on
 their own), chunks.jsonl, index.json, compressing the parts still missing, and merging shards.
 :mod:`.index` is the API over it (build, load, search, ask, add, remove); the layout is described there.
+
+Writers are exclusive and crash-safe. One at a time: every writer (build, add, remove, resume, merge)
+holds ``index.lock`` (:mod:`clara_lite.train.lock`: a live holder is named and refused, a dead one's
+lock taken over) and reads the index from disk under it, so two ``index add`` never both take the
+same part number. Crash-safe: an update never rewrites a file in place. Its new chunks.jsonl, the
+parts it shrinks and index.json are each written whole beside the old file (``<name>.new``);
+``index.json.new`` complete is the commit point; then each replaces its old file (``os.replace``),
+index.json last, the parts it adds are compressed, and the manifest is written last of all. The next
+writer (:func:`roll_forward`, under the lock) finishes the renames of a committed update or drops the
+staged files of one that was not, so a rerun resumes from any kill point. Each update adds 1 to
+index.json's ``generation``: what a serving process watches (:meth:`.index.ClaraIndex.refresh`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,15 +32,19 @@ from ..core.hardware import detect_hardware
 from ..core.layout import (
     INDEX_CHUNKS,
     INDEX_FILE,
+    INDEX_LOCK,
+    INDEX_MEMORY_DIR,
     INDEX_SHARDS_DIR,
     KIND_INDEX,
     MANIFEST,
+    PENDING,
     fsync_path,
     index_part_file,
     verify,
     write_json,
     write_manifest,
 )
+from ..train.lock import hold  # the trainer's lock: a live holder refused and named, a dead one's taken over
 from . import fingerprint as fp
 from .documents import IndexChunk
 
@@ -42,6 +58,11 @@ MEMORY, MINILM = "memory", "minilm"
 class IndexFolderError(ClaraError, ValueError):
     """An index folder that is incomplete, of another build, or unreadable; the message says what to do."""
     code = "index_folder"
+
+
+class IndexChanged(ClaraError, RuntimeError):
+    """A part file no longer holds the rows this view of the index expects: another process changed it."""
+    code = "index_changed"
 
 
 def compress_batch_size(profile=None) -> int:
@@ -102,10 +123,10 @@ def part_ok(folder: Path, part: Part, with_minilm: bool) -> bool:
     return meta.get("ids") == part.ids and rows == part.rows and (not with_minilm or MINILM in keys)
 
 
-def write_part(folder: Path, part: Part, tensors: dict) -> None:
+def write_part(folder: Path, part: Part, tensors: dict, suffix: str = "") -> None:
     from safetensors.torch import save_file
 
-    path = folder / part.file
+    path = folder / (part.file + suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"ids": part.ids})
     fsync_path(path)
@@ -134,8 +155,10 @@ def read_meta(path: Path) -> dict:
         raise FileNotFoundError(f"{path} is not an index (no {INDEX_FILE}): build one with clara-lite index build")
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise IndexFolderError(f"{file}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise IndexFolderError(f"{file}: not valid JSON ({err}): rebuild the index") from None
+    if not isinstance(meta, dict):
+        raise IndexFolderError(f"{file}: a JSON {type(meta).__name__}, not an index's object: rebuild the index")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise IndexFolderError(f"{file}: index format {version!r}, this clara_lite reads {FORMAT_VERSION}"
@@ -159,8 +182,8 @@ def read_chunks(path: Path) -> list[IndexChunk]:
     return out
 
 
-def write_chunks(path: Path, chunks: Sequence[IndexChunk]) -> None:
-    with open(path / INDEX_CHUNKS, "w", encoding="utf-8") as f:
+def write_chunks(path: Path, chunks: Sequence[IndexChunk], name: str = INDEX_CHUNKS) -> None:
+    with open(path / name, "w", encoding="utf-8") as f:
         for c in chunks:
             f.write(json.dumps(c.row(), ensure_ascii=False, sort_keys=True) + "\n")
         f.flush()
@@ -175,7 +198,7 @@ def _same_build(old: dict, new: dict) -> list[str]:
 
 
 def prepare_folder(path: Path, meta: dict, chunks: list[IndexChunk]) -> None:
-    """Write chunks.jsonl then index.json, or check that the folder holds this very build."""
+    """Write chunks.jsonl and index.json (:func:`commit`), or check that the folder holds this very build."""
     path.mkdir(parents=True, exist_ok=True)
     file = path / INDEX_FILE
     if file.is_file():
@@ -183,14 +206,82 @@ def prepare_folder(path: Path, meta: dict, chunks: list[IndexChunk]) -> None:
             old = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             old = None
-        if old is not None:
-            diff = _same_build(old, meta)
+        if isinstance(old, dict):
+            diff = _same_build({"generation": 0, **old}, meta)
             if diff:
                 raise IndexFolderError(f"{path} holds another index ({', '.join(map(str, diff[:4]))} differ): build into "
                                   "a new folder, or `clara-lite index add` to add documents to it")
-            return  # chunks.jsonl was complete before index.json was written
-    write_chunks(path, chunks)
-    write_json(file, meta)
+            return  # index.json is only ever replaced whole, after chunks.jsonl
+    commit(path, meta, chunks)
+
+
+# --------------------------------------------------------------------------- one writer, crash-safe
+
+
+INDEX_WRITER = {"writer": "index writer", "doing": "running `clara-lite index`",
+                "harm": "two writers on one index lose each other's documents",
+                "instead": "run the command again once it has finished"}
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str):
+    """Hold the index folder's ``index.lock`` for the block, an interrupted update finished or undone first."""
+    with hold(path / INDEX_LOCK, stage=what, **INDEX_WRITER):
+        roll_forward(path)
+        yield
+
+
+def commit(path: Path, meta: dict, chunks: Sequence[IndexChunk], staged: Sequence[tuple[Part, dict]] = ()) -> None:
+    """Replace chunks.jsonl, index.json and the part files of ``staged`` by new content (see the module doc).
+
+    Call it holding :func:`writing`. The manifest goes first (the folder is incomplete until the writer
+    writes a new one); a kill before ``index.json.new`` is whole leaves the old index as it was.
+    """
+    (path / MANIFEST).unlink(missing_ok=True)
+    for part, tensors in staged:
+        write_part(path, part, tensors, suffix=PENDING)
+    write_chunks(path, chunks, name=INDEX_CHUNKS + PENDING)
+    tmp = path / f"{INDEX_FILE}{PENDING}.tmp"
+    write_json(tmp, meta)
+    os.replace(tmp, path / (INDEX_FILE + PENDING))  # the commit point
+    fsync_path(path)
+    roll_forward(path)
+
+
+def _staged(path: Path) -> list[Path]:
+    files = [path / (INDEX_CHUNKS + PENDING)]
+    if (path / INDEX_MEMORY_DIR).is_dir():
+        files += sorted((path / INDEX_MEMORY_DIR).glob("*" + PENDING))
+    return [f for f in files if f.is_file()]
+
+
+def roll_forward(path: Path) -> None:
+    """Finish an update interrupted after its commit point (``index.json.new`` whole): every staged file
+    replaces its old one, index.json last; or drop the staged files of one interrupted before it. Then
+    remove the part files index.json does not list (a shrunk or removed group's). Idempotent."""
+    if not path.is_dir():
+        return
+    (path / f"{INDEX_FILE}{PENDING}.tmp").unlink(missing_ok=True)
+    pending = path / (INDEX_FILE + PENDING)
+    if pending.is_file():
+        for f in _staged(path):
+            os.replace(f, f.with_name(f.name[:-len(PENDING)]))
+        os.replace(pending, path / INDEX_FILE)
+        fsync_path(path)
+    else:
+        for f in _staged(path):
+            f.unlink()
+    memory = path / INDEX_MEMORY_DIR
+    if (path / INDEX_FILE).is_file() and memory.is_dir():
+        wanted = {Part(**p).file for p in read_meta(path)["parts"]}
+        for f in sorted(memory.glob("*.safetensors")):
+            if f"{INDEX_MEMORY_DIR}/{f.name}" not in wanted:
+                f.unlink()
+
+
+def finish(path: Path) -> None:
+    """The manifest, written last (the lock file is not part of the index)."""
+    write_manifest(path, KIND_INDEX, skip=(INDEX_LOCK,))
 
 
 def materialize(path: Path, model, parts, settings: dict, *, batch_size: int | None, progress: bool) -> None:
@@ -260,28 +351,28 @@ def merge_shards(out, shards: Sequence[str | Path] | None = None) -> Path:
             raise IndexFolderError(f"{d} was built with other settings than {metas[0][1]}")
         fp.check(meta["fingerprint"], first["fingerprint"], str(d))
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    chunks, parts = [], []
-    for meta, d in metas:
-        chunks += read_chunks(d)
-        for p in meta["parts"]:
-            part = Part(**p)
-            target = out / part.file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(d / part.file, target)
-            fsync_path(target)
-            parts.append(p)
-    merged = {"format_version": FORMAT_VERSION, "fingerprint": first["fingerprint"], "settings": first["settings"],
-              "parts": parts, "n_chunks": len(chunks),
-              "sources": {"documents": sum(m["sources"]["documents"] for m, _ in metas),
-                          "skipped": [s for m, _ in metas for s in m["sources"]["skipped"]]},
-              "next_group": max(m["next_group"] for m, _ in metas), "shard": None}
-    write_chunks(out, chunks)
-    write_json(out / INDEX_FILE, merged)
-    if remove_shards:
-        for _, d in metas:
-            shutil.rmtree(d)
-        if (out / INDEX_SHARDS_DIR).is_dir() and not any((out / INDEX_SHARDS_DIR).iterdir()):
-            (out / INDEX_SHARDS_DIR).rmdir()
-    write_manifest(out, KIND_INDEX)
+    with writing(out, "merge"):
+        (out / MANIFEST).unlink(missing_ok=True)
+        chunks, parts = [], []
+        for meta, d in metas:
+            chunks += read_chunks(d)
+            for p in meta["parts"]:
+                part = Part(**p)
+                target = out / part.file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(d / part.file, target)
+                fsync_path(target)
+                parts.append(p)
+        merged = {"format_version": FORMAT_VERSION, "fingerprint": first["fingerprint"],
+                  "settings": first["settings"], "parts": parts, "n_chunks": len(chunks),
+                  "sources": {"documents": sum(m["sources"]["documents"] for m, _ in metas),
+                              "skipped": [s for m, _ in metas for s in m["sources"]["skipped"]]},
+                  "next_group": max(m["next_group"] for m, _ in metas), "shard": None, "generation": 0}
+        commit(out, merged, chunks)
+        if remove_shards:
+            for _, d in metas:
+                shutil.rmtree(d)
+            if (out / INDEX_SHARDS_DIR).is_dir() and not any((out / INDEX_SHARDS_DIR).iterdir()):
+                (out / INDEX_SHARDS_DIR).rmdir()
+        finish(out)
     return out

@@ -122,11 +122,13 @@ class BM25Retriever:
     def __init__(self, texts: list[str]):
         from rank_bm25 import BM25Okapi
 
-        self.bm25 = BM25Okapi([words(t) or ["<empty>"] for t in texts])
-        self.n = len(texts)
+        self.n = len(texts)  # rank-bm25 divides by the corpus size: an empty index has no BM25 to build
+        self.bm25 = BM25Okapi([words(t) or ["<empty>"] for t in texts]) if texts else None
 
     def search(self, questions: list[str], k: int):
         k = min(k, self.n)
+        if k == 0:
+            return np.zeros((len(questions), 0), np.float32), np.zeros((len(questions), 0), np.int64)
         scores, rows = [], []
         for q in questions:
             s = np.asarray(self.bm25.get_scores(words(q)), dtype=np.float64)

@@ -1,16 +1,28 @@
 """``clara-lite serve``: a small HTTP JSON API over an index, for an app that should not load the model itself.
 
-    GET  /health                                  {"status": "ok", "chunks": N, "retriever": ..., "fingerprint": ...}
+    GET  /health                                  {"status": "ok", "chunks": N, "retriever": ..., "fingerprint": ...,
+                                                   "generation": G}
     POST /search {"question": "...", "k": 5}      {"question": ..., "hits": [{score, source, page, start, end, text, ...}]}
     POST /ask    {"question": "...", "k": 5, "max_new_tokens": 64}   {"question": ..., "answer": ..., "sources": [...]}
 
-A request the API cannot use gets a 4xx with the reason (422 for a malformed body, 400 for a
-value the index refuses), never a traceback; the model answers one request at a time (a lock), as
-one model on one device does anyway. Loopback by default: the API has no authentication.
+Status codes: 413 for a body over :data:`MAX_BODY_BYTES` (refused before any of it is parsed, so a
+huge body costs neither memory nor the event loop's time: ``/health`` is never kept waiting behind
+one); 422 for a malformed body (not JSON, a missing, empty, whitespace-only or over-long question, k
+outside 1..100, an unknown field); 503 when the index is being changed by another process and this
+request met the change (retry); 500 for any other fault of the server. Error bodies name no file of
+the server: details go to its log. A client that has not sent its request line and headers
+:data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected. The model answers one request at a time (a lock), as one model on
+one device does anyway. Loopback by default: the API has no authentication.
+
+Index changes by other processes (``clara-lite index add|remove`` while serving) are seen: each
+request first calls :meth:`~clara_lite.serve.index.ClaraIndex.refresh` (one ``stat`` of index.json;
+a reload when its generation moved and the update is complete), and a request whose memory read
+meets a part file of another generation reloads and is answered once more, or gets 503.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the request models from the annotations of local functions
 
+import json
 import logging
 import threading
 
@@ -18,6 +30,76 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 MAX_QUESTION_CHARS = 4000
+MAX_BODY_BYTES = 64 << 10  # a question of 4000 characters, escaped, fits many times over
+HEAD_TIMEOUT_S = 10.0  # a request's line and headers must arrive within this (uvicorn alone waits forever)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the app reads it
+    (by its Content-Length, or while a chunked body arrives: at most ``limit`` bytes are held)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
+            return await self._too_large(send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._too_large(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        data = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
+    """uvicorn's h11 protocol, closing a connection whose next request head (line and headers) has not
+    arrived ``seconds`` after the connection opened or the previous response ended: a client that sends
+    its headers a byte at a time (slowloris) holds a connection that long, not forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeout(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._expect_head()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._expect_head()
+
+        def _expect_head(self):
+            waiting_for = self.cycle  # a new request head makes a new cycle
+
+            def late():
+                if self.cycle is waiting_for and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, late)
+
+    return HeadTimeout
 
 
 def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64):
@@ -25,7 +107,9 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    from .index_folder import IndexChanged, IndexFolderError
 
     lock = threading.Lock()
     default_tokens = max_new_tokens  # (a class body assigning a name cannot read the argument of that name)
@@ -34,6 +118,13 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
         model_config = ConfigDict(extra="forbid")
         question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
         k: int | None = Field(default=None, ge=1, le=100)
+
+        @field_validator("question")
+        @classmethod
+        def _not_blank(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("the question is only whitespace")
+            return value
 
     class Ask(Search):
         max_new_tokens: int = Field(default=default_tokens, ge=1, le=1024)
@@ -46,35 +137,47 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
                    for e in err.errors()]
         return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=422)
 
-    @app.exception_handler(ValueError)
-    async def _refused(request: Request, err: ValueError):
-        return JSONResponse({"error": str(err)}, status_code=400)
+    async def _unavailable(request: Request, err: Exception):
+        log.warning("request to %s met the index changing or incomplete: %s", request.url.path, err)
+        return JSONResponse({"error": "the index is being changed or is incomplete; retry shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(IndexChanged, _unavailable)
+    app.add_exception_handler(IndexFolderError, _unavailable)
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, err: Exception):
         log.exception("request to %s failed", request.url.path)
         return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server log"}, status_code=500)
 
+    def current(work):
+        """``work()`` on the index as it is on disk now: once more after a change met mid-request."""
+        with lock:
+            index.refresh()
+            try:
+                return work()
+            except IndexChanged:
+                if not index.refresh():
+                    raise
+                return work()
+
     @app.get("/health")
     def health():
-        with lock:  # the first call may build the retriever
-            name = index.retriever().name
+        name = current(lambda: index.retriever().name)  # the first call may build the retriever
         return {"status": "ok", "chunks": len(index.chunks), "retriever": name,
-                "fingerprint": index.meta["fingerprint"]["id"]}
+                "fingerprint": index.meta["fingerprint"]["id"], "generation": index.meta.get("generation", 0)}
 
     @app.post("/search")
     def search(body: Search):
-        with lock:
-            hits = index.search(body.question, body.k or default_k)
+        hits = current(lambda: index.search(body.question, body.k or default_k))
         return {"question": body.question, "hits": [h.to_dict() for h in hits]}
 
     @app.post("/ask")
     def ask(body: Ask):
-        with lock:
-            answer = index.ask(body.question, body.k or default_k, max_new_tokens=body.max_new_tokens)
+        answer = current(lambda: index.ask(body.question, body.k or default_k, max_new_tokens=body.max_new_tokens))
         return answer.to_dict()
 
-    return app
+    return BodyLimit(app)
 
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
@@ -87,4 +190,4 @@ def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | Non
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
     uvicorn.run(create_app(index, default_k=default_k, max_new_tokens=max_new_tokens), host=host, port=port,
-                log_level="info")
+                log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES, http=head_timeout_protocol())

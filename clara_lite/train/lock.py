@@ -19,6 +19,9 @@ every :data:`HEARTBEAT_S`. Another trainer that finds it:
 Two sessions taking over the same stale lock in the same instant, on two machines, is not
 caught: Drive has no atomic create. Each re-reads the lock after writing it, which narrows it to
 Drive's sync delay; the heartbeat thread reports a lock taken over while it is held.
+
+The index writers (``clara-lite index build|add|remove|merge``) hold the same kind of lock,
+``index.lock`` in the index folder (:mod:`clara_lite.serve.index_folder`), with their own wording.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 60.0
 STALE_S = 600.0
+TRAINERS_HARM = "two trainers on one run folder overwrite each other's checkpoints"
 
 
 class RunLocked(ClaraError, OSError):
@@ -85,9 +89,12 @@ class RunLock:
     """The lock of one run folder, held by this process (see the module doc)."""
 
     def __init__(self, path: str | Path, *, stage: str = "", heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S, take_over: bool = False):
+                 stale_s: float = STALE_S, take_over: bool = False, writer: str = "trainer",
+                 harm: str = TRAINERS_HARM, instead: str = "train in another --run-dir", doing: str = "training"):
         self.path, self.heartbeat_s, self.stale_s, self.take_over = Path(path), heartbeat_s, stale_s, take_over
         self.taken_over: dict | None = None  # whose lock this one replaced, when and why (for run.json)
+        # what the messages call the holder, what two of them would do, what else the user can do
+        self.writer, self.harm, self.instead, self.doing = writer, harm, instead, doing
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "session": uuid.uuid4().hex, "stage": stage,
                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._stop = threading.Event()
@@ -117,23 +124,28 @@ class RunLock:
 
     def _refused(self, holder: dict | None, now: float) -> RunLocked:
         if holder is None:
-            return RunLocked(f"{self.path.parent} is being set up by another trainer ({self.path} is being written): "
-                             "wait a moment and run the command again", path=self.path)
+            return RunLocked(f"{self.path.parent} is being set up by another {self.writer} ({self.path} is being "
+                             "written): wait a moment and run the command again", path=self.path)
         beat = holder.get("heartbeat")
         age = now - beat if isinstance(beat, (int, float)) else 0.0
         same = holder.get("host") == self.me["host"]
         stale_in = max(self.stale_s - age, 0.0)
         who = (f"process {holder.get('pid')} on this machine" if same else
                f"process {holder.get('pid')} on host {holder.get('host')!r} (another session)")
-        what = f" training {holder['stage']}" if holder.get("stage") else ""
-        hint = (f"Wait for it to finish or stop it (kill {holder.get('pid')}); --take-over cannot take a lock from a "
-                "process alive on this machine" if same else
-                f"Wait for it to finish or stop that session. If its runtime is gone (a Colab disconnect), run again "
-                f"with --take-over (recorded in run.json); without it the lock counts as stale {_age(self.stale_s)} "
-                f"after its last heartbeat, in {_age(stale_in)}")
+        what = f" {self.doing} {holder['stage']}" if holder.get("stage") else ""
+        if self.writer == "trainer":  # a trainer's lock can be taken over (--take-over, TAKE_OVER = True)
+            hint = (f"Wait for it to finish or stop it (kill {holder.get('pid')}); --take-over cannot take a lock "
+                    "from a process alive on this machine" if same else
+                    f"Wait for it to finish or stop that session. If its runtime is gone (a Colab disconnect), run "
+                    f"again with --take-over (recorded in run.json); without it the lock counts as stale "
+                    f"{_age(self.stale_s)} after its last heartbeat, in {_age(stale_in)}")
+        else:
+            hint = (f"Wait for it to finish or stop it (kill {holder.get('pid')})" if same else
+                    f"Wait for it to finish or stop that session. If its runtime is gone (a Colab disconnect), the "
+                    f"lock counts as stale {_age(self.stale_s)} after its last heartbeat, in {_age(stale_in)}; "
+                    f"delete {self.path} to take over sooner if you are sure")
         message = (f"{self.path.parent} is in use by {who}{what} since {holder.get('since')} (last heartbeat "
-                   f"{_age(age)} ago): two trainers on one run folder overwrite each other's checkpoints. {hint}, "
-                   "or train in another --run-dir.")
+                   f"{_age(age)} ago): {self.harm}. {hint}, or {self.instead}.")
         return RunLocked(message, holder=holder, path=self.path, same_host=same, alive_here=self._alive_here(holder),
                          heartbeat_age=age, stale_in=stale_in)
 
@@ -178,8 +190,8 @@ class RunLock:
         while not self._stop.wait(self.heartbeat_s):
             holder = _read(self.path)
             if holder is not None and holder.get("session") != self.me["session"]:
-                log.error("%s was taken over by process %s on %s: another trainer now writes in %s; stop one of "
-                          "them", self.path, holder.get("pid"), holder.get("host"), self.path.parent)
+                log.error("%s was taken over by process %s on %s: another %s now writes in %s; stop one of "
+                          "them", self.path, holder.get("pid"), holder.get("host"), self.writer, self.path.parent)
                 return
             try:
                 self._write()
