@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from test_pipeline_datasets import local_datasets, medqa, seed001_rows, write_jsonl  # noqa: F401 (autouse fixture)
@@ -187,3 +189,48 @@ def test_a_compressed_body_that_expands_a_thousandfold_is_refused_and_not_kept(t
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _tar(folder: Path, archive: Path, extra=()) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+        for info, data in extra:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return archive
+
+
+def test_a_tar_gz_from_a_laptop_is_fetched_unpacked_and_builds(tmp_path, server, monkeypatch, capsys):
+    """Seed 004's hand-off: a .tar.gz of documents, by link (data fetch) or given to data build directly."""
+    archive = _tar(make_documents(tmp_path / "my_docs"), tmp_path / "served" / "laptop.tar.gz")
+    out = tmp_path / "fetched"
+    assert main(["data", "fetch", f"{server.url}/laptop.tar.gz", "--out", str(out)]) == 0
+    assert f"documents: {out / 'laptop' / 'my_docs'}" in capsys.readouterr().out
+    assert (out / "laptop" / "my_docs" / "coffee.docx").is_file() and not (out / "laptop.tar.gz").exists()
+    with FakeLLM() as llm:
+        monkeypatch.setenv("CLARA_LLM_BASE_URL", llm.url)
+        monkeypatch.setenv("CLARA_LLM_MODEL", "fake")
+        monkeypatch.delenv("CLARA_VLM_MODEL", raising=False)
+        assert main(["data", "build", "--input", str(archive), "--out", str(tmp_path / "data"), "--doc-max-length",
+                     "64", "--k", "3"]) == 0
+    assert json.loads((tmp_path / "data" / "build_report.json").read_text())["extract"]["documents"] == 5
+
+
+def test_a_tar_with_a_member_outside_its_folder_or_a_link_is_not_unpacked(tmp_path):
+    import tarfile
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("fine")
+    escape = tarfile.TarInfo("../outside.txt")
+    escape.size = 8
+    evil = _tar(docs, tmp_path / "evil.tar.gz", [(escape, b"not fine")])
+    with pytest.raises(ValueError, match=r"members outside the folder \(../outside.txt\)"):
+        unpack(evil, tmp_path / "out" / "evil")
+    link = tarfile.TarInfo("docs/passwd")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    linked = _tar(docs, tmp_path / "link.tgz", [(link, None)])
+    with pytest.raises(ValueError, match=r"'docs/passwd' is a link \(to '/etc/passwd'\)"):
+        unpack(linked, tmp_path / "out" / "link")
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "out").exists()

@@ -22,6 +22,7 @@ from .chunk import ChunkConfig, chunk_pages, load_tokenizer
 from .convert import from_synthesis
 from .describe import VisionConfig, describe_pages
 from .extract import DoclingOptions, extract_folder
+from .fetch import archive_stem, is_archive, unpack
 from .generators import from_environment, make_generator, make_vision
 from .negatives import STRATEGIES
 from .records import Chunk, read_records, read_rows, row_of, write_jsonl
@@ -64,6 +65,12 @@ def build(input_dir: str | Path, out_dir: str | Path, generator, config: BuildCo
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if is_archive(Path(input_dir)):  # a zip or tar.gz brought from a laptop: unpacked once, beside the output
+        unpacked = out / f"input-{archive_stem(Path(input_dir))}"
+        if not unpacked.is_dir():
+            unpack(Path(input_dir), unpacked)
+        log.info("%s unpacked into %s", input_dir, unpacked)
+        input_dir = unpacked
     extraction = extract_folder(input_dir, images_dir=out / "images", use_docling=config.use_docling,
                                 docling_options=config.docling)
     write_jsonl(out / RAW, (row_of(p) for p in extraction.pages))

@@ -372,6 +372,9 @@ def extract_folder(input_dir: str | Path, *, images_dir: str | Path | None = Non
     """Every document under ``input_dir`` (recursively, in sorted order), never stopping on a bad one."""
     root = Path(input_dir)
     if not root.is_dir():
+        if root.is_file():
+            raise FileNotFoundError(f"{root} is a file, not a folder of documents: put it in a folder (an archive "
+                                    "is unpacked by `clara-lite data build --input ARCHIVE` or `data fetch`)")
         raise FileNotFoundError(f"input folder not found: {root}")
     docling, description = _choose_docling(use_docling, docling_options)
     result = Extraction(description)

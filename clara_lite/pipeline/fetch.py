@@ -20,12 +20,14 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.layout import safe_relative
 from ..core.secrets import redact
 from ..io.drive import download
 
@@ -62,44 +64,86 @@ def classify(path: str | Path) -> str:
     return "documents"
 
 
-def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """``archive`` unpacked into the new folder ``folder`` (all or nothing); member names may not leave it.
+def is_archive(path: Path) -> bool:
+    """A zip or a tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``: a laptop's hand-off), by content."""
+    return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
 
-    Nothing is ever replaced: the zip is unpacked into a fresh staging folder beside ``folder`` and moved
+
+def archive_stem(path: Path) -> str:
+    """The folder name an archive unpacks into: ``docs.zip``, ``docs.tar.gz``, ``docs.tgz`` -> ``docs``."""
+    name = path.name
+    for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return f"{name}-unzipped"
+
+
+def unpack(archive: Path, folder: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """``archive`` (a zip or a tar) unpacked into the new folder ``folder`` (all or nothing); member names may
+    not leave it, and a tar's links and devices are refused.
+
+    Nothing is ever replaced: the archive is unpacked into a fresh staging folder beside ``folder`` and moved
     to ``folder`` only when ``folder`` does not exist (:class:`FileExistsError` names it otherwise).
     """
     if os.path.lexists(folder):
         raise FileExistsError(f"{folder} already exists: not unpacking {archive.name} over it; "
                               "move it away or unpack somewhere else")
+    is_zip = zipfile.is_zipfile(archive)
+    members = _zip_members(archive) if is_zip else _tar_members(archive)
+    if len(members) > MAX_MEMBERS:
+        raise ValueError(f"{archive.name}: {len(members)} files; more than {MAX_MEMBERS} is not a document set")
+    total = sum(size for _, size in members)
+    if total > max_bytes:
+        raise ValueError(f"{archive.name} unpacks to {total / 1e9:.1f} GB, more than {max_bytes / 1e9:.0f} GB")
+    bad = [name for name, _ in members if not safe_relative(name.rstrip("/"))]
+    if bad:
+        raise ValueError(f"{archive.name}: members outside the folder ({', '.join(bad[:3])}); not unpacked")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"{archive}: not a readable zip ({err}): download it again") from None
-    with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(infos) > MAX_MEMBERS:
-            raise ValueError(f"{archive.name}: {len(infos)} files; more than {MAX_MEMBERS} is not a document set")
-        total = sum(i.file_size for i in infos)
-        if total > max_bytes:
-            raise ValueError(f"{archive.name} unpacks to {total / 1e9:.1f} GB, more than {max_bytes / 1e9:.0f} GB")
-        bad = [i.filename for i in infos if Path(i.filename).is_absolute() or ".." in Path(i.filename).parts]
-        if bad:
-            raise ValueError(f"{archive.name}: members outside the folder ({', '.join(bad[:3])}); not unpacked")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            zf.extractall(tmp)
-            _move_to_new(tmp, folder)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)  # sizes or data the zip lies about, an unknown method
-            raise ValueError(f"{archive}: a damaged zip ({type(err).__name__}: {err}); nothing unpacked: "
-                             "download it again") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    # a zip of one folder: use that folder
+        if is_zip:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, filter="data")  # the stdlib's own guard too: no links out, no devices
+        _move_to_new(tmp, folder)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # sizes or data the archive lies about, an unknown method
+        raise ValueError(f"{archive}: a damaged archive ({type(err).__name__}: {err}); nothing unpacked: "
+                         "download it again") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # an archive of one folder: use that folder
     entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def _zip_members(archive: Path) -> list[tuple[str, int]]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return [(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{archive}: not a readable zip ({err}): download it again") from None
+
+
+def _tar_members(archive: Path) -> list[tuple[str, int]]:
+    """(name, size) of a tar's files, after refusing what a document archive never holds: links, devices."""
+    try:
+        with tarfile.open(archive) as tf:
+            infos = tf.getmembers()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{archive}: not a readable tar ({type(err).__name__}: {err}): download it again") \
+            from None
+    for info in infos:
+        if info.issym() or info.islnk():
+            raise ValueError(f"{archive.name}: member {info.name!r} is a link (to {info.linkname!r}); a document "
+                             "archive holds files: not unpacked")
+        if not (info.isfile() or info.isdir()):
+            raise ValueError(f"{archive.name}: member {info.name!r} is not a file or folder (a device or a FIFO); "
+                             "not unpacked")
+    return [(i.name, i.size) for i in infos if i.isfile()]
 
 
 def _move_to_new(src: Path, dst: Path) -> None:
@@ -153,11 +197,10 @@ def fetch(url_or_id: str, dest: str | Path) -> Fetched:
         raise ValueError(f"{redact(url_or_id)} sent a web page (HTML), not the file {got.name}: the link needs "
                          "signing in or is not a download link; share the file with 'anyone with the link', or "
                          "use its direct download URL")
-    if got.is_file() and zipfile.is_zipfile(got):
-        # a fresh folder beside the zip: an existing folder of that name is the user's, never replaced
-        stem = got.stem if got.suffix.lower() == ".zip" else f"{got.name}-unzipped"
-        path = unpack(got, free_name(dest / stem))
-        if got.name not in before:  # the zip we downloaded; an identical one already there is the user's
+    if is_archive(got):
+        # a fresh folder beside the archive: an existing folder of that name is the user's, never replaced
+        path = unpack(got, free_name(dest / archive_stem(got)))
+        if got.name not in before:  # the archive we downloaded; an identical one already there is the user's
             got.unlink()
     else:
         path = got
