@@ -48,11 +48,13 @@ def code(text: str, *tags: str) -> dict:
 DRIVE_DEFAULT = f"{MOUNT_POINT}/{COLAB_ROOT}"
 # the package index only once its name is ours (source.INDEX_NAME_OURS), and then with its dependencies
 INDEX = source.index_requirement() if source.INDEX_NAME_OURS else ""
-ORDER = "[*wheels, git, index]" if INDEX else "[*wheels, git]"
+ORDER = "[*wheels, *git, index]" if INDEX else "[*wheels, *git]"
+# git: GitHub's repository only once it is ours (source.GIT_REPO_OURS); else only a CLARA_GIT the user names
+GIT_DEFAULT = source.git_url() if source.GIT_REPO_OURS else ""
 NO_DEPS = '*(["--no-deps"] if source != index else [])' if INDEX else '"--no-deps"'
 BOOTSTRAP = code(f'''
 # Colab: mount Drive, then install clara_lite {__version__} from the first source that works: the wheel beside
-# this notebook in MyDrive/clara_lite/ (or its {source.WHEELS_DIR}/; `clara-lite bundle` on your computer), git tag {source.tag()}{", the package index" if INDEX else ""}.
+# this notebook in MyDrive/clara_lite/ (or its {source.WHEELS_DIR}/; `clara-lite bundle` on your computer), git tag {source.tag()}{"" if GIT_DEFAULT else " of $" + source.GIT_ENV}{", the package index" if INDEX else ""}.
 # A no-op when this runtime has it already, and outside Colab when it is installed.
 import importlib.metadata
 import os
@@ -67,7 +69,7 @@ if "google.colab" in sys.modules and not os.environ.get("{DRIVE_ENV}"):
     drive.mount("{MOUNT_POINT}")
 DRIVE = Path(os.environ.get("{DRIVE_ENV}", "{DRIVE_DEFAULT}"))
 ready = "{__version__}" in [d.version for d in importlib.metadata.distributions(name="{source.DIST}")]
-git = "git+" + os.environ.get("{source.GIT_ENV}", "{source.git_url()}") + "@{source.tag()}"
+git = [f"git+{{url}}@{source.tag()}" for url in [os.environ.get("{source.GIT_ENV}", "{GIT_DEFAULT}")] if url]
 wheels = [str(w) for d in (DRIVE, DRIVE / "{source.WHEELS_DIR}") for w in sorted(d.glob("{source.wheel_glob()}"))][:1]
 {f'index = "{INDEX}"{chr(10)}' if INDEX else ""}for source in [] if ready else [CLARA_SOURCE] if CLARA_SOURCE else {ORDER}:
     print(f"pip install {{source}}", flush=True)  # its dependencies: the next cell (never torch)

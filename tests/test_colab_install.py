@@ -156,7 +156,8 @@ def test_without_any_source_each_failure_is_shown_and_the_next_step_named(fresh_
 def test_one_setting_names_the_source_for_badges_readme_and_cells():
     for name in ("00_setup", "03_stage2"):
         boot = cell("bootstrap", name)
-        assert source.git_url() in boot and f"@{source.tag()}" in boot
+        assert f"@{source.tag()}" in boot and source.GIT_ENV in boot
+        assert not source.GIT_REPO_OURS and source.git_url() not in boot  # GitHub only once the repo is ours
         assert not source.INDEX_NAME_OURS and source.index_requirement() not in boot  # off by default
         intro = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0].source
         assert source.colab_url(name) in intro and f"/blob/{source.tag()}/" in intro
@@ -175,8 +176,23 @@ def test_the_index_source_only_once_the_name_is_ours_and_then_with_its_dependenc
     spec.loader.exec_module(build)
     boot = build.BOOTSTRAP["source"]
     ast.parse(boot)
-    assert f'index = "{source.index_requirement()}"' in boot and "[*wheels, git, index]" in boot
+    assert f'index = "{source.index_requirement()}"' in boot and "[*wheels, *git, index]" in boot
     assert '*(["--no-deps"] if source != index else [])' in boot  # the index's own requirements resolved
+
+
+def test_github_is_tried_only_once_the_repository_is_ours(monkeypatch, fresh_venv, tmp_path):
+    """Until then a fresh runtime with no wheel tries nothing on GitHub (an unclaimed owner is an open door)
+    and says how to get the wheel; with GIT_REPO_OURS the tag's URL is in the cell."""
+    import importlib.util
+
+    out = _run(fresh_venv, cell("bootstrap", "02_stage1"), CLARA_DRIVE=str(tmp_path / "drive"))
+    assert out.returncode != 0 and not [line for line in out.stdout.splitlines() if line.startswith("pip install ")]
+    assert "`make bundle`" in out.stderr
+    monkeypatch.setattr(source, "GIT_REPO_OURS", True)
+    spec = importlib.util.spec_from_file_location("notebook_build_git", ROOT / "notebooks" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert f'"{source.git_url()}"' in build.BOOTSTRAP["source"]
     assert source.index_requirement() == f"clara_lite[colab]=={__version__}"
 
 

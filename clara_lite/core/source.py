@@ -5,8 +5,9 @@ A fresh Colab runtime tries, in this order: a wheel of this version beside the n
 project folder (``<drive>/``: ``clara-lite bundle --drive DIR`` writes that folder, the six notebooks, the
 wheel and a START_HERE note, for dragging into Drive) or in ``<drive>/wheels/`` (``make wheel``), then the
 git tag of this version (``v`` + ``clara_lite.__version__``, so the notebook and the package it installs
-never drift apart), then the package index, but only once :data:`INDEX_NAME_OURS` says the name there is
-this project's: until then whoever registers ``clara_lite`` would run code in every user's runtime.
+never drift apart) once :data:`GIT_REPO_OURS` says the repository is this project's (or ``CLARA_GIT`` names
+one), then the package index, but only once :data:`INDEX_NAME_OURS` says the name there is this project's:
+until then whoever registers the GitHub owner or ``clara_lite`` would run code in every user's runtime.
 
 Standard library only: a runtime reads this before anything is installed.
 
@@ -32,6 +33,9 @@ GIT_ENV = "CLARA_GIT"  # another git URL for the same tag (a fork, a mirror, fil
 # True only once the name DIST on the package index is registered by this project's maintainers. False: the
 # notebooks never install `clara_lite` from an index (anyone may register an unclaimed name).
 INDEX_NAME_OURS = False
+# True only once GITHUB_REPO exists and belongs to this project. False: the notebooks try git only when CLARA_GIT
+# names a repository (a fork, a mirror): an unclaimed GitHub owner is the same open door as an unclaimed index name.
+GIT_REPO_OURS = False
 START_HERE = "START_HERE.md"
 
 
@@ -71,8 +75,9 @@ def badge(notebook: str) -> str:
 
 def describe() -> str:
     """One line for ``doctor``: where a Colab runtime gets this version from."""
+    git = f", else {git_requirement()}" if GIT_REPO_OURS else f" (git: only ${GIT_ENV}, until {GITHUB_REPO} is ours)"
     index = f", else {index_requirement()}" if INDEX_NAME_OURS else " (the package index: not until the name is ours)"
-    return f"Colab installs it from <drive>/{wheel_glob()} or <drive>/{WHEELS_DIR}/, else {git_requirement()}{index}"
+    return f"Colab installs it from <drive>/{wheel_glob()} or <drive>/{WHEELS_DIR}/{git}{index}"
 
 
 def checkout() -> Path | None:
