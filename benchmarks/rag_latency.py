@@ -143,6 +143,9 @@ def ensure_index(args, model, docs) -> tuple[Path, float | None]:
 def replicate(src: Path, dst: Path, times: int) -> Path:
     """An index of ``times`` copies of ``src`` (its part files copied under new group numbers): a corpus
     ``times`` larger without compressing it again, to see what (c) needs as the corpus grows."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     from clara_lite.core.layout import (
         INDEX_CHUNKS,
         INDEX_FILE,
@@ -165,8 +168,11 @@ def replicate(src: Path, dst: Path, times: int) -> Path:
             part_rows = [dict(r, id=f"{r['id']}-{copy}", source=f"{r['source']}#{copy}")
                          for r in rows[start:start + p["rows"]]]
             group = p["group"] + copy * meta["next_group"]
-            shutil.copyfile(src / index_part_file(p["group"], p["sub"]), dst / index_part_file(group, p["sub"]))
             ids = hashlib.sha256("\n".join(r["id"] for r in part_rows).encode()).hexdigest()
+            # the same tensors under the new rows' ids: a part file names the rows it holds (the index checks)
+            with safe_open(str(src / index_part_file(p["group"], p["sub"])), "pt") as f:
+                tensors, file_meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+            save_file(tensors, str(dst / index_part_file(group, p["sub"])), metadata={**file_meta, "ids": ids})
             parts.append({**p, "group": group, "ids": ids})
             out_rows += part_rows
             start += p["rows"]
@@ -300,7 +306,7 @@ def main(argv=None) -> int:
           f"peak RSS {hwm_mb():.0f} MB")
 
     if args.grow:
-        grown = replicate(path, path.with_name(path.name + f"-x{args.grow}"), args.grow)
+        grown = replicate(path, path.with_name(path.name + f"-copies{args.grow}"), args.grow)
         for folder in (path, grown):
             out = subprocess.run([sys.executable, __file__, "--only-index", str(folder), "--model", args.model,
                                   "--chunks", str(args.chunks), "--questions", str(args.questions),

@@ -141,7 +141,7 @@ def test_errors_of_other_libraries_and_unchecked_input_are_one_message_and_debug
         assert all(w in errors[0].getMessage() for w in words), (name, errors[0].getMessage())
 
     from clara_lite.pipeline.fetch import unpack
-    with pytest.raises(ValueError, match="a damaged zip .*download it again") as err:
+    with pytest.raises(ValueError, match="a damaged archive .*download it again") as err:
         unpack(bad_zip, tmp_path / "unpacked")
     assert str(bad_zip) in str(err.value) and not (tmp_path / "unpacked").exists()
     caplog.clear()
