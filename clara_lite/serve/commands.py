@@ -17,6 +17,7 @@ from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard
+from .openai_api import MODEL_NAME
 from .retrievers import INDEX_TYPES, RETRIEVERS
 from .server import LOOPBACK, serve
 
@@ -137,7 +138,8 @@ def _chat(args) -> int:
 
 def _serve(args) -> int:
     index = open_index(args)
-    serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
+          model_name=args.model_name)
     return 0
 
 
@@ -217,11 +219,13 @@ def add_serve_commands(sub) -> None:
     c.add_argument("--max-new-tokens", type=int, default=64)
     c.set_defaults(func=_chat)
 
-    s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health")
+    s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health, "
+                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models")
     s.add_argument("--index", required=True)
     add_index_options(s)
     s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback: no authentication)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--top-k", type=int, default=None, help="chunks per answer unless the request says")
     s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--model-name", default=MODEL_NAME, help="the model id of the OpenAI-compatible routes")
     s.set_defaults(func=_serve)
