@@ -15,11 +15,12 @@ import sys
 from ..core.hardware import detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
+from .access import API_KEY_ENV, read_api_key, require_key
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard
 from .openai_api import MODEL_NAME
 from .retrievers import INDEX_TYPES, RETRIEVERS
-from .server import LOOPBACK, serve
+from .server import LOOPBACK, MAX_STREAMS, serve
 
 log = logging.getLogger("clara_lite")
 
@@ -137,9 +138,11 @@ def _chat(args) -> int:
 
 
 def _serve(args) -> int:
+    api_key = read_api_key(args.api_key_file)
+    require_key(args.host, api_key)  # before the model loads: an open door is refused at once
     index = open_index(args)
     serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
-          model_name=args.model_name)
+          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams)
     return 0
 
 
@@ -223,9 +226,13 @@ def add_serve_commands(sub) -> None:
                        "and OpenAI's /v1/chat/completions (streaming too) and /v1/models")
     s.add_argument("--index", required=True)
     add_index_options(s)
-    s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback: no authentication)")
+    s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback; any other needs an "
+                   f"API key: {API_KEY_ENV} or --api-key-file)")
+    s.add_argument("--api-key-file", default=None, help=f"a file whose first line is the API key (else {API_KEY_ENV}); "
+                   "clients send 'Authorization: Bearer KEY'")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--top-k", type=int, default=None, help="chunks per answer unless the request says")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--model-name", default=MODEL_NAME, help="the model id of the OpenAI-compatible routes")
+    s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
     s.set_defaults(func=_serve)

@@ -13,7 +13,10 @@ outside 1..100, an unknown field); 503 when the index is being changed by anothe
 request met the change (retry); 500 for any other fault of the server. Error bodies name no file of
 the server: details go to its log. Under ``/v1/`` every error has OpenAI's shape (:mod:`.openai_api`). A client that has not sent its request line and headers
 :data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected. The model answers one request at a time (a lock), as one model on
-one device does anyway. Loopback by default: the API has no authentication.
+one device does anyway; at most :data:`MAX_STREAMS` streams are decoded or waiting at once (more: 429).
+
+Loopback by default. Beyond it (``--host 0.0.0.0``) an API key is required and every request must
+carry it (``Authorization: Bearer KEY``, 401 otherwise): :mod:`.access`.
 
 Index changes by other processes (``clara-lite index add|remove`` while serving) are seen: each
 request first calls :meth:`~clara_lite.serve.index.ClaraIndex.refresh` (one ``stat`` of index.json;
@@ -27,12 +30,14 @@ import json
 import logging
 import threading
 
+from .access import BearerKey, require_key
 from .openai_api import MAX_QUESTION_CHARS, MODEL_NAME, add_openai_routes, error_body, openai_path
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY_BYTES = 64 << 10  # a question of 4000 characters, escaped, fits many times over
+MAX_STREAMS = 8  # streamed answers decoded or waiting for the model at once (each holds a thread)
 HEAD_TIMEOUT_S = 10.0  # a request's line and headers must arrive within this (uvicorn alone waits forever)
 
 
@@ -105,9 +110,11 @@ def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
     return HeadTimeout
 
 
-def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64, model_name: str = MODEL_NAME):
+def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64, model_name: str = MODEL_NAME,
+               api_key: str | None = None, max_streams: int = MAX_STREAMS):
     """The FastAPI application serving ``index`` (a :class:`~clara_lite.serve.index.ClaraIndex`);
-    ``model_name`` is the model id of the OpenAI-compatible routes."""
+    ``model_name`` is the model id of the OpenAI-compatible routes; with ``api_key`` every request
+    must carry it."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -196,18 +203,22 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
         return answer.to_dict()
 
     add_openai_routes(app, index, run=current, model_name=model_name, default_k=default_k,
-                      max_new_tokens=max_new_tokens)
-    return BodyLimit(app)
+                      max_new_tokens=max_new_tokens, streams=threading.BoundedSemaphore(max_streams))
+    return BodyLimit(app) if api_key is None else BearerKey(BodyLimit(app), api_key)
 
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
-          max_new_tokens: int = 64, model_name: str = MODEL_NAME) -> None:
-    """Run the API with uvicorn until interrupted."""
+          max_new_tokens: int = 64, model_name: str = MODEL_NAME, api_key: str | None = None,
+          max_streams: int = MAX_STREAMS) -> None:
+    """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``)."""
     import uvicorn
 
-    if host not in (LOOPBACK, "localhost", "::1"):
-        log.warning("serving on %s: the API has no authentication; anyone who reaches this port can query it", host)
+    require_key(host, api_key)
+    log.info("serving on %s:%d, %s", host, port, "API key required (Authorization: Bearer)" if api_key
+             else "loopback only, no API key")
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
-    uvicorn.run(create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name), host=host, port=port,
-                log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES, http=head_timeout_protocol())
+    app = create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name,
+                     api_key=api_key, max_streams=max_streams)
+    uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES,
+                http=head_timeout_protocol())
