@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..core.hardware import detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
 from .index import ClaraIndex
-from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard
+from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
 from .retrievers import INDEX_TYPES, RETRIEVERS
 from .server import LOOPBACK, MAX_STREAMS, serve
@@ -36,8 +37,25 @@ def load_model(path: str, base_path: str | None = None) -> ClaraModel:
     return ClaraModel.from_pretrained(path, **kwargs)
 
 
+def model_source(path: str) -> str:
+    """What ``index build`` records of ``--model``: an existing local path made absolute, else the Hub id."""
+    return str(Path(path).resolve()) if os.path.exists(path) else path
+
+
+def index_model(index_path: str, given: str | None) -> str:
+    """``--model``, else the model the index recorded when it was built (``index.json``'s ``"model"``)."""
+    if given:
+        return given
+    recorded = read_meta(Path(index_path)).get("model")
+    if not recorded:
+        raise ValueError(f"{index_path} does not record the model that built it (built before clara_lite "
+                         "recorded it, or from Python without model_source): pass --model")
+    log.info("model %s (recorded by the index)", recorded)
+    return recorded
+
+
 def open_index(args) -> ClaraIndex:
-    model = load_model(args.model, args.base_path)
+    model = load_model(index_model(args.index, args.model), args.base_path)
     return ClaraIndex.load(args.index, model, retriever=args.retriever, index_type=args.index_type,
                            merge=False if args.no_merge else None)
 
@@ -58,7 +76,7 @@ def _build(args) -> int:
     options = dict(dtype=args.dtype, keys=_keys(args.keys), overlap=args.overlap, batch_size=args.batch_size,
                    shard=shard, group_docs=args.group_docs, part_rows=args.part_rows, use_docling=args.docling,
                    progress=not args.no_progress)
-    index = ClaraIndex.build(out, model, args.input, **options)
+    index = ClaraIndex.build(out, model, args.input, model_source=model_source(args.model), **options)
     print(f"{out}: {len(index.chunks)} chunks")
     if world > 1 and not args.shard:  # torchrun: wait for every shard, then process 0 joins them
         import torch.distributed as dist
@@ -96,6 +114,7 @@ def _info(args) -> int:
             meta = json.load(f)
         info = {"chunks": meta["n_chunks"], "parts": len(meta["parts"]), "settings": meta["settings"],
                 "fingerprint": meta["fingerprint"]["id"], "base_model": meta["fingerprint"]["settings"]["base_model"],
+                "model": meta.get("model"),
                 "skipped": meta["sources"]["skipped"], "shard": meta["shard"]}
     if args.verify:
         problem = verify(args.index, KIND_INDEX, exact=True)
@@ -146,10 +165,11 @@ def _serve(args) -> int:
     return 0
 
 
-def add_index_options(parser, *, model_required: bool = True) -> None:
-    """--model, --index and how to search and answer (shared by ask --index, chat and serve)."""
-    if model_required:
-        parser.add_argument("--model", required=True, help="the model the index was built with (zip or folder)")
+def add_index_options(parser, *, model_option: bool = True) -> None:
+    """--model and how to search and answer (shared by ask --index, chat and serve)."""
+    if model_option:
+        parser.add_argument("--model", default=None, help="the model the index was built with (zip, folder or Hub "
+                            "id; default: the one the index recorded at build; another model is refused)")
     parser.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
     parser.add_argument("--retriever", default="auto", choices=RETRIEVERS,
                         help="auto: the query reasoner (stage3), else MiniLM keys, else BM25")

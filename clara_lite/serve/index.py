@@ -131,8 +131,11 @@ class ClaraIndex:
     def build(cls, path, model, documents, *, dtype: str = "float16", keys: str | Sequence[str] = "auto",
               overlap: int | None = None, batch_size: int | None = None, shard: tuple[int, int] | None = None,
               group_docs: int = GROUP_DOCS, part_rows: int = PART_ROWS, use_docling: str = "auto",
-              progress: bool = True, **load_options) -> ClaraIndex:
+              progress: bool = True, model_source: str | None = None, **load_options) -> ClaraIndex:
         """Compress ``documents`` (a folder, a JSONL file or a list of strings) into an index at ``path``.
+
+        ``model_source``: where ``model`` was loaded from (a path or Hub id), recorded in index.json as
+        ``"model"`` so that ``ask|chat|serve --index`` need no ``--model`` (the fingerprint still decides).
 
         Reruns resume: parts already written are kept, a killed build continues at the first missing
         one; a complete index is opened as it is. ``shard=(i, n)``: only the i-th of n ranges of
@@ -159,7 +162,7 @@ class ClaraIndex:
         parts = parts_of(groups, part_rows)
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp.fingerprint(model), "settings": settings,
                 "parts": [p.row() for p, _ in parts], "n_chunks": sum(p.rows for p, _ in parts),
-                "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end,
+                "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end, "model": model_source,
                 "shard": None if shard is None else {"index": shard[0], "count": shard[1], "groups": [first, end]},
                 "generation": 0}
         chunks = [c for _, rows in parts for c in rows]
