@@ -152,6 +152,8 @@ def _ask(args) -> int:
         raise ValueError("ask needs a question and either --docs DOCS or --index IDX")
     if args.index:
         return ask_index(args, question)
+    if not args.model:
+        raise ValueError("ask --docs needs --model (only an index records its model)")
     kwargs = {"base_path": args.base_path} if args.base_path else {}
     docs = read_docs(args.docs)  # a GPU load follows the plan (dtype, attention, 4-bit when needed)
     model = load(args.model, **kwargs)
@@ -252,13 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ask", help="answer a question from documents or an index with a saved model (zip or folder)")
     a.add_argument("question_text", nargs="?", default=None, metavar="QUESTION")
-    a.add_argument("--model", required=True, help="exported zip, model folder or Hugging Face id "
-                   "(org/name[/subfolder], e.g. apple/CLaRa-7B-E2E/compression-16)")
+    a.add_argument("--model", default=None, help="exported zip, model folder or Hugging Face id "
+                   "(org/name[/subfolder], e.g. apple/CLaRa-7B-E2E/compression-16); with --index, default: the "
+                   "model the index recorded")
     a.add_argument("--question", default=None, help="the question (or give it as the argument)")
     a.add_argument("--docs", default=None, help="JSONL ({\"doc\": ...} lines or training rows) or a folder of .txt/.md")
     a.add_argument("--index", default=None, help="an index folder (clara-lite index build): compressed once")
     a.add_argument("--top-k", type=int, default=None, help="documents retrieved (models with a retriever)")
-    add_index_options(a, model_required=False)
+    add_index_options(a, model_option=False)
     a.add_argument("--max-new-tokens", type=int, default=64)
     a.set_defaults(func=_ask)
     add_serve_commands(sub)  # index build|add|remove|info|merge, chat, serve

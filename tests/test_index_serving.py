@@ -253,3 +253,28 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path):
             assert slow.recv(100) == b""  # closed by the server
             waited = time.monotonic() - started
         assert 0.3 < waited < 5, waited
+
+
+def test_ask_with_only_the_index_loads_the_model_it_recorded_and_another_model_is_still_refused(tmp_path, capsys,
+                                                                                              caplog):
+    model = served_model()
+    model.save_pretrained(tmp_path / "model")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t, "source": f"d{i}"}) + "\n" for i, t in enumerate(corpus(5))))
+    kb = str(tmp_path / "kb")
+    assert main(["index", "build", "--model", str(tmp_path / "model"), "--input", str(docs), "--out", kb,
+                 "--keys", "none", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "kb" / "index.json").read_text())["model"] == str((tmp_path / "model").resolve())
+    assert main(["index", "info", "--index", kb]) == 0
+    assert json.loads(capsys.readouterr().out.split(" chunks\n", 1)[1])["model"] == str(tmp_path / "model")
+    assert main(["ask", "--index", kb, QUESTIONS[0], "--top-k", "2", "--max-new-tokens", "4"]) == 0
+    expected = ClaraIndex.load(kb, model).ask(QUESTIONS[0], 2, max_new_tokens=4)
+    assert f"answer: {expected.text}\n" in capsys.readouterr().out
+
+    served_model(scale=2.0).save_pretrained(tmp_path / "other")  # other weights: the fingerprint refuses them
+    assert main(["ask", "--index", kb, "--model", str(tmp_path / "other"), QUESTIONS[0]]) == 2
+    assert "was built with another model" in caplog.text
+    ClaraIndex.build(tmp_path / "unrecorded", model, corpus(2), keys=(), progress=False)  # from Python: no source
+    assert main(["ask", "--index", str(tmp_path / "unrecorded"), QUESTIONS[0]]) == 2
+    assert "does not record the model that built it" in caplog.text
+    assert main(["ask", "--docs", str(docs), QUESTIONS[0]]) == 2  # only an index records its model

@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..core.hardware import detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
+from .access import API_KEY_ENV, read_api_key, require_key
 from .index import ClaraIndex
-from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard
+from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
+from .openai_api import MODEL_NAME
 from .retrievers import INDEX_TYPES, RETRIEVERS
-from .server import LOOPBACK, serve
+from .server import LOOPBACK, MAX_STREAMS, serve
 
 log = logging.getLogger("clara_lite")
 
@@ -34,8 +37,25 @@ def load_model(path: str, base_path: str | None = None) -> ClaraModel:
     return ClaraModel.from_pretrained(path, **kwargs)
 
 
+def model_source(path: str) -> str:
+    """What ``index build`` records of ``--model``: an existing local path made absolute, else the Hub id."""
+    return str(Path(path).resolve()) if os.path.exists(path) else path
+
+
+def index_model(index_path: str, given: str | None) -> str:
+    """``--model``, else the model the index recorded when it was built (``index.json``'s ``"model"``)."""
+    if given:
+        return given
+    recorded = read_meta(Path(index_path)).get("model")
+    if not recorded:
+        raise ValueError(f"{index_path} does not record the model that built it (built before clara_lite "
+                         "recorded it, or from Python without model_source): pass --model")
+    log.info("model %s (recorded by the index)", recorded)
+    return recorded
+
+
 def open_index(args) -> ClaraIndex:
-    model = load_model(args.model, args.base_path)
+    model = load_model(index_model(args.index, args.model), args.base_path)
     return ClaraIndex.load(args.index, model, retriever=args.retriever, index_type=args.index_type,
                            merge=False if args.no_merge else None)
 
@@ -56,7 +76,7 @@ def _build(args) -> int:
     options = dict(dtype=args.dtype, keys=_keys(args.keys), overlap=args.overlap, batch_size=args.batch_size,
                    shard=shard, group_docs=args.group_docs, part_rows=args.part_rows, use_docling=args.docling,
                    progress=not args.no_progress)
-    index = ClaraIndex.build(out, model, args.input, **options)
+    index = ClaraIndex.build(out, model, args.input, model_source=model_source(args.model), **options)
     print(f"{out}: {len(index.chunks)} chunks")
     if world > 1 and not args.shard:  # torchrun: wait for every shard, then process 0 joins them
         import torch.distributed as dist
@@ -94,6 +114,7 @@ def _info(args) -> int:
             meta = json.load(f)
         info = {"chunks": meta["n_chunks"], "parts": len(meta["parts"]), "settings": meta["settings"],
                 "fingerprint": meta["fingerprint"]["id"], "base_model": meta["fingerprint"]["settings"]["base_model"],
+                "model": meta.get("model"),
                 "skipped": meta["sources"]["skipped"], "shard": meta["shard"]}
     if args.verify:
         problem = verify(args.index, KIND_INDEX, exact=True)
@@ -136,15 +157,19 @@ def _chat(args) -> int:
 
 
 def _serve(args) -> int:
+    api_key = read_api_key(args.api_key_file)
+    require_key(args.host, api_key)  # before the model loads: an open door is refused at once
     index = open_index(args)
-    serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
+          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams)
     return 0
 
 
-def add_index_options(parser, *, model_required: bool = True) -> None:
-    """--model, --index and how to search and answer (shared by ask --index, chat and serve)."""
-    if model_required:
-        parser.add_argument("--model", required=True, help="the model the index was built with (zip or folder)")
+def add_index_options(parser, *, model_option: bool = True) -> None:
+    """--model and how to search and answer (shared by ask --index, chat and serve)."""
+    if model_option:
+        parser.add_argument("--model", default=None, help="the model the index was built with (zip, folder or Hub "
+                            "id; default: the one the index recorded at build; another model is refused)")
     parser.add_argument("--base-path", default=None, help=BASE_PATH_HELP)
     parser.add_argument("--retriever", default="auto", choices=RETRIEVERS,
                         help="auto: the query reasoner (stage3), else MiniLM keys, else BM25")
@@ -217,11 +242,17 @@ def add_serve_commands(sub) -> None:
     c.add_argument("--max-new-tokens", type=int, default=64)
     c.set_defaults(func=_chat)
 
-    s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health")
+    s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health, "
+                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models")
     s.add_argument("--index", required=True)
     add_index_options(s)
-    s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback: no authentication)")
+    s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback; any other needs an "
+                   f"API key: {API_KEY_ENV} or --api-key-file)")
+    s.add_argument("--api-key-file", default=None, help=f"a file whose first line is the API key (else {API_KEY_ENV}); "
+                   "clients send 'Authorization: Bearer KEY'")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--top-k", type=int, default=None, help="chunks per answer unless the request says")
     s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--model-name", default=MODEL_NAME, help="the model id of the OpenAI-compatible routes")
+    s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
     s.set_defaults(func=_serve)

@@ -18,6 +18,7 @@ import copy
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -133,9 +134,11 @@ class ServingDecoder:
 
     @torch.no_grad()
     def generate(self, questions: list[str], memory: torch.Tensor, k: int, max_new_tokens: int = 64, *,
-                 stop_at_eos: bool = True) -> Generation:
+                 stop_at_eos: bool = True, on_token: Callable[[int, int], None] | None = None) -> Generation:
         """Answer ``questions`` (B) from ``memory`` (B*k, M, H): k compressed documents per question.
-        ``stop_at_eos=False`` decodes exactly ``max_new_tokens`` (benchmarks compare equal work)."""
+        ``stop_at_eos=False`` decodes exactly ``max_new_tokens`` (benchmarks compare equal work).
+        ``on_token(i, token_id)`` is called for each new token of question i as soon as it is decoded
+        (streaming; an exception it raises stops the decoding)."""
         from transformers import DynamicCache
 
         m, b = self.model, len(questions)
@@ -168,6 +171,8 @@ class ServingDecoder:
                     if not done[i]:
                         out_tokens[i].append(t)
                         done[i] = stop_at_eos and t in self.eos
+                        if on_token is not None:
+                            on_token(i, t)
                 if all(done) or step == max_new_tokens - 1:
                     break
                 nxt = torch.where(torch.tensor(done, device=self.device), torch.full_like(nxt, pad), nxt)
@@ -176,3 +181,42 @@ class ServingDecoder:
                 out = self.lm(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=positions, **kw)
         texts = [t.strip() for t in m.tokenizer.batch_decode(out_tokens, skip_special_tokens=True)]
         return Generation(texts, [len(x) for x in prompts], first_token_at, out_tokens)
+
+
+class TextStream:
+    """The text of one answer as its tokens arrive, in pieces whose concatenation is the answer's text
+    (``Generation.texts``: decoded without special tokens, stripped).
+
+    Why not decode each token alone: a character can be split over tokens (a byte-level BPE emits
+    half of an "é"), and a word's leading space belongs to the token after it. So the whole answer
+    so far is decoded again, and a piece is given out only up to its last complete character and
+    without trailing spaces (the next piece starts with them).
+
+    >>> class Chars:  # a tokenizer whose tokens are characters
+    ...     def decode(self, ids, skip_special_tokens=True): return "".join(map(chr, ids))
+    >>> stream = TextStream(Chars())
+    >>> [stream.push(ord(c)) for c in " Hi there"]
+    ['', 'H', 'i', '', ' t', 'h', 'e', 'r', 'e']
+    >>> stream.finish("Hi there")
+    ''
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.sent = tokenizer, [], ""
+
+    def push(self, token_id: int) -> str:
+        """The new text after ``token_id`` (possibly empty)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        return "" if text.endswith("\ufffd") else self._advance(text)
+
+    def finish(self, text: str) -> str:
+        """What is left of ``text``, the answer's own text, once decoding is done."""
+        return self._advance(text)
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.sent):  # a tokenizer whose decoding of a prefix is no prefix: say nothing more
+            log.warning("streamed text %r is not a prefix of %r", self.sent, text)
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta

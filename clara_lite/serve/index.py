@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,7 @@ class IndexAnswer:
     prompt_tokens: int = 0
     first_token_at: float = 0.0  # time.perf_counter() of the first new token (benchmarks)
     new_tokens: int = 0
+    stopped: bool = True  # ended at a stop token (False: cut at max_new_tokens)
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.text, "sources": [h.to_dict() for h in self.hits]}
@@ -130,8 +131,11 @@ class ClaraIndex:
     def build(cls, path, model, documents, *, dtype: str = "float16", keys: str | Sequence[str] = "auto",
               overlap: int | None = None, batch_size: int | None = None, shard: tuple[int, int] | None = None,
               group_docs: int = GROUP_DOCS, part_rows: int = PART_ROWS, use_docling: str = "auto",
-              progress: bool = True, **load_options) -> ClaraIndex:
+              progress: bool = True, model_source: str | None = None, **load_options) -> ClaraIndex:
         """Compress ``documents`` (a folder, a JSONL file or a list of strings) into an index at ``path``.
+
+        ``model_source``: where ``model`` was loaded from (a path or Hub id), recorded in index.json as
+        ``"model"`` so that ``ask|chat|serve --index`` need no ``--model`` (the fingerprint still decides).
 
         Reruns resume: parts already written are kept, a killed build continues at the first missing
         one; a complete index is opened as it is. ``shard=(i, n)``: only the i-th of n ranges of
@@ -158,7 +162,7 @@ class ClaraIndex:
         parts = parts_of(groups, part_rows)
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp.fingerprint(model), "settings": settings,
                 "parts": [p.row() for p, _ in parts], "n_chunks": sum(p.rows for p, _ in parts),
-                "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end,
+                "sources": {"documents": len(mine), "skipped": skipped}, "next_group": end, "model": model_source,
                 "shard": None if shard is None else {"index": shard[0], "count": shard[1], "groups": [first, end]},
                 "generation": 0}
         chunks = [c for _, rows in parts for c in rows]
@@ -349,23 +353,36 @@ class ClaraIndex:
         return self._decoder
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, *, max_new_tokens: int = 64,
-                 batch_size: int = 8, stop_at_eos: bool = True) -> list[IndexAnswer]:
-        """Answer each question from the memory of its k retrieved chunks, ``batch_size`` at a time."""
+                 batch_size: int = 8, stop_at_eos: bool = True, queries: Sequence[str] | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[IndexAnswer]:
+        """Answer each question from the memory of its k retrieved chunks, ``batch_size`` at a time.
+
+        ``queries``: what to retrieve with, one per question (default the questions themselves; a chat
+        folds its earlier turns in). ``on_token(i, token_id)``: each new token of question i, as decoded."""
         questions = list(questions)
+        queries = questions if queries is None else list(queries)
+        if len(queries) != len(questions):
+            raise ValueError(f"{len(queries)} retrieval queries for {len(questions)} questions")
         out = []
         for start in range(0, len(questions), batch_size):
             batch = questions[start:start + batch_size]
-            hits = self.search_many(batch, k)
+            hits = self.search_many(queries[start:start + batch_size], k)
             kk = min(len(h) for h in hits)
             memory = self.memory_rows([h.row for hs in hits for h in hs[:kk]])
-            gen = self.decoder.generate(batch, memory, kk, max_new_tokens, stop_at_eos=stop_at_eos)
-            out += [IndexAnswer(q, t, h[:kk], n, gen.first_token_at, len(ids))
+            step = None if on_token is None else (lambda i, t, start=start: on_token(start + i, t))
+            gen = self.decoder.generate(batch, memory, kk, max_new_tokens, stop_at_eos=stop_at_eos, on_token=step)
+            out += [IndexAnswer(q, t, h[:kk], n, gen.first_token_at, len(ids), bool(ids) and ids[-1] in self.decoder.eos)
                     for q, t, h, n, ids in zip(batch, gen.texts, hits, gen.prompt_tokens, gen.token_ids, strict=True)]
         return out
 
     def ask(self, question: str, k: int | None = None, *, max_new_tokens: int = 64,
-            stop_at_eos: bool = True) -> IndexAnswer:
-        return self.ask_many([question], k, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)[0]
+            stop_at_eos: bool = True, query: str | None = None,
+            on_token: Callable[[int], None] | None = None) -> IndexAnswer:
+        """One question (``query``: what to retrieve with, default the question; ``on_token(token_id)``
+        for each new token)."""
+        step = None if on_token is None else (lambda _i, t: on_token(t))
+        return self.ask_many([question], k, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                             queries=None if query is None else [query], on_token=step)[0]
 
     # ------------------------------------------------------------------ changing it
 

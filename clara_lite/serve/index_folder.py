@@ -367,7 +367,8 @@ def merge_shards(out, shards: Sequence[str | Path] | None = None) -> Path:
                   "settings": first["settings"], "parts": parts, "n_chunks": len(chunks),
                   "sources": {"documents": sum(m["sources"]["documents"] for m, _ in metas),
                               "skipped": [s for m, _ in metas for s in m["sources"]["skipped"]]},
-                  "next_group": max(m["next_group"] for m, _ in metas), "shard": None, "generation": 0}
+                  "next_group": max(m["next_group"] for m, _ in metas), "shard": None, "generation": 0,
+                  "model": first.get("model")}
         commit(out, merged, chunks)
         if remove_shards:
             for _, d in metas:

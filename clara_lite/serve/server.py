@@ -4,15 +4,19 @@
                                                    "generation": G}
     POST /search {"question": "...", "k": 5}      {"question": ..., "hits": [{score, source, page, start, end, text, ...}]}
     POST /ask    {"question": "...", "k": 5, "max_new_tokens": 64}   {"question": ..., "answer": ..., "sources": [...]}
+    GET  /v1/models, POST /v1/chat/completions   OpenAI's API, streaming too (:mod:`.openai_api`)
 
 Status codes: 413 for a body over :data:`MAX_BODY_BYTES` (refused before any of it is parsed, so a
 huge body costs neither memory nor the event loop's time: ``/health`` is never kept waiting behind
 one); 422 for a malformed body (not JSON, a missing, empty, whitespace-only or over-long question, k
 outside 1..100, an unknown field); 503 when the index is being changed by another process and this
 request met the change (retry); 500 for any other fault of the server. Error bodies name no file of
-the server: details go to its log. A client that has not sent its request line and headers
+the server: details go to its log. Under ``/v1/`` every error has OpenAI's shape (:mod:`.openai_api`). A client that has not sent its request line and headers
 :data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected. The model answers one request at a time (a lock), as one model on
-one device does anyway. Loopback by default: the API has no authentication.
+one device does anyway; at most :data:`MAX_STREAMS` streams are decoded or waiting at once (more: 429).
+
+Loopback by default. Beyond it (``--host 0.0.0.0``) an API key is required and every request must
+carry it (``Authorization: Bearer KEY``, 401 otherwise): :mod:`.access`.
 
 Index changes by other processes (``clara-lite index add|remove`` while serving) are seen: each
 request first calls :meth:`~clara_lite.serve.index.ClaraIndex.refresh` (one ``stat`` of index.json;
@@ -26,11 +30,14 @@ import json
 import logging
 import threading
 
+from .access import BearerKey, require_key
+from .openai_api import MAX_QUESTION_CHARS, MODEL_NAME, add_openai_routes, error_body, openai_path
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-MAX_QUESTION_CHARS = 4000
 MAX_BODY_BYTES = 64 << 10  # a question of 4000 characters, escaped, fits many times over
+MAX_STREAMS = 8  # streamed answers decoded or waiting for the model at once (each holds a thread)
 HEAD_TIMEOUT_S = 10.0  # a request's line and headers must arrive within this (uvicorn alone waits forever)
 
 
@@ -46,7 +53,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
-            return await self._too_large(send)
+            return await self._too_large(send, scope.get("path", ""))
         body, more = b"", True
         while more:
             message = await receive()
@@ -55,7 +62,7 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.limit:
-                return await self._too_large(send)
+                return await self._too_large(send, scope.get("path", ""))
         replayed = False
 
         async def replay():
@@ -67,8 +74,9 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _too_large(self, send):
-        data = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
+    async def _too_large(self, send, path: str):
+        message = f"request body over {self.limit} bytes"
+        data = json.dumps(error_body(413, message) if openai_path(path) else {"error": message}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                                 (b"connection", b"close")]})
@@ -102,12 +110,16 @@ def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
     return HeadTimeout
 
 
-def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64):
-    """The FastAPI application serving ``index`` (a :class:`~clara_lite.serve.index.ClaraIndex`)."""
+def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64, model_name: str = MODEL_NAME,
+               api_key: str | None = None, max_streams: int = MAX_STREAMS):
+    """The FastAPI application serving ``index`` (a :class:`~clara_lite.serve.index.ClaraIndex`);
+    ``model_name`` is the model id of the OpenAI-compatible routes; with ``api_key`` every request
+    must carry it."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from starlette.exceptions import HTTPException
 
     from .index_folder import IndexChanged, IndexFolderError
 
@@ -131,16 +143,29 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
 
     app = FastAPI(title="clara_lite index", docs_url=None, redoc_url=None, openapi_url=None)
 
+    def error(request: Request, status: int, message: str, code: str | None = None, headers=None, **extra):
+        """An error body: OpenAI's shape under /v1/, else ``{"error": message, ...extra}``."""
+        body = error_body(status, message, code) if openai_path(request.url.path) else {"error": message, **extra}
+        return JSONResponse(body, status_code=status, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         reasons = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
                    for e in err.errors()]
-        return JSONResponse({"error": "invalid request", "reasons": reasons}, status_code=422)
+        if openai_path(request.url.path):  # OpenAI answers a malformed request 400
+            return error(request, 400, "invalid request: " + "; ".join(reasons), "invalid_request")
+        return error(request, 422, "invalid request", reasons=reasons)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, err: HTTPException):
+        if openai_path(request.url.path):
+            return error(request, err.status_code, str(err.detail), headers=err.headers)
+        return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
     async def _unavailable(request: Request, err: Exception):
         log.warning("request to %s met the index changing or incomplete: %s", request.url.path, err)
-        return JSONResponse({"error": "the index is being changed or is incomplete; retry shortly"},
-                            status_code=503, headers={"Retry-After": "1"})
+        return error(request, 503, "the index is being changed or is incomplete; retry shortly", "index_changing",
+                     headers={"Retry-After": "1"})
 
     app.add_exception_handler(IndexChanged, _unavailable)
     app.add_exception_handler(IndexFolderError, _unavailable)
@@ -148,7 +173,7 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
     @app.exception_handler(Exception)
     async def _failed(request: Request, err: Exception):
         log.exception("request to %s failed", request.url.path)
-        return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server log"}, status_code=500)
+        return error(request, 500, f"internal error ({type(err).__name__}); see the server log")
 
     def current(work):
         """``work()`` on the index as it is on disk now: once more after a change met mid-request."""
@@ -177,17 +202,23 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64)
         answer = current(lambda: index.ask(body.question, body.k or default_k, max_new_tokens=body.max_new_tokens))
         return answer.to_dict()
 
-    return BodyLimit(app)
+    add_openai_routes(app, index, run=current, model_name=model_name, default_k=default_k,
+                      max_new_tokens=max_new_tokens, streams=threading.BoundedSemaphore(max_streams))
+    return BodyLimit(app) if api_key is None else BearerKey(BodyLimit(app), api_key)
 
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
-          max_new_tokens: int = 64) -> None:
-    """Run the API with uvicorn until interrupted."""
+          max_new_tokens: int = 64, model_name: str = MODEL_NAME, api_key: str | None = None,
+          max_streams: int = MAX_STREAMS) -> None:
+    """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``)."""
     import uvicorn
 
-    if host not in (LOOPBACK, "localhost", "::1"):
-        log.warning("serving on %s: the API has no authentication; anyone who reaches this port can query it", host)
+    require_key(host, api_key)
+    log.info("serving on %s:%d, %s", host, port, "API key required (Authorization: Bearer)" if api_key
+             else "loopback only, no API key")
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
-    uvicorn.run(create_app(index, default_k=default_k, max_new_tokens=max_new_tokens), host=host, port=port,
-                log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES, http=head_timeout_protocol())
+    app = create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name,
+                     api_key=api_key, max_streams=max_streams)
+    uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES,
+                http=head_timeout_protocol())
