@@ -191,9 +191,8 @@ def test_doctor_prints_the_plan_and_the_cpu_threads_line(capsys):
     assert main(["doctor", "--base", "tiny-random"]) == 0
     out = capsys.readouterr().out
     assert "batch         1 x 16 = 16 rows per step" in out
-    assert "clara_lite    0.1.0 (Colab installs it from <drive>/clara_lite-0.1.0-*.whl or <drive>/wheels/, else " \
-           "git+https://github.com/clara-lite/clara_lite.git@v0.1.0 (the package index: not until the name is ours)" \
-           in out
+    assert "clara_lite    0.1.0 (Colab installs it from <drive>/clara_lite-0.1.0-*.whl or <drive>/wheels/ (git: only " \
+           "$CLARA_GIT, until clara-lite/clara_lite is ours) (the package index: not until the name is ours)" in out
     assert "warning" not in out  # a tiny model on a CPU is fine
     assert main(["doctor", "--base", "mistral-7b"]) == 0
     assert f"warning       {CPU_WARNING}" in capsys.readouterr().out  # the whole advice, T4 included
