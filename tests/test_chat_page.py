@@ -19,7 +19,7 @@ from test_index_serving import _free_port
 
 from clara_lite.serve.index import ClaraIndex
 from clara_lite.serve.openai_api import conversation
-from clara_lite.serve.ui import SHARE_WARNING, format_sources
+from clara_lite.serve.ui import SHARE_WARNING, format_sources, launch_inline
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,5 +138,15 @@ def test_with_an_api_key_the_chat_page_wants_the_key_and_the_api_still_wants_the
     assert KEY not in output
 
 
-def test_a_public_share_link_comes_with_a_warning():
-    assert "public" in SHARE_WARNING and "anyone" in SHARE_WARNING
+def test_the_notebook_page_launches_locally_with_no_public_link_unless_asked(tmp_path, capsys):
+    index = ClaraIndex.build(tmp_path / "kb", served_model(), _documents(tmp_path / "docs"), keys=(), progress=False)
+    page = launch_inline(index, max_new_tokens=4)
+    try:
+        assert page.share_url is None and page.local_url.startswith("http://127.0.0.1:")
+        assert httpx.get(page.local_url, timeout=30).status_code == 200
+        config = httpx.get(page.local_url.rstrip("/") + "/config", timeout=30).json()
+        assert {"clara-chat", "clara-question", "clara-sources"} <= {
+            c.get("props", {}).get("elem_id") for c in config["components"]}
+    finally:
+        page.close()
+    assert SHARE_WARNING not in capsys.readouterr().out  # printed only with share=True

@@ -122,7 +122,7 @@ def chat_page(index, *, run=None, default_k: int | None = None, max_new_tokens: 
                 raise gr.Error(f"the answer failed ({type(value).__name__}); see the log")
 
     chatbot_options = {"type": "messages"} if "type" in _parameters(gr.Chatbot) else {}  # gradio 5 (6: always)
-    with gr.Blocks(title=title) as page:
+    with gr.Blocks(title=title, analytics_enabled=False) as page:
         gr.Markdown(f"### {title}\n{len(index.chunks)} chunks; the earlier questions of the conversation help "
                     "find the documents of a follow-up.")
         chatbot = gr.Chatbot(label="conversation", elem_id="clara-chat", render_markdown=False, height=360,
