@@ -90,12 +90,23 @@ def test_the_chat_page_in_chromium_streams_the_index_answer_with_its_source_and_
             sources = page.locator("#clara-sources")
             answers = page.locator("#clara-chat [data-testid='bot']")
 
+            page.evaluate("""() => {  // every text the answer shows, as it changes: a streamed answer grows
+                window.seen = [];
+                new MutationObserver(() => {
+                    const bots = document.querySelectorAll("#clara-chat [data-testid='bot']");
+                    const text = bots.length ? bots[bots.length - 1].innerText.trim() : "";
+                    if (text && text !== window.seen[window.seen.length - 1]) window.seen.push(text);
+                }).observe(document.querySelector("#clara-chat"), {subtree: true, childList: true, characterData: true});
+            }""")
             question.fill(QUESTIONS[0])
             question.press("Enter")
             page.wait_for_function("() => document.querySelector('#clara-sources').innerText.includes('note-')",
                                    timeout=120_000)
             expected = index.ask(QUESTIONS[0], max_new_tokens=8)
             assert _normal(answers.last.inner_text()) == _normal(expected.text)
+            seen = [_normal(t) for t in page.evaluate("window.seen")]
+            assert len(seen) >= 2 and seen[-1] == _normal(expected.text), seen  # it grew token by token
+            assert all(_normal(expected.text).startswith(t.rstrip("�")) for t in seen[:-1]), seen
             shown = sources.inner_text()
             assert expected.hits[0].chunk.source in shown  # the file name
             assert _normal(expected.hits[0].chunk.text)[:30] in _normal(shown)  # the passage
