@@ -140,6 +140,10 @@ def test_with_an_api_key_the_chat_page_wants_the_key_and_the_api_still_wants_the
         with httpx.Client(base_url=base, timeout=60) as http:
             assert http.get("/health").status_code == 401
             assert http.get("/ui/config").status_code == 401  # the page's data needs the login
+            assert http.get("/ui/gradio_api/info").status_code == 401
+            asked = http.post("/ui/gradio_api/queue/join", json={"data": ["Where does Ada live?", []], "fn_index": 0,
+                                                                 "session_hash": "x"})
+            assert asked.status_code == 401  # no answer without the key
             assert http.post("/ui/login", data={"username": "me", "password": KEY[:-1]}).status_code == 400
             assert http.post("/ui/login", data={"username": "me", "password": KEY}).status_code == 200
             assert http.get("/ui/config").status_code == 200

@@ -246,7 +246,7 @@ def add_serve_commands(sub) -> None:
     c.set_defaults(func=_chat)
 
     s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health, "
-                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models")
+                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models; with --ui a chat page at /ui")
     s.add_argument("--index", required=True)
     add_index_options(s)
     s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback; any other needs an "
