@@ -335,6 +335,8 @@ DOWNLOAD_ZIP = False  # True: also offer the exported zip as a browser download
 OFFICIAL_MODEL = ""  # last section: "base", "instruct" or "e2e" (apple/CLaRa-7B-…); "" skips it
 COMPRESSION = 16  # the official models' compression: 16 or 128
 RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on Drive)
+CHAT_PAGE = True  # a chat page over the index, inline below its cell
+SHARE_CHAT = False  # True: also a public gradio.live link (anyone who has it can ask your documents)
 SYSTEMS = ["closed-book", "text-rag", "clara"]  # also "clara-zeroed": CLaRa with its memory vectors zeroed
 BENCHMARK_FILE = ""  # a benchmark on Drive (upstream's eval files, NQ/HotpotQA/MuSiQue/2Wiki); "" = skip
 BENCHMARK = ""  # nq, hotpotqa, musique or 2wiki when the file name does not say (for the paper's number)
@@ -350,6 +352,10 @@ CHECKPOINT = ""  # score this model instead of the run's (a folder or zip on Dri
         code("index = ws.build_index(model, POOL)"),
         md("## Ask\n\nOnly the question is encoded; the retrieved chunks' memory vectors come from the index."),
         code("answers = ws.ask_index(index, QUESTIONS or ws.default_questions(), MAX_NEW_TOKENS)"),
+        md("## Chat with the documents\n\nA chat page (Gradio) over the same index: the answer streams in with "
+           "its sources (file, page, passage) under it, and a follow-up question is retrieved with the earlier "
+           "ones. `SHARE_CHAT = True` makes a public link: anyone who has it can ask your documents."),
+        code("page = ws.chat_page(index, share=SHARE_CHAT, max_new_tokens=MAX_NEW_TOKENS) if CHAT_PAGE else None"),
         md("## Held-out evaluation"),
         code("scores = ws.evaluate_heldout(model, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
         md("""

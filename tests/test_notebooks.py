@@ -222,6 +222,7 @@ def test_suite_runs_headless_in_order(tmp_path, venv_kernel, shared_dir):
     assert "retrieved #1" in inference and "Recall@1" in inference and "held-out (4 questions)" in inference
     assert "Building the index" in inference and list((run / "indexes").glob("heldout-*/manifest.json"))
     assert (run / "heldout_eval.json").is_file()
+    assert "Chat page on http://127.0.0.1:" in inference  # the Gradio page, inline (CHAT_PAGE = True)
     assert list((drive / "exports").glob("smoke*.zip")), inference
     assert "no browser download" not in inference  # DOWNLOAD_ZIP = False: not even tried
     # the official-model cell, against the fixture laid out as apple/CLaRa-7B-Instruct/compression-16

@@ -384,6 +384,20 @@ class Workspace:
             print()
         return [a.to_dict() for a in answers]
 
+    def chat_page(self, index: ClaraIndex, share: bool = False, max_new_tokens: int = 64):
+        """05: a chat page over ``index`` shown inline (Colab too): the answer streams in, its sources under it,
+        the conversation kept. ``share=True`` also makes a public gradio.live link (with a warning: anyone who
+        has it can ask the index). Without Gradio installed, says how to get it and returns None."""
+        if importlib.util.find_spec("gradio") is None:
+            print("The chat page needs Gradio (Colab has it): pip install gradio")
+            return None
+        from ..serve.ui import launch_inline
+
+        page = launch_inline(index, share=share, default_k=self.settings.generation_top_k,
+                             max_new_tokens=max_new_tokens)
+        print(f"Chat page on {page.local_url}" + (f" and, public, {page.share_url}" if share and page.share_url else ""))
+        return page
+
     def evaluate_heldout(self, model, *, limit: int = 0, max_new_tokens: int = 32) -> dict | None:
         """EM / F1 (and Recall@1 with a retriever) on heldout.jsonl; written to <run>/heldout_eval.json."""
         rows = self.heldout()[: limit or None]

@@ -69,12 +69,19 @@ def require_key(host: str, api_key: str | None) -> None:
 
 class BearerKey:
     """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <key>`` (401 otherwise,
-    before the body is read; OpenAI's error shape under ``/v1/``)."""
+    before the body is read; OpenAI's error shape under ``/v1/``). Under ``login_paths`` (the chat page, which
+    a browser opens without that header) the app behind asks for the key itself (a login form)."""
 
-    def __init__(self, app, key: str):
+    def __init__(self, app, key: str, login_paths=()):
         self.app, self.expected = app, f"Bearer {key}".encode()
+        self.login_paths = tuple(login_paths)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if any(path == p or path.startswith(p + "/") for p in self.login_paths):
+            return await self.app(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or ()).get(b"authorization", b"")

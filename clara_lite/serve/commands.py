@@ -7,6 +7,7 @@ builds shard RANK/WORLD_SIZE in each process, and process 0 merges the shards wh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -159,9 +160,11 @@ def _chat(args) -> int:
 def _serve(args) -> int:
     api_key = read_api_key(args.api_key_file)
     require_key(args.host, api_key)  # before the model loads: an open door is refused at once
+    if args.ui and importlib.util.find_spec("gradio") is None:
+        raise SystemExit("serve --ui needs Gradio: pip install 'clara-lite[ui]' (or pip install gradio)")
     index = open_index(args)
     serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
-          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams)
+          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams, ui=args.ui)
     return 0
 
 
@@ -243,7 +246,7 @@ def add_serve_commands(sub) -> None:
     c.set_defaults(func=_chat)
 
     s = sub.add_parser("serve", help="an HTTP JSON API over an index: POST /search, POST /ask, GET /health, "
-                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models")
+                       "and OpenAI's /v1/chat/completions (streaming too) and /v1/models; with --ui a chat page at /ui")
     s.add_argument("--index", required=True)
     add_index_options(s)
     s.add_argument("--host", default=LOOPBACK, help="address to listen on (default loopback; any other needs an "
@@ -255,4 +258,6 @@ def add_serve_commands(sub) -> None:
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--model-name", default=MODEL_NAME, help="the model id of the OpenAI-compatible routes")
     s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
+    s.add_argument("--ui", action="store_true", help="a chat page at /ui (Gradio: pip install 'clara-lite[ui]'; "
+                   "with an API key the page asks for it)")
     s.set_defaults(func=_serve)

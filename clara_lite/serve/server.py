@@ -5,6 +5,7 @@
     POST /search {"question": "...", "k": 5}      {"question": ..., "hits": [{score, source, page, start, end, text, ...}]}
     POST /ask    {"question": "...", "k": 5, "max_new_tokens": 64}   {"question": ..., "answer": ..., "sources": [...]}
     GET  /v1/models, POST /v1/chat/completions   OpenAI's API, streaming too (:mod:`.openai_api`)
+    GET  /ui                                      with ``--ui``: a chat page in the browser (:mod:`.ui`, Gradio)
 
 Status codes: 413 for a body over :data:`MAX_BODY_BYTES` (refused before any of it is parsed, so a
 huge body costs neither memory nor the event loop's time: ``/health`` is never kept waiting behind
@@ -111,10 +112,10 @@ def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
 
 
 def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64, model_name: str = MODEL_NAME,
-               api_key: str | None = None, max_streams: int = MAX_STREAMS):
+               api_key: str | None = None, max_streams: int = MAX_STREAMS, ui: bool = False):
     """The FastAPI application serving ``index`` (a :class:`~clara_lite.serve.index.ClaraIndex`);
     ``model_name`` is the model id of the OpenAI-compatible routes; with ``api_key`` every request
-    must carry it."""
+    must carry it; ``ui``: the chat page at ``/ui`` (:mod:`.ui`; behind a login form asking for the key)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -204,21 +205,29 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
 
     add_openai_routes(app, index, run=current, model_name=model_name, default_k=default_k,
                       max_new_tokens=max_new_tokens, streams=threading.BoundedSemaphore(max_streams))
-    return BodyLimit(app) if api_key is None else BearerKey(BodyLimit(app), api_key)
+    if ui:
+        from .ui import UI_PATH, mount_chat_page
+
+        mount_chat_page(app, index, run=current, default_k=default_k, max_new_tokens=max_new_tokens,
+                        api_key=api_key, path=UI_PATH)
+    opened = (UI_PATH,) if ui else ()
+    return BodyLimit(app) if api_key is None else BearerKey(BodyLimit(app), api_key, login_paths=opened)
 
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
           max_new_tokens: int = 64, model_name: str = MODEL_NAME, api_key: str | None = None,
-          max_streams: int = MAX_STREAMS) -> None:
+          max_streams: int = MAX_STREAMS, ui: bool = False) -> None:
     """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``)."""
     import uvicorn
 
     require_key(host, api_key)
     log.info("serving on %s:%d, %s", host, port, "API key required (Authorization: Bearer)" if api_key
              else "loopback only, no API key")
+    if ui:
+        log.info("chat page: http://%s:%d/ui", host, port)
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
     app = create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name,
-                     api_key=api_key, max_streams=max_streams)
+                     api_key=api_key, max_streams=max_streams, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES,
                 http=head_timeout_protocol())
