@@ -17,6 +17,7 @@ from ..core.hardware import detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
+from .batching import MAX_BATCH
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
@@ -161,7 +162,7 @@ def _serve(args) -> int:
     require_key(args.host, api_key)  # before the model loads: an open door is refused at once
     index = open_index(args)
     serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
-          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams)
+          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams, max_batch=args.max_batch)
     return 0
 
 
@@ -255,4 +256,6 @@ def add_serve_commands(sub) -> None:
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--model-name", default=MODEL_NAME, help="the model id of the OpenAI-compatible routes")
     s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
+    s.add_argument("--max-batch", type=int, default=MAX_BATCH, help="requests that arrive close together are "
+                   f"decoded together, at most this many (default {MAX_BATCH}; 1: one at a time)")
     s.set_defaults(func=_serve)
