@@ -89,3 +89,15 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     probe = _run("benchmarks/memory_probe.py", "--run-dir", str(run), "--limit", "2")
     losses = dict(re.findall(r"^  (own document|another document|zeroed) +(\d+\.\d+)$", probe, re.M))
     assert len(losses) == 3 and "over 2 questions" in probe
+
+
+def test_serve_concurrency_benchmark_drives_both_servers_interleaved(tmp_path):
+    out = _run("benchmarks/serve_concurrency.py", "--model", "tiny-random", "--chunks", "6", "--clients", "1,2",
+               "--requests", "1", "--new-tokens", "2", "--doc-max-length", "32", "--compr-rate", "8",
+               "--retriever", "bm25", "--threads", "1", "--max-batch", "4", "--index-dir", str(tmp_path / "kb"))
+    rows = re.findall(r"^\| (\d+) \| (batched \(max 4\)|one at a time) \| (\d+) \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ "
+                      r"\| \d+\.\d+ \| \d+\.\d+ \|$", out, re.M)
+    assert [(c, s, int(n)) for c, s, n in rows] == [("1", "batched (max 4)", 1), ("1", "one at a time", 1),
+                                                   ("2", "batched (max 4)", 2), ("2", "one at a time", 2)]
+    assert re.search(r"at 2 clients: batched / one-at-a-time throughput \d+\.\d+x; batched p95 / single request "
+                     r"\d+\.\d+x", out) and "load average at start" in out

@@ -18,6 +18,7 @@ from ..core.hardware import detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
+from .batching import MAX_BATCH
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
@@ -164,7 +165,8 @@ def _serve(args) -> int:
         raise SystemExit("serve --ui needs Gradio: pip install 'clara-lite[ui]' (or pip install gradio)")
     index = open_index(args)
     serve(index, host=args.host, port=args.port, default_k=args.top_k, max_new_tokens=args.max_new_tokens,
-          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams, ui=args.ui)
+          model_name=args.model_name, api_key=api_key, max_streams=args.max_streams, max_batch=args.max_batch,
+          ui=args.ui)
     return 0
 
 
@@ -260,4 +262,6 @@ def add_serve_commands(sub) -> None:
     s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
     s.add_argument("--ui", action="store_true", help="a chat page at /ui (Gradio: pip install 'clara-lite[ui]'; "
                    "with an API key the page asks for it)")
+    s.add_argument("--max-batch", type=int, default=MAX_BATCH, help="requests that arrive close together are "
+                   f"decoded together, at most this many (default {MAX_BATCH}; 1: one at a time)")
     s.set_defaults(func=_serve)

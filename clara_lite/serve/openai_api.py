@@ -20,7 +20,8 @@ Decoding is greedy: ``temperature``, ``top_p``, ``seed`` and the other sampling 
 ignored; ``n`` above 1 and non-text content (images) are refused. ``max_tokens`` (or
 ``max_completion_tokens``) bounds the answer. Streams are real: each token is sent as soon as it is
 decoded (a piece of text ends at a whole character; see :class:`~.decoding.TextStream`), and a client that
-goes away stops the decoding at the next token.
+goes away stops the decoding of its answer at the next token (the others decoded with it go on:
+concurrent requests are decoded together, :mod:`.batching`).
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400
 ``invalid_request_error`` for a malformed request (OpenAI's status, where the rest of this API says 422),
@@ -141,12 +142,11 @@ def request_models():
     return ChatRequest
 
 
-def add_openai_routes(app, index, *, run, model_name: str = MODEL_NAME, default_k: int | None = None,
+def add_openai_routes(app, index, *, batcher, model_name: str = MODEL_NAME, default_k: int | None = None,
                       max_new_tokens: int = 64, streams=None) -> None:
-    """Add the ``/v1`` routes to ``app``. ``run(work)`` calls ``work()`` with the model to itself and the
-    index up to date (the server's lock); ``streams``: a semaphore of the streams allowed at once."""
+    """Add the ``/v1`` routes to ``app``. ``batcher``: the :class:`~.batching.Batcher` that decodes the
+    answers; ``streams``: a semaphore of the streams allowed at once."""
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
 
     ChatRequest = request_models()
     created = int(time.time())
@@ -173,7 +173,7 @@ def add_openai_routes(app, index, *, run, model_name: str = MODEL_NAME, default_
         k = body.k or default_k
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
         if not body.stream:
-            answer = await run_in_threadpool(run, lambda: index.ask(question, k, max_new_tokens=tokens, query=query))
+            answer = await asyncio.wrap_future(batcher.submit(question, k, tokens, query=query))
             return {**reply, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                                  "logprobs": None, "finish_reason": _finish(answer)}],
@@ -188,17 +188,19 @@ def add_openai_routes(app, index, *, run, model_name: str = MODEL_NAME, default_
                 raise StreamCancelled
             loop.call_soon_threadsafe(events.put_nowait, ("token", token_id))
 
-        def work() -> None:
-            try:
-                answer = run(lambda: index.ask(question, k, max_new_tokens=tokens, query=query, on_token=on_token))
-                loop.call_soon_threadsafe(events.put_nowait, ("done", answer))
-            except BaseException as err:  # noqa: BLE001 - handed to the request, which answers it
-                loop.call_soon_threadsafe(events.put_nowait, ("error", err))
-            finally:
-                if streams is not None:
-                    streams.release()
+        def done(future) -> None:  # in the decoder's thread, after the last on_token
+            if streams is not None:
+                streams.release()
+            err = future.exception()
+            loop.call_soon_threadsafe(events.put_nowait, ("done", future.result()) if err is None else ("error", err))
 
-        threading.Thread(target=work, name="clara-stream", daemon=True).start()
+        try:
+            future = batcher.submit(question, k, tokens, query=query, on_token=on_token)
+        except BaseException:
+            if streams is not None:
+                streams.release()
+            raise
+        future.add_done_callback(done)
         first = await events.get()  # before any byte is sent: a fault here still gets its status code
         if first[0] == "error":
             raise first[1]

@@ -13,8 +13,12 @@ one); 422 for a malformed body (not JSON, a missing, empty, whitespace-only or o
 outside 1..100, an unknown field); 503 when the index is being changed by another process and this
 request met the change (retry); 500 for any other fault of the server. Error bodies name no file of
 the server: details go to its log. Under ``/v1/`` every error has OpenAI's shape (:mod:`.openai_api`). A client that has not sent its request line and headers
-:data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected. The model answers one request at a time (a lock), as one model on
-one device does anyway; at most :data:`MAX_STREAMS` streams are decoded or waiting at once (more: 429).
+:data:`HEAD_TIMEOUT_S` after connecting (or after its previous response) is disconnected.
+
+Answers (``/ask`` and ``/v1/chat/completions``, streams too) are decoded by one worker thread, requests
+that arrive close together in one batch of at most ``max_batch`` (:mod:`.batching`; the same answers
+as alone); the event loop only waits for them. When ``max_queue`` requests already wait: 503 with
+``Retry-After``. At most :data:`MAX_STREAMS` streams are decoded or waiting at once (more: 429).
 
 Loopback by default. Beyond it (``--host 0.0.0.0``) an API key is required and every request must
 carry it (``Authorization: Bearer KEY``, 401 otherwise): :mod:`.access`.
@@ -27,11 +31,13 @@ meets a part file of another generation reloads and is answered once more, or ge
 
 # no `from __future__ import annotations`: FastAPI reads the request models from the annotations of local functions
 
+import asyncio
 import json
 import logging
 import threading
 
 from .access import BearerKey, require_key
+from .batching import MAX_BATCH, WINDOW_S, Batcher, Busy
 from .openai_api import MAX_QUESTION_CHARS, MODEL_NAME, add_openai_routes, error_body, openai_path
 
 log = logging.getLogger(__name__)
@@ -112,10 +118,12 @@ def head_timeout_protocol(seconds: float = HEAD_TIMEOUT_S):
 
 
 def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64, model_name: str = MODEL_NAME,
-               api_key: str | None = None, max_streams: int = MAX_STREAMS, ui: bool = False):
+               api_key: str | None = None, max_streams: int = MAX_STREAMS, max_batch: int = MAX_BATCH,
+               batch_window_s: float = WINDOW_S, max_queue: int | None = None, ui: bool = False):
     """The FastAPI application serving ``index`` (a :class:`~clara_lite.serve.index.ClaraIndex`);
     ``model_name`` is the model id of the OpenAI-compatible routes; with ``api_key`` every request
-    must carry it; ``ui``: the chat page at ``/ui`` (:mod:`.ui`; behind a login form asking for the key)."""
+    must carry it. ``max_batch``, ``batch_window_s``, ``max_queue``: see :mod:`.batching`; ``ui``: the chat page
+    at ``/ui`` (:mod:`.ui`; behind a login form asking for the key)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -169,6 +177,10 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
                      headers={"Retry-After": "1"})
 
     app.add_exception_handler(IndexChanged, _unavailable)
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, err: Busy):
+        return error(request, 503, f"the server is busy: {err}", "server_busy", headers={"Retry-After": "1"})
     app.add_exception_handler(IndexFolderError, _unavailable)
 
     @app.exception_handler(Exception)
@@ -198,12 +210,15 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
         hits = current(lambda: index.search(body.question, body.k or default_k))
         return {"question": body.question, "hits": [h.to_dict() for h in hits]}
 
-    @app.post("/ask")
-    def ask(body: Ask):
-        answer = current(lambda: index.ask(body.question, body.k or default_k, max_new_tokens=body.max_new_tokens))
-        return answer.to_dict()
+    batcher = Batcher(index, current, max_batch=max_batch, window_s=batch_window_s, max_queue=max_queue)
+    app.state.batcher = batcher
 
-    add_openai_routes(app, index, run=current, model_name=model_name, default_k=default_k,
+    @app.post("/ask")
+    async def ask(body: Ask):
+        future = batcher.submit(body.question, body.k or default_k, body.max_new_tokens)
+        return (await asyncio.wrap_future(future)).to_dict()
+
+    add_openai_routes(app, index, batcher=batcher, model_name=model_name, default_k=default_k,
                       max_new_tokens=max_new_tokens, streams=threading.BoundedSemaphore(max_streams))
     if ui:
         from .ui import UI_PATH, mount_chat_page
@@ -216,7 +231,7 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
           max_new_tokens: int = 64, model_name: str = MODEL_NAME, api_key: str | None = None,
-          max_streams: int = MAX_STREAMS, ui: bool = False) -> None:
+          max_streams: int = MAX_STREAMS, max_batch: int = MAX_BATCH, ui: bool = False) -> None:
     """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``)."""
     import uvicorn
 
@@ -228,6 +243,6 @@ def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | Non
     index.retriever()  # build the retriever and the decoder before the first request
     _ = index.decoder
     app = create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name,
-                     api_key=api_key, max_streams=max_streams, ui=ui)
+                     api_key=api_key, max_streams=max_streams, max_batch=max_batch, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES,
                 http=head_timeout_protocol())
