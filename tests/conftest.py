@@ -51,3 +51,14 @@ def data_dir(tmp_path_factory) -> Path:
     from synthetic_data import write_run_data
 
     return write_run_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (servers and decoders in threads; a loaded 2-core machine), then back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

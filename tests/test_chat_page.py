@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from test_index import QUESTIONS, corpus, served_model
 from test_index_serving import _free_port
 
@@ -28,12 +27,7 @@ KEY = "ui-test-key-0123456789abcdef"
 pytest.importorskip("gradio", reason="the chat page needs gradio (pip install 'clara-lite[ui]')")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _documents(folder: Path) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-import torch
 from test_index import QUESTIONS, corpus, served_model
 from test_index_serving import running
 
@@ -15,13 +14,7 @@ from clara_lite.serve.index import ClaraIndex
 from clara_lite.serve.openai_api import MODEL_NAME, conversation
 from clara_lite.serve.server import create_app
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

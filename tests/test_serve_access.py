@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 from test_index import QUESTIONS, corpus, served_model
 from test_index_serving import _free_port, running
 
@@ -27,12 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "k3y-" + "s3cr3t-Z9" * 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_which_hosts_need_a_key_and_what_a_key_must_be(tmp_path):

@@ -10,7 +10,6 @@ import threading
 
 import httpx
 import pytest
-import torch
 from test_index import corpus, served_model
 from test_index_serving import running
 
@@ -24,12 +23,7 @@ QUESTIONS = ["Where does Ada live?", "What is gamma delta?", "Who works as a coo
 TOKENS = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
