@@ -129,3 +129,6 @@ def test_a_key_refused_mid_run_is_an_endpoint_error_without_the_key():
             endpoint_answers(endpoint, ["Where does Ada live?"], [["Ada lives in Paris."]], max_new_tokens=2)
     assert err.value.code == "endpoint" and wrong not in str(err.value) and "***" in str(err.value)
     assert llm.requests[-1]["auth"] == f"Bearer {wrong}"
+    with pytest.raises(ValueError, match=f"{ENV_KEY} holds a line break") as bad:  # named, never shown
+        open_endpoint(llm.url, SERVED, environ={ENV_KEY: "sk-pasted\nsk-twice-123"})
+    assert "sk-" not in str(bad.value)
