@@ -34,7 +34,8 @@ from .pipeline.commands import add_data_commands
 from .pipeline.questions import load_questions
 from .serve.ask import answer, load, read_docs
 from .serve.commands import add_index_options, add_serve_commands, ask_index
-from .serve.compare import ORACLE, SETTINGS, SYSTEMS, parse_systems
+from .serve.compare import ENDPOINT_FLAGS, ORACLE, SETTINGS, SYSTEMS, TEXT_RAG_ENDPOINT, parse_systems
+from .serve.endpoint import ENV_KEY, open_endpoint
 from .serve.evaluate import run_comparison
 from .serve.export import export_zip
 from .serve.paper import paper_reference
@@ -72,9 +73,10 @@ def _validate(args) -> int:
 
 
 def _eval(args) -> int:
+    endpoint = _endpoint(args)  # checked before the model loads: a wrong address fails at once
     model = ClaraModel.from_pretrained(args.model, **({"base_path": args.base_path} if args.base_path else {}))
     if args.systems:
-        return _compare(args, model)
+        return _compare(args, model, endpoint)
     rows = read_jsonl(args.data, args.stage)[: args.limit or None]
     result = evaluate_model(model, rows, retrieve=args.stage in RETRIEVING and model.has_retriever,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
@@ -87,12 +89,24 @@ def _eval(args) -> int:
     return 0
 
 
-def _compare(args, model) -> int:
+def _endpoint(args):
+    """The ``text-rag-endpoint`` client when ``--systems`` names it (None otherwise); flags that need each
+    other are a clear error."""
+    wanted = bool(args.systems) and TEXT_RAG_ENDPOINT in parse_systems(args.systems)
+    if wanted and not args.endpoint:
+        raise ValueError(f"--systems {TEXT_RAG_ENDPOINT} needs {ENDPOINT_FLAGS}; its key, if it needs one, "
+                         f"in {ENV_KEY}")
+    if not wanted and (args.endpoint or args.endpoint_model):
+        raise ValueError(f"--endpoint and --endpoint-model answer as {TEXT_RAG_ENDPOINT}: add it to --systems")
+    return open_endpoint(args.endpoint, args.endpoint_model) if wanted else None
+
+
+def _compare(args, model, endpoint=None) -> int:
     rows = load_questions(args.data, limit=args.limit, fmt=args.format)
     result, paths = run_comparison(model, rows, parse_systems(args.systems), setting=args.setting, top_k=args.top_k,
                                    pool=read_docs(args.pool) if args.pool else None, report_dir=args.report_dir,
                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                   info={"model": str(args.model), "data": str(args.data)})
+                                   info={"model": str(args.model), "data": str(args.data)}, endpoint=endpoint)
     paper, notes = {}, []
     if args.paper:
         paper, notes = paper_reference(model.config.base_model, model.config.compr_rate, args.setting,
@@ -201,9 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-k", type=int, default=None, help="documents retrieved (default: the model's)")
     e.add_argument("--out", default=None, help="write predictions as JSONL")
     e.add_argument("--systems", default=None,
-                   help=f"compare systems on the same questions, comma-separated from {', '.join(SYSTEMS)} (the "
-                   "last: CLaRa with its memory vectors zeroed); --data may then also be stage1 rows, upstream's eval "
+                   help=f"compare systems on the same questions, comma-separated from {', '.join(SYSTEMS)} "
+                   "(clara-zeroed: CLaRa with its memory vectors zeroed; text-rag-endpoint: your chat model behind "
+                   "--endpoint reading text-rag's documents); --data may then also be stage1 rows, upstream's eval "
                    "files or a benchmark file (NQ, HotpotQA, MuSiQue, 2Wiki, ...)")
+    e.add_argument("--endpoint", default=None, metavar="URL",
+                   help=f"{TEXT_RAG_ENDPOINT}: an OpenAI-compatible base URL (Ollama http://localhost:11434/v1, vLLM "
+                   f"http://HOST:8000/v1); its key, if any, in {ENV_KEY}")
+    e.add_argument("--endpoint-model", default=None, metavar="NAME",
+                   help=f"{TEXT_RAG_ENDPOINT}: the model the endpoint answers with (GET /v1/models lists them)")
     e.add_argument("--setting", default=ORACLE, choices=SETTINGS,
                    help="oracle: each question's own documents, gold first; normal: top-k by BM25 from --pool")
     e.add_argument("--pool", default=None, help="normal setting: documents to retrieve from (default: all of --data's)")

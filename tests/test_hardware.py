@@ -10,6 +10,7 @@ from clara_lite.core.hardware import (
     DeviceInfo,
     cpu_threads_note,
     decide_profile,
+    decide_serving_batch,
     describe,
     detect_hardware,
     estimate_train_mem_gb,
@@ -22,6 +23,7 @@ A100_80 = DeviceInfo("cuda", "NVIDIA A100-SXM4-80GB", (8, 0), total_mem_gb=85.0,
 A100_40 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), total_mem_gb=42.5, free_mem_gb=42.0, count=1)
 CPU = DeviceInfo("cpu", "x86_64")
 MPS = DeviceInfo("mps", "Apple MPS")
+GTX_1070 = DeviceInfo("cuda", "NVIDIA GeForce GTX 1070", (6, 1), total_mem_gb=8.5, free_mem_gb=8.1, count=1)
 
 
 def test_t4_uses_fp16_and_sdpa_even_with_flash_attn():
@@ -197,3 +199,11 @@ def test_doctor_prints_the_plan_and_the_cpu_threads_line(capsys):
     assert main(["doctor", "--base", "mistral-7b"]) == 0
     assert f"warning       {CPU_WARNING}" in capsys.readouterr().out  # the whole advice, T4 included
     assert f"cpu threads   {torch.get_num_threads()} torch thread(s)" in out
+
+
+@pytest.mark.parametrize("device, batch", [(CPU, 8), (MPS, 8), (GTX_1070, 8), (T4, 16), (A100_40, 32), (A100_80, 32)])
+def test_the_serving_batch_grows_with_the_gpus_memory_and_says_why(device, batch):
+    chosen, why = decide_serving_batch(device)
+    assert chosen == batch
+    named = [device.name, f"{device.total_mem_gb:g} GB"] if device.kind == "cuda" else [device.kind.upper()]
+    assert all(words in why for words in named), why

@@ -193,9 +193,11 @@ class FakeLLM:
                     status, answer = describe(content[1]["image_url"]["url"])
                     if status != 200:
                         return self._send(status, {"error": {"message": answer, "type": "invalid_request_error"}})
+                words = sum(len(str(m["content"]).split()) for m in body["messages"])  # its "tokens"
                 self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": answer}}]})
+                                              "message": {"role": "assistant", "content": answer}}],
+                                 "usage": {"prompt_tokens": words, "completion_tokens": len(answer.split())}})
 
             def _send(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()

@@ -6,13 +6,17 @@ queue is answered 503 with ``Retry-After``."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import httpx
 import pytest
+from test_hardware import T4
 from test_index import corpus, served_model
 from test_index_serving import running
 
+from clara_lite.cli import main
+from clara_lite.serve import commands, server
 from clara_lite.serve.batching import Batcher, Busy
 from clara_lite.serve.index import ClaraIndex
 from clara_lite.serve.openai_api import MODEL_NAME, StreamCancelled
@@ -137,3 +141,30 @@ def test_a_full_queue_is_answered_503_with_retry_after_and_the_waiting_are_answe
         gate.set()
         assert held.result(60).text and waiting.result(60).new_tokens >= 1
         assert _ask(http, QUESTIONS[2]) == index.ask(QUESTIONS[2], max_new_tokens=TOKENS).text  # free again
+
+
+@pytest.mark.parametrize("device, flags, expected", [
+    (None, [], 8),  # this machine: a CPU
+    (T4, [], 16),  # a simulated T4 (core.hardware decides from its facts)
+    (T4, ["--max-batch", "3"], 3),
+])
+def test_serve_takes_max_batch_from_the_device_unless_given_and_logs_why(index, monkeypatch, caplog, device, flags,
+                                                                        expected):
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))  # built, not listened with
+    monkeypatch.setattr(commands, "open_index", lambda args: index)
+    if device is not None:
+        monkeypatch.setattr(server, "probe_device", lambda _: device)
+    with caplog.at_level(logging.INFO, "clara_lite"):
+        assert main(["serve", "--index", "kb", *flags]) == 0
+    batcher = apps[0].app.state.batcher
+    batcher.close()
+    assert batcher.max_batch == expected
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("max batch")]
+    if flags:
+        assert said == [f"max batch {expected} (--max-batch)"]
+    else:  # the choice and its reason, naming the device
+        assert len(said) == 1 and said[0].startswith(f"max batch {expected} (from the device")
+        assert ("CPU" if device is None else T4.name) in said[0]

@@ -6,7 +6,8 @@ Every kind also stays the built-in it always was (a :class:`DataError` is a ``Va
 
     status  codes
     2       bad_data, bad_settings, bad_recipe, bad_run_record, run_error, unknown_model, hub, export,
-            index_folder, unsafe_zip, manifest, generator (input or setup to fix: the message says what)
+            index_folder, unsafe_zip, manifest, generator, endpoint (input or setup to fix: the message says
+            what)
     3       diverged (non-finite steps in a row; the last good weights are saved)
     4       out_of_memory (even one row at a time; the message lists what to change)
     5       run_locked (another trainer holds the run folder; the message names it)

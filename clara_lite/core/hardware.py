@@ -258,6 +258,33 @@ def decide_profile(
     return profile
 
 
+# Questions `clara-lite serve` decodes together (`--max-batch` overrides). A CLaRa prompt is short (the question
+# and k x n_mem memory vectors), so a question's cache is small and the batch is bounded by how many rows a step
+# computes in about one row's time, which grows with the device: (GPU total GB from which, batch), largest first.
+SERVE_BATCH = 8  # CPU, MPS, a small GPU: fixed costs dominate a step up to about 8 rows (benchmarks: serve_concurrency)
+# A100 40/80 GB, H100: 32; T4, V100, L4 (16-24 GB): 16. Not timed on a GPU here (there is none): the reason
+# says so, and --max-batch overrides.
+SERVE_BATCH_GPU = ((32.0, 32), (12.0, 16))
+
+
+def decide_serving_batch(device: DeviceInfo) -> tuple[int, str]:
+    """(questions decoded together when serving on ``device``, why); pure, like :func:`decide_profile`.
+
+    >>> decide_serving_batch(DeviceInfo("cpu", "x86_64"))[0]
+    8
+    >>> decide_serving_batch(DeviceInfo("cuda", "Tesla T4", (7, 5), 15.8, 15.1, count=1))[0]
+    16
+    """
+    if device.kind != "cuda":
+        return SERVE_BATCH, (f"{device.kind.upper()}: a decoding step of {SERVE_BATCH} questions costs about one's; "
+                             "more only makes each answer wait longer")
+    for gb, batch in SERVE_BATCH_GPU:
+        if device.total_mem_gb >= gb:
+            return batch, (f"{device.name}, {device.total_mem_gb:g} GB (>= {gb:g} GB): {batch} short CLaRa prompts "
+                           "decode in about one's time and their caches fit beside the model")
+    return SERVE_BATCH, f"{device.name}, {device.total_mem_gb:g} GB (< {SERVE_BATCH_GPU[-1][0]:g} GB): a small GPU"
+
+
 def flash_attn_importable() -> bool:
     """True if ``flash_attn`` is installed *and* imports (a wheel built for another CUDA fails)."""
     if importlib.util.find_spec("flash_attn") is None:

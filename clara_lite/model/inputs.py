@@ -154,13 +154,17 @@ def segment_targets(tokenizer, config: ClaraConfig, texts: list[str]) -> torch.T
     return out.view(len(texts), m, rate)
 
 
+def _messages(system: str, user: str) -> list[dict]:
+    """The system and user turns of a prompt, as chat messages."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": user.replace(":\\ ", ": ")}]
+
+
 def _chat(tokenizer, system: str, user: str, answer: str | None) -> tuple[int, str]:
     """(prompt length in tokens, full text) through the chat template; a template without a
     system role gets the system text folded into the user turn (as upstream does)."""
     from jinja2.exceptions import TemplateError
 
-    user = user.replace(":\\ ", ": ")
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    messages = _messages(system, user)
     try:
         prompt = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
@@ -190,13 +194,28 @@ def answer_prompt(tokenizer, tokens: SpecialTokens, question: str, n_docs: int, 
     return _chat(tokenizer, SYSTEM_ANSWER, user, answer)
 
 
+def _text_turns(question: str, docs=()) -> tuple[str, str]:
+    if not docs:
+        return SYSTEM_CLOSED_BOOK, f"Question:{question}"
+    return SYSTEM_ANSWER, "Background:\n" + "\n".join(docs) + f"\n\nQuestion:{question}"
+
+
 def text_answer_prompt(tokenizer, question: str, docs=()) -> tuple[int, str]:
     """The same question asked of the base model reading plain text (the text-RAG baseline), or with no
     documents at all (closed-book): CLaRa's answer prompt with each document's text where its memory
     slots would be, so the systems compared differ only in how the documents reach the decoder."""
-    if not docs:
-        return _chat(tokenizer, SYSTEM_CLOSED_BOOK, f"Question:{question}", None)
-    return _chat(tokenizer, SYSTEM_ANSWER, "Background:\n" + "\n".join(docs) + f"\n\nQuestion:{question}", None)
+    return _chat(tokenizer, *_text_turns(question, docs), None)
+
+
+def text_answer_messages(question: str, docs=()) -> list[dict]:
+    """:func:`text_answer_prompt` as chat messages, for a model behind an OpenAI-compatible endpoint.
+
+    >>> [m["role"] for m in text_answer_messages("Who?", ["Ada lives in Paris."])]
+    ['system', 'user']
+    >>> text_answer_messages("Who?", ["Ada lives in Paris."])[1]["content"]
+    'Background:\\nAda lives in Paris.\\n\\nQuestion:Who?'
+    """
+    return _messages(*_text_turns(question, docs))
 
 
 def qa_prompt(tokenizer, tokens: SpecialTokens, questions, answers, n_docs: int = 1):

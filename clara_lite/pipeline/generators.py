@@ -129,18 +129,22 @@ class OpenAICompatible:
     max_wait: float = 120.0  # no single wait is longer, whatever Retry-After says
     temperature: float = 0.0  # 0: as repeatable as the endpoint allows (resume relies on it)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    # what the user set the URL and the key with, for messages (synthesis: the environment; eval: its flags)
+    url_setting: str = ENV_BASE_URL
+    key_setting: str = ENV_API_KEY
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.strip()
         if self.api_key is not None:
-            self.api_key = header_value(self.api_key, ENV_API_KEY) or None
+            self.api_key = header_value(self.api_key, self.key_setting) or None
         parts = urllib.parse.urlsplit(self.base_url)
         if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{ENV_BASE_URL} must be an http(s) URL such as https://api.openai.com/v1, got "
+            raise ValueError(f"{self.url_setting} must be an http(s) URL such as https://api.openai.com/v1, got "
                              f"{self._redact(self.base_url)!r}")
         if url_credentials(self.base_url):  # urllib would not send it as credentials, only show it in messages
-            raise ValueError(f"{ENV_BASE_URL} holds a user name or key before '@' ({self._redact(self.base_url)}): "
-                             f"give the URL without it and put the key in {ENV_API_KEY}")
+            raise ValueError(f"{self.url_setting} holds a user name or key before '@' "
+                             f"({self._redact(self.base_url)}): give the URL without it and put the key in "
+                             f"{self.key_setting}")
 
     @classmethod
     def from_env(cls, model: str | None = None, base_url: str | None = None, **kwargs) -> OpenAICompatible:
@@ -157,10 +161,17 @@ class OpenAICompatible:
             generator.model = generator.first_model()
         return generator
 
+    def list_models(self) -> list[str]:
+        """The ids of the models the endpoint serves (``GET {base}/models``); a GeneratorError when it cannot say."""
+        data = self._request("GET", "/models")
+        listed = data.get("data", []) if isinstance(data, dict) else []
+        return [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)] \
+            if isinstance(listed, list) else []
+
     def first_model(self) -> str:
         """The first model the endpoint lists (``GET {base}/models``), logged; an error names the variable."""
         try:
-            listed = [m["id"] for m in self._request("GET", "/models").get("data", []) if isinstance(m, dict)]
+            listed = self.list_models()
         except GeneratorError as err:
             raise ValueError(f"no model named ({looked_for('model')}) and the endpoint did not list one: {err}") \
                 from None
@@ -181,6 +192,11 @@ class OpenAICompatible:
         return redact(text, self.api_key, *in_url)
 
     def chat(self, messages: list[dict], *, max_tokens: int = 512) -> str:
+        return self.reply(messages, max_tokens=max_tokens)[0]
+
+    def reply(self, messages: list[dict], *, max_tokens: int = 512) -> tuple[str, dict]:
+        """:meth:`chat`'s text and the response's ``usage`` (``prompt_tokens``, ...; ``{}`` when the server
+        sends none)."""
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                 "temperature": self.temperature, "stream": False}
         data = self._post("/chat/completions", body)
@@ -190,7 +206,8 @@ class OpenAICompatible:
             raise GeneratorError(f"{self._redact(self.base_url)}: unexpected response {self._redact(str(data))[:300]}") from None
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        return content or ""
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return content or "", usage if isinstance(usage, dict) else {}
 
     def describe_image(self, image: str | Path | bytes, prompt: str, *, max_tokens: int = 512,
                        mime: str | None = None) -> str:
@@ -235,7 +252,7 @@ class OpenAICompatible:
                     where = self._redact(err.headers.get("Location") or "(no Location)")
                     raise GeneratorError(
                         f"{shown}: the endpoint redirects (HTTP {err.code}) to {where}; not followed, so the "
-                        f"API key is not sent to another address. Set {ENV_BASE_URL} to the address that answers "
+                        f"API key is not sent to another address. Set {self.url_setting} to the address that answers "
                         "directly", err.code) from None
                 if err.code not in RETRY_STATUSES:
                     hint = " (check the API key)" if err.code in (401, 403) else ""

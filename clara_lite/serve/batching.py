@@ -23,9 +23,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from ..core.hardware import SERVE_BATCH
+
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 8  # questions decoded together (`clara-lite serve --max-batch`)
+MAX_BATCH = SERVE_BATCH  # questions decoded together; `clara-lite serve` picks by device (core.hardware)
 WINDOW_S = 0.015  # how long the first waiting request waits for others to join its batch
 QUEUE_PER_BATCH = 8  # requests allowed to wait: this many batches' worth
 

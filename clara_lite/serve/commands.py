@@ -14,11 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.hardware import detect_hardware
+from ..core.hardware import SERVE_BATCH, SERVE_BATCH_GPU, detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
-from .batching import MAX_BATCH
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
@@ -262,6 +261,8 @@ def add_serve_commands(sub) -> None:
     s.add_argument("--max-streams", type=int, default=MAX_STREAMS, help="streamed answers at once (more: 429)")
     s.add_argument("--ui", action="store_true", help="a chat page at /ui (Gradio: pip install 'clara-lite[ui]'; "
                    "with an API key the page asks for it)")
-    s.add_argument("--max-batch", type=int, default=MAX_BATCH, help="requests that arrive close together are "
-                   f"decoded together, at most this many (default {MAX_BATCH}; 1: one at a time)")
+    s.add_argument("--max-batch", type=int, default=None, help="requests that arrive close together are "
+                   f"decoded together, at most this many (default: the device's, logged at start: {SERVE_BATCH} on a "
+                   "CPU, on a GPU " + ", ".join(f"{n} from {gb:g} GB" for gb, n in SERVE_BATCH_GPU) + "; 1: one at "
+                   "a time)")
     s.set_defaults(func=_serve)

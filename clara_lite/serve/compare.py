@@ -10,6 +10,8 @@ Systems (:data:`SYSTEMS`), all on one :class:`~clara_lite.model.modeling.ClaraMo
 
 - ``closed-book``: the base model (no adapter active), the question alone;
 - ``text-rag``: the base model (no adapter active), the documents' text in the prompt;
+- ``text-rag-endpoint``: the RAG a user runs today: their chat model behind an OpenAI-compatible endpoint reading
+  the same documents' text in the same prompt (:mod:`.endpoint`);
 - ``clara``: the trained adapters, documents compressed into memory vectors (a model with a query
   reasoner picks its top-k among the candidates itself);
 - ``clara-zeroed``: ``clara``'s prompts with every memory vector set to zero (read in the model's
@@ -40,11 +42,16 @@ import torch
 
 from ..model import inputs
 from ..model.evaluation import evaluate
+from .endpoint import describe_endpoint, endpoint_answers
 
 log = logging.getLogger(__name__)
 
 CLOSED_BOOK, TEXT_RAG, CLARA, CLARA_ZEROED = "closed-book", "text-rag", "clara", "clara-zeroed"
-SYSTEMS = (CLOSED_BOOK, TEXT_RAG, CLARA, CLARA_ZEROED)
+TEXT_RAG_ENDPOINT = "text-rag-endpoint"
+SYSTEMS = (CLOSED_BOOK, TEXT_RAG, CLARA, CLARA_ZEROED, TEXT_RAG_ENDPOINT)
+LOCAL_SYSTEMS = SYSTEMS[:4]  # what one model answers alone (the endpoint needs its URL and model)
+ENDPOINT_FLAGS = ("--endpoint URL --endpoint-model NAME (any OpenAI-compatible server: Ollama "
+                  "http://localhost:11434/v1, vLLM http://HOST:8000/v1)")
 ORACLE, NORMAL = "oracle", "normal"
 SETTINGS = (ORACLE, NORMAL)
 
@@ -176,21 +183,31 @@ def _run_clara(model, rows, read, zeroed: bool, setting: str, k: int, batch_size
     return answers, tokens, used
 
 
-def compare(model, rows, systems: Sequence[str] = SYSTEMS, *, setting: str = ORACLE, top_k: int | None = None,
-            retriever: Retriever | None = None, pool: Sequence[str] | None = None, batch_size: int = 8,
-            max_new_tokens: int = 32, info: dict | None = None) -> Comparison:
+def compare(model, rows, systems: Sequence[str] = LOCAL_SYSTEMS, *, setting: str = ORACLE,
+            top_k: int | None = None, retriever: Retriever | None = None, pool: Sequence[str] | None = None,
+            batch_size: int = 8, max_new_tokens: int = 32, info: dict | None = None, endpoint=None) -> Comparison:
     """Answer ``rows`` (stage2/3 examples) with each of ``systems`` and score them: EM, F1, cover-EM,
-    Recall@k (where documents were retrieved), mean prompt tokens and seconds per question."""
+    Recall@k (where documents were retrieved), mean prompt tokens and seconds per question. ``endpoint``
+    (:func:`.endpoint.open_endpoint`) answers as ``text-rag-endpoint``."""
     systems = parse_systems(systems)
     if not rows:
         raise ValueError("no questions to compare on")
+    if TEXT_RAG_ENDPOINT in systems and endpoint is None:
+        raise ValueError(f"{TEXT_RAG_ENDPOINT} needs an endpoint: {ENDPOINT_FLAGS}")
+    if endpoint is not None and TEXT_RAG_ENDPOINT not in systems:
+        raise ValueError(f"an endpoint is given but the systems do not name {TEXT_RAG_ENDPOINT}")
     k = top_k or model.config.generation_top_k
     read = reading_sets(rows, setting, k, retriever, pool)
     result = Comparison(setting=setting, top_k=k, questions=[r.question for r in rows],
                         golds=[list(r.answers) for r in rows], info=dict(info or {}))
+    if endpoint is not None:
+        result.info["endpoint"] = describe_endpoint(endpoint)
     for name in systems:
         start = time.perf_counter()
-        if name in (CLOSED_BOOK, TEXT_RAG):
+        if name == TEXT_RAG_ENDPOINT:  # text-rag's documents and prompt, another model
+            answers, tokens = endpoint_answers(endpoint, result.questions, read, max_new_tokens)
+            used = [list(d) for d in read]
+        elif name in (CLOSED_BOOK, TEXT_RAG):
             answers, tokens, used = _run_text(model, rows, read, name == TEXT_RAG, batch_size, max_new_tokens)
         else:
             answers, tokens, used = _run_clara(model, rows, read, name == CLARA_ZEROED, setting, k, batch_size,
@@ -199,7 +216,7 @@ def compare(model, rows, systems: Sequence[str] = SYSTEMS, *, setting: str = ORA
         scores = evaluate(answers, result.golds)
         retrieved = setting == NORMAL or (name == CLARA and model.has_retriever)
         recall = _recall(rows, used) if retrieved and name != CLOSED_BOOK else None
-        scores.update(recall_at_k=recall, prompt_tokens=sum(tokens) / len(tokens),
+        scores.update(recall_at_k=recall, prompt_tokens=sum(tokens) / len(tokens) if tokens is not None else None,
                       seconds_per_question=seconds / len(rows))
         result.scores[name], result.predictions[name], result.read[name] = scores, answers, used
         log.info("%s (%s, top-%d): EM %.3f F1 %.3f over %d questions, %.2f s each", name, setting, k, scores["em"],

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..core.layout import COMPARE_CHART, COMPARE_JSON, COMPARE_MARKDOWN, COMPARE_PREDICTIONS, write_json
-from .compare import Comparison
+from .compare import TEXT_RAG_ENDPOINT, Comparison
 
 CHART_METRICS = (("em", "EM"), ("f1", "F1"), ("cover_em", "cover-EM"))
 
@@ -33,10 +33,12 @@ def markdown_table(result: Comparison, paper: dict[str, float] | None = None) ->
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in result.scores.items():
         cells = [name, _number(s["em"]), _number(s["f1"]), _number(s["cover_em"]), _number(s.get("recall_at_k")),
-                 f"{s['prompt_tokens']:.0f}", f"{s['seconds_per_question']:.2f}"]
+                 _number(s["prompt_tokens"], 0), f"{s['seconds_per_question']:.2f}"]
         if paper:
             cells.append(_number(paper[name] / 100 if name in paper else None))
         lines.append("| " + " | ".join(cells) + " |")
+    if "endpoint" in result.info:  # what answered as text-rag-endpoint (the URL without credentials)
+        lines += ["", f"{TEXT_RAG_ENDPOINT}: {result.info['endpoint']['model']} at {result.info['endpoint']['url']}"]
     return "\n".join(lines)
 
 

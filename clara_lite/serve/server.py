@@ -36,6 +36,7 @@ import json
 import logging
 import threading
 
+from ..core.hardware import decide_serving_batch, probe_device
 from .access import BearerKey, require_key
 from .batching import MAX_BATCH, WINDOW_S, Batcher, Busy
 from .openai_api import MAX_QUESTION_CHARS, MODEL_NAME, add_openai_routes, error_body, openai_path
@@ -231,11 +232,17 @@ def create_app(index, *, default_k: int | None = None, max_new_tokens: int = 64,
 
 def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | None = None,
           max_new_tokens: int = 64, model_name: str = MODEL_NAME, api_key: str | None = None,
-          max_streams: int = MAX_STREAMS, max_batch: int = MAX_BATCH, ui: bool = False) -> None:
-    """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``)."""
+          max_streams: int = MAX_STREAMS, max_batch: int | None = None, ui: bool = False) -> None:
+    """Run the API with uvicorn until interrupted (refused beyond loopback without ``api_key``); ``max_batch``
+    None: the device's (:func:`~clara_lite.core.hardware.decide_serving_batch`)."""
     import uvicorn
 
     require_key(host, api_key)
+    if max_batch is None:
+        max_batch, why = decide_serving_batch(probe_device(index.model.device))
+        log.info("max batch %d (from the device; --max-batch overrides): %s", max_batch, why)
+    else:
+        log.info("max batch %d (--max-batch)", max_batch)
     log.info("serving on %s:%d, %s", host, port, "API key required (Authorization: Bearer)" if api_key
              else "loopback only, no API key")
     if ui:
