@@ -20,6 +20,7 @@ from clara_lite.model.teacher import TeacherCache, cut_answer, teacher_answers
 from clara_lite.train.distill import distill_targets, rows_read, teacher_docs
 from clara_lite.train.launch import train
 from clara_lite.train.recipe import load_recipe
+from clara_lite.train.run import RunError
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,8 @@ def test_a_teacher_stage_asks_each_question_it_reads_once_and_trains_on_the_answ
     labels = get_stage("stage1").collator(model)([changed])["dec"]["labels"][0]  # what the decoder is scored on
     target = model.tokenizer.decode(labels[labels != IGNORE_INDEX])
     assert all(f"Answer: {a}" in target for a in changed.answers)
+    with pytest.raises(RunError, match="targets"):  # a result setting: the run keeps what it trained with
+        train(run, "stage1", model_options={}, train_options={"targets": "gold"})
 
 
 def test_an_interrupted_teacher_pass_keeps_its_answers_and_a_rerun_generates_only_the_rest(tmp_path, talking_base):
