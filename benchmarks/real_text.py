@@ -5,6 +5,8 @@ CLaRa with its memory vectors zeroed) on questions about rows 900-999, documents
     OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --run-dir runs/real-text     # ~60 min on a 2-core CPU (results: benchmarks/README.md)
     python benchmarks/real_text.py --run-dir /tmp/rt-check --train-rows 50 --heldout-rows 10 \\
         --stage1-steps 2 --stage2-steps 2 --questions-per-doc 1     # the same path in a few minutes
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --recipe real_text_distill --run-dir runs/real-text-distill
+        # stage2 trained towards the text-reading teacher's answers (distillation; --targets, --teacher-cut)
 
 Rerunning the same command resumes (each stage from its newest checkpoint) and re-scores. Printed:
 minutes per phase, the comparison table (also run-dir/compare/comparison.{md,json,png}), the loss
@@ -136,7 +138,10 @@ def main() -> None:
     print(markdown_table(result))
     print(f"\nminutes: {timing['minutes']} (total {timing['total_minutes']}); load average at start "
           f"{timing['loadavg_at_start']}, at end {timing['loadavg_at_end']}; {timing['threads']} torch threads")
-    for name, path in {**paths, "stage1 loss": layout.loss_plot("stage1"), "stage2 loss": layout.loss_plot("stage2")}.items():
+    shown = {**paths, "stage1 loss": layout.loss_plot("stage1"), "stage2 loss": layout.loss_plot("stage2")}
+    if layout.teacher_answers.is_file():  # a recipe with targets teacher|both: what the teacher answered
+        shown["teacher"] = layout.teacher_answers
+    for name, path in shown.items():
         print(f"{name:<12} {path}")
 
 

@@ -73,8 +73,9 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
-    out = _run("benchmarks/real_text.py", "--run-dir", str(run), "--data", str(data), "--base", "tiny-random",
-               "--train-rows", "4", "--heldout-rows", "2", "--stage1-steps", "1", "--stage2-steps", "1",
+    # the distillation recipe: real_text.yaml with stage2's targets the teacher's (so the teacher pass runs too)
+    out = _run("benchmarks/real_text.py", "--recipe", "real_text_distill", "--run-dir", str(run), "--data", str(data),
+               "--base", "tiny-random", "--train-rows", "4", "--heldout-rows", "2", "--stage1-steps", "1", "--stage2-steps", "1",
                "--grad-accum", "1", "--questions-per-doc", "1", "--doc-max-length", "32", "--compr-rate", "4",
                "--max-new-tokens", "2", "--threads", "1")
     table = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
@@ -86,6 +87,8 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     assert held and not held & trained
     for path in ("compare/comparison.png", "compare/timing.json", "stage1/loss.png", "stage2/loss.png"):
         assert (run / path).is_file(), path
+    teacher = (run / "teacher_answers.jsonl").read_text().splitlines()
+    assert len(teacher) == 1 and re.search(r"^teacher +\S+teacher_answers\.jsonl$", out, re.M)  # 1 step x 1 row
     probe = _run("benchmarks/memory_probe.py", "--run-dir", str(run), "--limit", "2")
     losses = dict(re.findall(r"^  (own document|another document|zeroed) +(\d+\.\d+)$", probe, re.M))
     assert len(losses) == 3 and "over 2 questions" in probe

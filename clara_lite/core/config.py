@@ -35,6 +35,10 @@ _QUANTIZATION_NAMES = {"4bit": "4bit", "4-bit": "4bit", "nf4": "4bit", "int4": "
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation values we load with
 BEST_METRICS = ("em", "f1", "cover_em", "recall_at_1", "loss")  # held-out metrics a best checkpoint follows
+# what a stage's answers are trained towards: the rows' gold answers, the text-reading teacher's (distillation,
+# PISCO), or both (every row twice, once with each)
+TARGETS = ("gold", "teacher", "both")
+TEACHER_CUTS = ("none", "sentence")  # how much of a teacher answer is the target: all of it, its first sentence
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 # transformers schedulers that need no extra arguments (get_scheduler's names)
@@ -337,13 +341,23 @@ class TrainConfig:
                                                                    "(default: at the end only)"})
     eval_questions: int = field(default=64, metadata={"low": 0, "help": "held-out questions answered per evaluation "
                                                                 "(0: all); the loss uses every row"})
+    targets: str = field(default="gold", metadata={
+        "choices": TARGETS,
+        "help": "what the answers train towards: gold (the rows' answers), teacher (distillation: what the base "
+                "model answers reading the documents' text, as text RAG does; cached in the run folder) or both "
+                "(every row twice, once with each)"})
+    teacher_max_new_tokens: int = field(default=32, metadata={"low": 1, "help": "tokens the teacher generates "
+                                                                    "per answer (greedy)"})
+    teacher_cut: str = field(default="none", metadata={
+        "choices": TEACHER_CUTS, "help": "how much of a teacher answer is the target: none (all of it) or "
+                                         "sentence (its first sentence)"})
     best_metric: str | None = field(default=None, metadata={
         "help": "keep the step with the best held-out metric in <stage>/best: em, f1, cover_em, recall_at_1 "
                 "(higher is better) or loss (lower)", "choices": BEST_METRICS})
 
     # training settings that change the result; the others (save cadence, logging) may change on resume
     RESULT_KEYS = ("lr", "max_steps", "epochs", "rows_per_step", "warmup_ratio", "scheduler", "weight_decay",
-                   "max_grad_norm", "seed", "optim")
+                   "max_grad_norm", "seed", "optim", "targets", "teacher_max_new_tokens", "teacher_cut")
     # what each session's hardware plan decides again (a value given on the command line wins for that session)
     HARDWARE_KEYS = ("micro_batch_size", "grad_accum_steps", "mixed_precision", "gradient_checkpointing", "attention")
 

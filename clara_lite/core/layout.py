@@ -12,6 +12,7 @@ A run folder (``RunLayout``)::
     <run>/<stage>/checkpoints/step-NNNNNN/  complete only with a valid manifest.json
     <run>/<stage>/final/                    the stage's model + summary.json + manifest.json
     <run>/<stage>/metrics.jsonl             <run>/<stage>/loss.png
+    <run>/teacher_answers.jsonl             distillation's teacher answers, one line each, shared by the stages
     <runs>/../exports/<run>-<stage>.zip     (``RunLayout.default_export``)
 
 Why no renames: Drive caches writes on the VM and syncs later; renames there have lost data and
@@ -63,6 +64,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 HELDOUT_EVAL = "heldout_eval.json"
+TEACHER_ANSWERS = "teacher_answers.jsonl"  # the text-reading teacher's answers (TrainConfig.targets), appended
 BENCHMARKS_DIR = "benchmarks"  # <run>/benchmarks/<name>-<setting>/: comparisons on benchmark files (05_inference)
 BEST_DIR = "best"  # a stage's checkpoint with the best held-out metric (TrainConfig.best_metric)
 
@@ -156,6 +158,10 @@ class RunLayout:
     @property
     def heldout_eval(self) -> Path:
         return self.root / HELDOUT_EVAL
+
+    @property
+    def teacher_answers(self) -> Path:
+        return self.root / TEACHER_ANSWERS
 
     def index(self, name: str) -> Path:
         """A document index built from the run's model (``serve.index``)."""

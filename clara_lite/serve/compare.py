@@ -42,6 +42,7 @@ import torch
 
 from ..model import inputs
 from ..model.evaluation import evaluate
+from ..model.teacher import answer_plain
 from .endpoint import describe_endpoint, endpoint_answers
 
 log = logging.getLogger(__name__)
@@ -129,20 +130,6 @@ def _same_size_batches(sizes: Sequence[int], batch_size: int) -> list[list[int]]
     for i, n in enumerate(sizes):
         groups.setdefault(n, []).append(i)
     return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
-
-
-@torch.no_grad()
-def answer_plain(model, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """The base model (every adapter off) continuing chat prompts, greedily: the text baselines."""
-    tok = model.tokenizer
-    enc = tok(prompts, return_tensors="pt", padding="longest", add_special_tokens=False)
-    model.eval()
-    with model.lm.disable_adapter():
-        out = model.lm.generate(input_ids=enc["input_ids"].to(model.device),
-                                attention_mask=enc["attention_mask"].to(model.device), do_sample=False,
-                                max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]  # (B, new tokens): generate returns prompt + continuation
-    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
 def _run_text(model, rows, read, with_docs: bool, batch_size: int, max_new_tokens: int):

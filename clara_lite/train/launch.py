@@ -23,6 +23,7 @@ from ..core.layout import RunLayout
 from ..model.data import check_training_file, read_jsonl
 from ..model.modeling import ClaraModel
 from ..model.stages import ALL, Stage
+from .distill import distill_targets
 from .lock import hold
 from .plan import SessionPlan, plan_session
 from .recipe import Recipe
@@ -124,6 +125,10 @@ def train_one(run: Run, stage: Stage, *, data, data_dir, model_options: dict, tr
     _record_attention(record, model, session)
     save()
     check_training_file(path, stage, model.config, model.tokenizer, model.tokens)  # prompts, in its tokens
+    if cfg.targets != "gold":  # the teacher pass: the first process asks, the others then read its cache
+        with state.main_process_first():
+            examples = distill_targets(model, stage, examples, cfg, run.layout.teacher_answers,
+                                       world=state.num_processes)
 
     def replanned(new: TrainConfig) -> None:  # out of memory: the trainer split the step further
         entry.train = replace(entry.train, micro_batch_size=new.micro_batch_size,
