@@ -20,7 +20,7 @@ from . import __version__
 from .core import source
 from .core.config import ClaraConfig, TrainConfig, add_flags, given
 from .core.errors import ClaraError, exit_status
-from .core.hardware import cpu_threads_note, describe, detect_hardware
+from .core.hardware import CPU_FLAGS, cpu_threads_note, decide_serving, describe, detect_hardware, dtype_name
 from .core.secrets import redact
 from .demo import run_demo, write_recipe_data
 from .model.data import read_jsonl, validate_file
@@ -38,6 +38,7 @@ from .serve.compare import ENDPOINT_FLAGS, ORACLE, SETTINGS, SYSTEMS, TEXT_RAG_E
 from .serve.endpoint import ENV_KEY, open_endpoint
 from .serve.evaluate import run_comparison
 from .serve.export import export_zip
+from .serve.llama_cpp import available as llama_cpp_available
 from .serve.paper import paper_reference
 from .serve.report import markdown_table, write_report
 from .train import upstream_args
@@ -55,6 +56,11 @@ def _doctor(args) -> int:
     profile = detect_hardware(model_params_b=model_params_b(args.base_model or ClaraConfig().base_model))
     print(f"clara_lite    {__version__} ({source.describe()})")
     print(describe(profile))
+    serving = decide_serving(profile.device, llama_cpp=llama_cpp_available())
+    weights = "8-bit (q8_0) weights" if serving.backend == "llama.cpp" else dtype_name(serving.dtype)
+    flags = f" (CPU flags: {', '.join(sorted(profile.device.cpu_flags)) or 'none of ' + ', '.join(CPU_FLAGS)})" \
+        if profile.device.kind == "cpu" else ""
+    print(f"serving       {serving.backend}, {weights}: {serving.why}{flags}")
     if profile.device.kind == "cpu":
         print("cpu threads   " + cpu_threads_note(torch.get_num_threads(), os.cpu_count() or 1,
                                                   os.getloadavg()[0], os.environ.get("OMP_WAIT_POLICY")))

@@ -17,6 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+# Answers are decoded by PyTorch's serving copy in every test, whether or not llama-cpp-python is
+# installed here (subprocesses inherit it); tests of the llama.cpp path ask for it by name.
+os.environ["CLARA_LITE_SERVING"] = "torch"
+
 
 def on_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")

@@ -19,6 +19,7 @@ import logging
 import math
 import platform
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -57,12 +58,14 @@ class DeviceInfo:
     free_mem_gb: float | None = None
     count: int = 0  # number of CUDA GPUs visible
     index: int = 0  # which CUDA GPU this profile is for
+    cpu_flags: frozenset[str] = frozenset()  # of CPU_FLAGS, those the CPU has (serving precision decides by them)
 
     def __post_init__(self):
         if self.kind not in ("cpu", "mps", "cuda"):
             raise ValueError(f"device kind must be 'cpu', 'mps' or 'cuda', got {self.kind!r}")
         if self.kind == "cuda" and (self.capability is None or self.total_mem_gb is None):
             raise ValueError("a CUDA device needs its compute capability and total memory")
+        object.__setattr__(self, "cpu_flags", frozenset(self.cpu_flags))  # a list read back from JSON
 
     @property
     def torch_device(self) -> str:
@@ -95,6 +98,7 @@ class HardwareProfile:
         """JSON-ready view: dtype as ``'float32'``, capability as a list, reasons as a dict."""
         d = asdict(self)
         d["device"]["capability"] = list(self.device.capability) if self.device.capability else None
+        d["device"]["cpu_flags"] = sorted(self.device.cpu_flags)
         return d | {"dtype": dtype_name(self.dtype), "reasons": dict(self.reasons)}
 
 
@@ -285,6 +289,64 @@ def decide_serving_batch(device: DeviceInfo) -> tuple[int, str]:
     return SERVE_BATCH, f"{device.name}, {device.total_mem_gb:g} GB (< {SERVE_BATCH_GPU[-1][0]:g} GB): a small GPU"
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # /proc/cpuinfo names
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """How answers are decoded on a device: ``backend`` 'llama.cpp' | 'torch', the torch weights'
+    ``dtype`` (for llama.cpp: the merged copy's, before it is written as 8-bit blocks), and why."""
+
+    backend: str
+    dtype: torch.dtype
+    why: str
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "dtype": dtype_name(self.dtype), "why": self.why}
+
+
+def decide_serving(device: DeviceInfo, llama_cpp: bool = False) -> ServingPlan:
+    """How to decode answers on ``device`` (``llama_cpp``: llama-cpp-python is installed); pure.
+
+    A decoding step reads every weight once, so on a CPU its time is the weights' bytes: llama.cpp's
+    8-bit blocks when it is installed (4x fewer bytes than fp32, one C++ graph a step); else bf16 only
+    where the CPU multiplies bf16 natively (AMX or AVX512-BF16), because elsewhere bf16 is converted
+    to fp32 for every matmul and runs slower than fp32 (measured: benchmarks/README.md). On a GPU the
+    training dtype's rule: fp16 below sm 8.0 (T4), bf16 from Ampere.
+
+    >>> decide_serving(DeviceInfo("cpu", "x86_64", cpu_flags=frozenset({"avx2"}))).dtype
+    torch.float32
+    >>> decide_serving(DeviceInfo("cpu", "x86_64", cpu_flags=frozenset({"avx2", "amx_bf16"}))).dtype
+    torch.bfloat16
+    >>> decide_serving(DeviceInfo("cuda", "Tesla T4", (7, 5), 15.8, 15.1, count=1)).dtype
+    torch.float16
+    """
+    if device.kind == "cuda":
+        dtype, _, why = _choose_dtype(device)
+        return ServingPlan("torch", dtype, f"{dtype_name(dtype)} on the GPU: {why}")
+    if device.kind == "mps":
+        return ServingPlan("torch", torch.float32, "fp32 on MPS")
+    if llama_cpp:
+        return ServingPlan("llama.cpp", torch.float32,
+                           "llama.cpp with 8-bit weights: a CPU step reads a quarter of fp32's bytes")
+    native = sorted(device.cpu_flags & {"amx_bf16", "avx512_bf16"})
+    if native:
+        return ServingPlan("torch", torch.bfloat16, f"bf16: the CPU multiplies bf16 natively ({', '.join(native)})")
+    return ServingPlan("torch", torch.float32,
+                       "fp32: this CPU has no AMX/AVX512-BF16, so bf16 would run slower (llama-cpp-python would "
+                       "be faster: README, 'Faster CPU answers')")
+
+
+def cpu_flags() -> frozenset[str]:
+    """Of :data:`CPU_FLAGS`, those this machine's CPU reports (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return frozenset(line.split(":", 1)[-1].split()) & frozenset(CPU_FLAGS)
+
+
 def flash_attn_importable() -> bool:
     """True if ``flash_attn`` is installed *and* imports (a wheel built for another CUDA fails)."""
     if importlib.util.find_spec("flash_attn") is None:
@@ -305,7 +367,8 @@ def probe_device(device: str | torch.device | None = None) -> DeviceInfo:
         device = "cuda" if cuda_count else "mps" if mps else "cpu"
     dev = torch.device(device)
     if dev.type == "cpu":
-        return DeviceInfo("cpu", platform.processor() or platform.machine() or "cpu", count=cuda_count)
+        return DeviceInfo("cpu", platform.processor() or platform.machine() or "cpu", count=cuda_count,
+                          cpu_flags=cpu_flags())
     if dev.type == "mps":
         if not mps:
             raise ValueError("device 'mps' requested but MPS is not available")

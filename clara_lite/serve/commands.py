@@ -18,6 +18,7 @@ from ..core.hardware import SERVE_BATCH, SERVE_BATCH_GPU, detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
+from .decoding import BACKENDS
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
@@ -58,7 +59,7 @@ def index_model(index_path: str, given: str | None) -> str:
 def open_index(args) -> ClaraIndex:
     model = load_model(index_model(args.index, args.model), args.base_path)
     return ClaraIndex.load(args.index, model, retriever=args.retriever, index_type=args.index_type,
-                           merge=False if args.no_merge else None)
+                           merge=False if args.no_merge else None, backend=args.serving)
 
 
 def _keys(value: str):
@@ -179,6 +180,9 @@ def add_index_options(parser, *, model_option: bool = True) -> None:
                         help="auto: the query reasoner (stage3), else MiniLM keys, else BM25")
     parser.add_argument("--index-type", default="flat", choices=INDEX_TYPES, help="FAISS search (flat = exact)")
     parser.add_argument("--no-merge", action="store_true", help="decode through the LoRA layers (no merged copy)")
+    parser.add_argument("--serving", choices=BACKENDS, default=None,
+                        help="how answers are decoded: auto (default, $CLARA_LITE_SERVING: llama.cpp on a CPU when "
+                             "llama-cpp-python is installed, else PyTorch in the device's precision), torch, llama.cpp")
 
 
 def _build_options(p) -> None:

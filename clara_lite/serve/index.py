@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..core.layout import INDEX_CHUNKS, INDEX_FILE, KIND_INDEX, read_manifest, sha256_file, verify
 from ..pipeline.chunk import ChunkConfig
 from . import fingerprint as fp
-from .decoding import ServingDecoder
+from .decoding import ServingDecoder, open_decoder, serving_plan
 from .documents import Document, IndexChunk, chunk_documents, docling_for, documents_from
 from .index_folder import (
     DTYPES,
@@ -113,8 +113,10 @@ class ClaraIndex:
     """An index folder opened with the model that built it (see the module docstring)."""
 
     def __init__(self, path, model, meta: dict, chunks: list[IndexChunk], *, retriever: str = "auto",
-                 index_type: str = "flat", merge: bool | None = None, hybrid_candidates: int = 50):
+                 index_type: str = "flat", merge: bool | None = None, backend: str | None = None,
+                 hybrid_candidates: int = 50):
         self.path, self.model, self.meta, self.chunks = Path(path), model, meta, chunks
+        self.backend = backend
         self.parts = [Part(**p) for p in meta["parts"]]
         self._ends = np.cumsum([p.rows for p in self.parts])
         self.retriever_name = retriever
@@ -177,7 +179,7 @@ class ClaraIndex:
 
     @classmethod
     def load(cls, path, model, *, retriever: str = "auto", index_type: str = "flat", merge: bool | None = None,
-             verify_files: bool = False, hybrid_candidates: int = 50) -> ClaraIndex:
+             backend: str | None = None, verify_files: bool = False, hybrid_candidates: int = 50) -> ClaraIndex:
         """Open a complete index with the model it was built with (refused for another model).
 
         ``verify_files`` checks every file's sha256 against the manifest (slow for a large index);
@@ -195,7 +197,7 @@ class ClaraIndex:
         if len(chunks) != meta["n_chunks"]:
             raise IndexFolderError(f"{path / INDEX_CHUNKS}: {len(chunks)} chunks, index.json says {meta['n_chunks']}")
         index = cls(path, model, meta, chunks, retriever=retriever, index_type=index_type, merge=merge,
-                    hybrid_candidates=hybrid_candidates)
+                    backend=backend, hybrid_candidates=hybrid_candidates)
         index._hashes = {name: entry["sha256"] for name, entry in read_manifest(path, KIND_INDEX).items()}
         return index
 
@@ -220,7 +222,9 @@ class ClaraIndex:
                 "n_mem": s["n_mem"], "hidden_size": s["hidden_size"], "doc_max_length": s["doc_max_length"],
                 "keys": s["keys"], "fingerprint": self.meta["fingerprint"]["id"],
                 "base_model": self.meta["fingerprint"]["settings"]["base_model"],
-                "skipped": self.meta["sources"]["skipped"], "retriever": self.retriever().name}
+                "skipped": self.meta["sources"]["skipped"], "retriever": self.retriever().name,
+                "serving": self._decoder.how if self._decoder is not None else
+                serving_plan(self.model, merge=self.merge, backend=self.backend).to_dict()}
 
     # ------------------------------------------------------------------ memory
 
@@ -274,9 +278,7 @@ class ClaraIndex:
         if key == self._seen:
             return False
         try:
-            fresh = ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
-                                    index_type=self.index_type, merge=self.merge,
-                                    hybrid_candidates=self.hybrid_candidates)
+            fresh = self._reopen()
         except (IndexFolderError, OSError) as err:
             log.info("%s is being changed (%s): serving the previous view", self.path, err)
             return False
@@ -348,8 +350,9 @@ class ClaraIndex:
 
     @property
     def decoder(self) -> ServingDecoder:
+        """The serving decoder the hardware plan picks (made on first use; ``info()['serving']`` says which)."""
         if self._decoder is None:
-            self._decoder = ServingDecoder(self.model, merge=self.merge)
+            self._decoder = open_decoder(self.model, merge=self.merge, backend=self.backend)
         return self._decoder
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, *, max_new_tokens: int = 64,
@@ -434,13 +437,16 @@ class ClaraIndex:
             self._rewrite(remove=sources, new_docs=[], skipped=[], batch_size=None, progress=False)
             return before - len(self.chunks)
 
+    def _reopen(self) -> ClaraIndex:
+        """The index on disk now, opened with this view's options."""
+        return ClaraIndex.load(self.path, self.model, retriever=self.retriever_name, index_type=self.index_type,
+                               merge=self.merge, backend=self.backend, hybrid_candidates=self.hybrid_candidates)
+
     def _sync(self, batch_size: int | None, progress: bool) -> None:
         """Under the lock: finish an interrupted update, then make this view the index on disk (another
         process may have changed it since it was opened)."""
         _complete(self.path, self.model, batch_size=batch_size, progress=progress)
-        self._adopt(ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
-                                    index_type=self.index_type, merge=self.merge,
-                                    hybrid_candidates=self.hybrid_candidates))
+        self._adopt(self._reopen())
 
     def _rewrite(self, *, remove: set[str], new_docs: list[list[IndexChunk]], skipped: list[dict],
                  batch_size: int | None, progress: bool) -> None:
@@ -478,9 +484,7 @@ class ClaraIndex:
         commit(self.path, meta, chunks, [(part, tensors) for part, _, tensors in kept if tensors is not None])
         materialize(self.path, self.model, added, s, batch_size=batch_size, progress=progress)
         finish(self.path)
-        self._adopt(ClaraIndex.load(self.path, self.model, retriever=self.retriever_name,
-                                    index_type=self.index_type, merge=self.merge,
-                                    hybrid_candidates=self.hybrid_candidates))
+        self._adopt(self._reopen())
 
 
 # --------------------------------------------------------------------------- helpers

@@ -248,7 +248,7 @@ def serve(index, *, host: str = LOOPBACK, port: int = 8000, default_k: int | Non
     if ui:
         log.info("chat page: http://%s:%d/ui", host, port)
     index.retriever()  # build the retriever and the decoder before the first request
-    _ = index.decoder
+    log.info("answers decoded by %s", index.decoder.how)
     app = create_app(index, default_k=default_k, max_new_tokens=max_new_tokens, model_name=model_name,
                      api_key=api_key, max_streams=max_streams, max_batch=max_batch, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=MAX_BODY_BYTES,
