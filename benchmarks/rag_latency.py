@@ -3,7 +3,11 @@
 (a) text RAG: MiniLM + FAISS top-k, the k chunks' text in the base model's prompt (seed 002's design);
 (b) CLaRa compressing the same k chunks at query time, then answering (what generate_from_questions does);
 (c) CLaRa from the pre-compressed index (``ClaraIndex.ask``: MiniLM + FAISS, k memory blocks read from disk,
-    decoder merged into a serving copy, the prompt's fixed start prefilled once).
+    decoded as the serving plan picks: llama.cpp with the merged decoder's 8-bit GGUF when llama-cpp-python is
+    installed (``make fast-cpu``), else the PyTorch serving copy);
+(c') the same index answered by the PyTorch fp32 serving copy (shown when (c) is llama.cpp);
+(d) text RAG in llama.cpp: (a)'s prompt tokens, the embedded model's own Q4_1 GGUF (what Ollama runs for seed
+    002's users), when llama-cpp-python is installed.
 
 Printed per question and as medians: end-to-end latency, time to first token (TTFT), prompt tokens, peak
 RSS during the call (VmHWM, reset before each call; the process holds all three systems); plus the index's
@@ -14,7 +18,8 @@ build time, bytes per chunk and load time; then (c) alone in fresh processes ove
     .venv/bin/python benchmarks/rag_latency.py --model tiny-random --chunks 20 --questions 2   # smoke run
 
 The index is built once into the cache (``$CLARA_LITE_CACHE/bench/``) and reused; ``--rebuild`` builds again.
-Every call generates exactly ``--new-tokens`` tokens (no early stop), so the three do equal decoding work.
+Every call generates exactly ``--new-tokens`` tokens (no early stop), so all do equal decoding work; decode
+per token is (end-to-end - TTFT) / (new tokens - 1).
 """
 
 from __future__ import annotations
@@ -86,6 +91,27 @@ def text_rag(base, tokenizer, retriever, chunks, question, k, new_tokens):
         base.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                       pad_token_id=tokenizer.pad_token_id, streamer=streamer)
     return ids["input_ids"].shape[1], streamer.at
+
+
+def text_rag_prompt(tokenizer, retriever, chunks, question, k) -> list[int]:
+    _, rows = retriever.search([question], k)
+    context = "\n\n".join(f"[{j + 1}] {chunks[r].text}" for j, r in enumerate(rows[0]))
+    messages = [{"role": "system", "content": TEXT_SYSTEM},
+                {"role": "user", "content": f"Documents:\n{context}\n\nQuestion: {question}"}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+def llama_text_rag(llm, tokenizer, retriever, chunks, question, k, new_tokens):
+    """(a)'s prompt in llama.cpp, greedy, exactly ``new_tokens`` (its generator never stops by itself)."""
+    ids = text_rag_prompt(tokenizer, retriever, chunks, question, k)
+    first, n = 0.0, 0
+    for _ in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        n += 1
+        if n == 1:
+            first = time.perf_counter()
+        if n == new_tokens:
+            break
+    return len(ids), first
 
 
 def query_time_compression(model, retriever, chunks, question, k, new_tokens):
@@ -264,34 +290,62 @@ def main(argv=None) -> int:
           f"serving copy (decoder merged): {merge_s:.2f} s; prompt prefix prefilled once: "
           f"{len(index.decoder.prefix_ids)} tokens")
 
+    print(f"(c) decodes with {index.decoder.how}")
     systems = {
         "a": lambda q: text_rag(base, tokenizer, retriever, chunks, q, args.k, args.new_tokens),
         "b": lambda q: query_time_compression(model, retriever, chunks, q, args.k, args.new_tokens),
         "c": lambda q: from_index(index, q, args.k, args.new_tokens),
     }
+    from clara_lite.serve import llama_cpp
+
+    if llama_cpp.available() and index.decoder.how.startswith("llama.cpp"):
+        torch_index = ClaraIndex.load(path, model, retriever="minilm", backend="torch")
+        torch_index._retriever = retriever
+        systems["c'"] = lambda q: from_index(torch_index, q, args.k, args.new_tokens)
+    if llama_cpp.available():
+        from llama_cpp import Llama
+
+        from clara_lite.model.base import embedded_gguf_path
+
+        llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=4096, n_batch=512,
+                    n_threads=torch.get_num_threads(), verbose=False)
+        systems["d"] = lambda q: llama_text_rag(llm, tokenizer, retriever, chunks, q, args.k, args.new_tokens)
+    else:
+        print("(d) llama.cpp text RAG: skipped, llama-cpp-python is not installed (make fast-cpu)")
     for fn in systems.values():  # warm-up: first calls pay one-time costs
         fn(questions[0])
     results = {name: [] for name in systems}
     print("\n| q | system | end-to-end s | TTFT s | prompt tokens | peak RSS MB |\n|---|---|---|---|---|---|")
+    n_sys = len(systems)
     for i, q in enumerate(questions):
-        names = list(systems)[i % 3:] + list(systems)[:i % 3]  # interleaved, the order rotating
+        names = list(systems)[i % n_sys:] + list(systems)[:i % n_sys]  # interleaved, the order rotating
         for name in names:
             hwm_reset()
             t0 = time.perf_counter()
             prompt, first = systems[name](q)
             total = time.perf_counter() - t0
-            row = {"e2e": total, "ttft": first - t0, "prompt": prompt, "rss": hwm_mb()}
+            row = {"e2e": total, "ttft": first - t0, "prompt": prompt, "rss": hwm_mb(),
+                   "per_token": (total - (first - t0)) / max(args.new_tokens - 1, 1)}
             results[name].append(row)
             print(f"| {i + 1} | {name} | {row['e2e']:.3f} | {row['ttft']:.3f} | {prompt} | {row['rss']:.0f} |")
-    med = {n: {k: statistics.median(r[k] for r in rows) for k in ("e2e", "ttft", "prompt", "rss")}
+    med = {n: {k: statistics.median(r[k] for r in rows) for k in ("e2e", "ttft", "prompt", "rss", "per_token")}
            for n, rows in results.items()}
-    print("\nmedians over the questions:\n| system | end-to-end s | TTFT s | prompt tokens | peak RSS MB |\n|---|---|---|---|---|")
-    labels = {"a": "(a) text RAG", "b": "(b) query-time compression", "c": "(c) pre-compressed index"}
+    print("\nmedians over the questions:\n| system | end-to-end s | TTFT s | decode ms/token | prompt tokens | "
+          "peak RSS MB |\n|---|---|---|---|---|---|")
+    labels = {"a": "(a) text RAG, transformers fp32", "b": "(b) query-time compression",
+              "c": "(c) pre-compressed index, " + ("llama.cpp q8_0" if "c'" in med else "PyTorch"),
+              "c'": "(c') pre-compressed index, PyTorch fp32", "d": "(d) text RAG, llama.cpp Q4_1"}
     for n, m in med.items():
-        print(f"| {labels[n]} | {m['e2e']:.3f} | {m['ttft']:.3f} | {m['prompt']:.0f} | {m['rss']:.0f} |")
+        print(f"| {labels[n]} | {m['e2e']:.3f} | {m['ttft']:.3f} | {m['per_token'] * 1000:.1f} | {m['prompt']:.0f} | "
+              f"{m['rss']:.0f} |")
     print(f"\n(c) vs (a): {med['a']['e2e'] / med['c']['e2e']:.2f}x end to end (target >= 2.5x), "
           f"{med['a']['ttft'] / med['c']['ttft']:.2f}x on TTFT (target >= 6x); "
           f"(c) vs (b): {med['b']['e2e'] / med['c']['e2e']:.2f}x end to end")
+    if "d" in med:
+        ratio, per = med["d"]["e2e"] / med["c"]["e2e"], med["c"]["per_token"] / med["d"]["per_token"]
+        print(f"(c) vs (d) llama.cpp text RAG: {ratio:.2f}x end to end (target >= 4x: "
+              f"{'met' if ratio >= 4 else 'MISSED'}); (c)'s decode per token {per:.2f}x (d)'s (target <= 1x: "
+              f"{'met' if per <= 1 else 'MISSED'})")
     print(f"index load {load_s:.2f} s for {len(chunks)} chunks (target < 2 s)")
 
     # (c) with ask_many: questions decoded together (a decoding step reads every weight once for the batch)

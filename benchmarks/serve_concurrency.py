@@ -85,9 +85,9 @@ def serve_child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    index = ClaraIndex.load(args.serve, build_model(args), retriever=args.retriever)
+    index = ClaraIndex.load(args.serve, build_model(args), retriever=args.retriever, backend=args.serving)
     index.retriever()
-    _ = index.decoder
+    print(f"decoder: {index.decoder.how}", flush=True)
     app = create_app(index, max_new_tokens=args.new_tokens, default_k=args.k, max_batch=args.max_batch,
                      max_queue=256, max_streams=256)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
@@ -107,7 +107,7 @@ class Server:
         cmd = [sys.executable, __file__, "--serve", str(path), "--port", str(self.port), "--max-batch", str(max_batch),
                "--model", args.model, "--doc-max-length", str(args.doc_max_length), "--compr-rate",
                str(args.compr_rate), "--retriever", args.retriever, "--new-tokens", str(args.new_tokens),
-               "--k", str(args.k)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--k", str(args.k), "--serving", args.serving] + (["--threads", str(args.threads)] if args.threads else [])
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--retriever", default="minilm", choices=["minilm", "bm25"])
     p.add_argument("--max-batch", type=int, default=8, help="the batched server's --max-batch")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each server")
+    p.add_argument("--serving", default="auto", choices=("auto", "torch", "llama.cpp"),
+                   help="the servers' decoder (auto: llama.cpp on a CPU when installed)")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--index-dir", default=None, help="where the index is built (default: in the cache)")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -221,8 +223,10 @@ def main(argv=None) -> int:
                 s.wait()
             for s in servers:  # warm up: the first answers, the prefix cache of each batch size
                 drive(s, min(args.max_batch, max(counts)), 1, questions[::-1], args.new_tokens)
-            print(f"\n{args.model} fp32 CPU, {args.chunks} chunks, k={args.k}, up to {args.new_tokens} new tokens, "
-                  f"{args.requests} streamed questions per client, torch threads {args.threads or 'default'}\n")
+            how = next((line.split("decoder: ", 1)[1] for line in Path(servers[0].log.name).read_text().splitlines()
+                        if line.startswith("decoder: ")), "?")
+            print(f"\n{args.model} CPU, decoder: {how}; {args.chunks} chunks, k={args.k}, up to {args.new_tokens} new "
+                  f"tokens, {args.requests} streamed questions per client, threads {args.threads or 'default'}\n")
             print("| clients | serving | questions | questions/s | p50 latency s | p95 latency s | p50 TTFT s "
                   "| p95 TTFT s |")
             print("|---|---|---|---|---|---|---|---|")

@@ -332,9 +332,7 @@ def decide_serving(device: DeviceInfo, llama_cpp: bool = False) -> ServingPlan:
     native = sorted(device.cpu_flags & {"amx_bf16", "avx512_bf16"})
     if native:
         return ServingPlan("torch", torch.bfloat16, f"bf16: the CPU multiplies bf16 natively ({', '.join(native)})")
-    return ServingPlan("torch", torch.float32,
-                       "fp32: this CPU has no AMX/AVX512-BF16, so bf16 would run slower (llama-cpp-python would "
-                       "be faster: README, 'Faster CPU answers')")
+    return ServingPlan("torch", torch.float32, "fp32: this CPU has no AMX/AVX512-BF16, so bf16 would run slower")
 
 
 def cpu_flags() -> frozenset[str]:

@@ -152,6 +152,26 @@ def evaluate(predictions: Sequence[str], golds: Sequence[Gold]) -> dict[str, flo
     return result
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, samples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """(mean of b - a, low, high): the difference of two systems' per-question scores on the same questions
+    and its percentile interval over ``samples`` resamplings of the questions (both systems resampled
+    together, so what the questions share cancels).
+
+    >>> paired_bootstrap([0, 1, 1, 0], [0, 1, 1, 0])
+    (0.0, 0.0, 0.0)
+    """
+    import numpy as np
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired scores need two equal, non-empty lists, got {len(a)} and {len(b)}")
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(samples, len(diff)))
+    means = diff[picks].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
 def evaluate_model(model, examples, *, retrieve: bool, batch_size: int = 8, max_new_tokens: int = 32,
                    top_k: int | None = None) -> dict:
     """Answer stage2/3 rows with ``model`` and score them.

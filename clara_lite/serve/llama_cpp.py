@@ -181,12 +181,13 @@ class LlamaCppDecoder(ServingDecoder):
 
     def __del__(self):
         lib = getattr(self, "_lib", None)
-        if lib is None:
-            return
-        if getattr(self, "_ctx", None):
-            lib.llama_free(self._ctx)
-        if getattr(self, "_model", None):
-            lib.llama_model_free(self._model)
+        try:
+            if lib is not None and getattr(self, "_ctx", None):
+                lib.llama_free(self._ctx)
+            if lib is not None and getattr(self, "_model", None):
+                lib.llama_model_free(self._model)
+        except TypeError:  # at interpreter exit the ctypes functions may already be gone: the OS frees the memory
+            pass
 
     @property
     def device(self) -> torch.device:
