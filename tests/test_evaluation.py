@@ -10,6 +10,7 @@ from clara_lite.model.evaluation import (
     exact_match,
     f1_score,
     normalize_answer,
+    paired_bootstrap,
     recall_at_k,
 )
 
@@ -107,3 +108,16 @@ def test_evaluate_empty_and_mismatched():
     assert not any(math.isnan(v) for v in result.values())
     with pytest.raises(ValueError, match="golds"):
         evaluate(["a"], [])
+
+
+def test_paired_bootstrap_interval_brackets_the_mean_difference_and_shrinks_with_more_questions():
+    assert paired_bootstrap([0.0] * 5, [1.0] * 5) == (1.0, 1.0, 1.0)
+    a = [0, 1, 0, 1, 1, 0, 0, 1, 0, 0]
+    b = [1, 1, 0, 1, 1, 1, 0, 1, 1, 0]  # b wins 3 questions, never loses
+    mean, lo, hi = paired_bootstrap(a, b)
+    assert mean == pytest.approx(0.3) and 0.0 <= lo < mean < hi <= 0.7
+    _, lo100, hi100 = paired_bootstrap(a * 10, b * 10)
+    assert lo100 > 0 and hi100 - lo100 < hi - lo
+    assert paired_bootstrap(a, b) == paired_bootstrap(a, b)  # seeded: the same interval every time
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_bootstrap([1.0], [1.0, 0.0])
