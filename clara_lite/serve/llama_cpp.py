@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +179,7 @@ class LlamaCppDecoder(ServingDecoder):
         self.threads = threads or torch.get_num_threads()
         self._ctx, self._ctx_tokens = None, 0
         self._lib = llama_cpp
+        self._lock = threading.Lock()  # one llama.cpp context: callers from several threads take turns
 
     def __del__(self):
         lib = getattr(self, "_lib", None)
@@ -249,7 +251,7 @@ class LlamaCppDecoder(ServingDecoder):
     @torch.no_grad()
     def generate(self, questions: list[str], memory: torch.Tensor, k: int, max_new_tokens: int = 64, *,
                  stop_at_eos: bool = True, on_token: Callable[[int, int], None] | None = None) -> Generation:
-        m, b = self.model, len(questions)
+        b = len(questions)
         if memory.shape[0] != b * k:
             raise ValueError(f"{memory.shape[0]} memory blocks do not split into {b} questions x {k}")
         if b > self.max_batch:  # more questions than sequences: in slices, the same answers
@@ -260,6 +262,11 @@ class LlamaCppDecoder(ServingDecoder):
                      for i in range(0, b, self.max_batch)]
             return Generation([t for p in parts for t in p.texts], [n for p in parts for n in p.prompt_tokens],
                               parts[0].first_token_at, [t for p in parts for t in p.token_ids])
+        with self._lock:
+            return self._generate(questions, memory, k, max_new_tokens, stop_at_eos, on_token)
+
+    def _generate(self, questions, memory, k, max_new_tokens, stop_at_eos, on_token) -> Generation:
+        m, b = self.model, len(questions)
         prompts = [self._prompt_ids(q, k) for q in questions]
         embeds = []
         for i, ids in enumerate(prompts):
