@@ -155,7 +155,7 @@ class LlamaCppDecoder(ServingDecoder):
 
     def __init__(self, model, *, weights: str = "q8_0", threads: int | None = None, max_batch: int = 8,
                  folder: Path | None = None):
-        super().__init__(model, merge=True, prefix_cache=False)
+        super().__init__(model, merge=True, prefix_cache=True)  # prefix_ids: the prompt's fixed start
         import llama_cpp
 
         self.weights, self.max_batch = weights, max_batch
@@ -195,23 +195,32 @@ class LlamaCppDecoder(ServingDecoder):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def _context(self, n_tokens: int):
-        """A llama.cpp context with room for ``n_tokens`` positions over ``max_batch`` sequences (made
-        again, larger, when a call needs more)."""
-        lib = self._lib
-        if self._ctx is None or n_tokens > self._ctx_tokens:
+    def _context(self, n_tokens: int, b: int, shared: bool):
+        """A llama.cpp context with room for ``n_tokens`` more positions over ``max_batch`` sequences (made
+        again, larger, when a call needs more), its sequences 0..b-1 emptied; ``shared``: each of them
+        starts as a copy of the prompt's fixed start, prefilled once into sequence ``max_batch`` when the
+        context is made (with one KV cache for all sequences a copy shares the cells: nothing is recomputed)."""
+        lib, prefix = self._lib, len(self.prefix_ids)
+        if self._ctx is None or n_tokens + prefix > self._ctx_tokens:
             if self._ctx:
                 lib.llama_free(self._ctx)
             p = lib.llama_context_default_params()
-            p.n_ctx = self._ctx_tokens = max(n_tokens, 1024)
+            p.n_ctx = self._ctx_tokens = max(n_tokens + prefix, 1024)
             p.n_batch = p.n_ubatch = p.n_ctx
-            p.n_seq_max = self.max_batch
+            p.n_seq_max = self.max_batch + 1
             p.n_threads = p.n_threads_batch = self.threads
             p.kv_unified = True
             self._ctx = lib.llama_init_from_model(self._model, p)
             if not self._ctx:
                 raise RuntimeError("llama.cpp could not make a context")
-        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+            if prefix:
+                rows = [(self.max_batch, pos, t) for pos, t in enumerate(self.prefix_ids)]
+                self._run(self._ctx, self._batch(rows, None), [])
+        memory = lib.llama_get_memory(self._ctx)
+        for seq in range(b):
+            lib.llama_memory_seq_rm(memory, seq, -1, -1)
+            if shared:
+                lib.llama_memory_seq_cp(memory, self.max_batch, seq, -1, -1)
         return self._ctx
 
     def _batch(self, rows: list[tuple[int, int, object]], embd: np.ndarray | None) -> None:
@@ -268,14 +277,17 @@ class LlamaCppDecoder(ServingDecoder):
     def _generate(self, questions, memory, k, max_new_tokens, stop_at_eos, on_token) -> Generation:
         m, b = self.model, len(questions)
         prompts = [self._prompt_ids(q, k) for q in questions]
+        p = len(self.prefix_ids)
+        if p and any(ids[:p] != self.prefix_ids for ids in prompts):
+            p = 0  # a template that moved: no shared start this time
         embeds = []
         for i, ids in enumerate(prompts):
             ids_t = torch.tensor([ids])
             e = m.decoder_embeds(ids_t, memory[i * k:(i + 1) * k]) if k else self.embedding(ids_t)
-            embeds.append(e[0].float().numpy())
-        ctx = self._context(sum(len(p) + max_new_tokens for p in prompts))
-        rows = [(i, pos, None) for i, ids in enumerate(prompts) for pos in range(len(ids))]
-        last = list(np.cumsum([len(p) for p in prompts]) - 1)
+            embeds.append(e[0, p:].float().numpy())
+        ctx = self._context(sum(len(x) - p + max_new_tokens for x in prompts), b, shared=p > 0)
+        rows = [(i, pos, None) for i, ids in enumerate(prompts) for pos in range(p, len(ids))]
+        last = list(np.cumsum([len(x) - p for x in prompts]) - 1)
         nxt = self._run(ctx, self._batch(rows, np.concatenate(embeds)), last)
         first_token_at = time.perf_counter()
         out_tokens: list[list[int]] = [[] for _ in range(b)]
