@@ -10,7 +10,6 @@ import socket
 
 import pytest
 from helpers import tiny_model
-from synthetic_data import write_run_data
 from test_pipeline_support import FakeLLM
 
 from clara_lite.cli import main
@@ -32,23 +31,18 @@ def first_document_word(prompt: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_run_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model") / "model"
     tiny_model(**CONFIG).save_pretrained(folder)
     return folder
 
 
-def test_the_endpoint_reads_text_rags_documents_and_its_answers_are_scored(saved, data, tmp_path, monkeypatch,
+def test_the_endpoint_reads_text_rags_documents_and_its_answers_are_scored(saved, data_dir, tmp_path, monkeypatch,
                                                                           capsys, caplog):
     monkeypatch.setenv(ENV_KEY, KEY)
     out = tmp_path / "report"
     with FakeLLM(key=KEY, reply=first_document_word) as llm, caplog.at_level(logging.DEBUG):
-        assert main(["eval", "--model", str(saved), "--data", str(data / "stage2.jsonl"), "--systems",
+        assert main(["eval", "--model", str(saved), "--data", str(data_dir / "stage2.jsonl"), "--systems",
                      f"text-rag,{TEXT_RAG_ENDPOINT}", "--endpoint", llm.url, "--endpoint-model", SERVED,
                      "--report-dir", str(out), "--max-new-tokens", "3"]) == 0
     printed = capsys.readouterr()
@@ -76,8 +70,8 @@ def test_the_endpoint_reads_text_rags_documents_and_its_answers_are_scored(saved
     assert KEY not in shown and KEY[4:-2] not in shown
 
 
-def test_the_normal_setting_sends_the_endpoint_what_bm25_found_for_text_rag(data):
-    rows = read_jsonl(data / "stage2.jsonl", "stage2")[:6]
+def test_the_normal_setting_sends_the_endpoint_what_bm25_found_for_text_rag(data_dir):
+    rows = read_jsonl(data_dir / "stage2.jsonl", "stage2")[:6]
     pool = list(dict.fromkeys(d for r in rows for d in r.docs))
     with FakeLLM(reply=first_document_word) as llm:
         endpoint = open_endpoint(llm.url, SERVED, environ={})

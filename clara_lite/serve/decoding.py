@@ -137,6 +137,15 @@ class ServingDecoder:
             self._prefixes[batch] = cache
         return copy.deepcopy(cache)
 
+    def _take(self, rows: list[int], tokens: list[int], out_tokens: list[list[int]], done: list[bool],
+              stop_at_eos: bool, on_token: Callable[[int, int], None] | None) -> None:
+        """Append each still-decoding row's new token, mark the rows that stopped, stream the tokens."""
+        for i, t in zip(rows, tokens, strict=True):
+            out_tokens[i].append(t)
+            done[i] = stop_at_eos and t in self.eos
+            if on_token is not None:
+                on_token(i, t)
+
     @torch.no_grad()
     def generate(self, questions: list[str], memory: torch.Tensor, k: int, max_new_tokens: int = 64, *,
                  stop_at_eos: bool = True, on_token: Callable[[int, int], None] | None = None) -> Generation:
@@ -172,12 +181,8 @@ class ServingDecoder:
                 nxt = out.logits[:, -1].argmax(-1)
                 if step == 0:
                     first_token_at = time.perf_counter()
-                for i, t in enumerate(nxt.tolist()):
-                    if not done[i]:
-                        out_tokens[i].append(t)
-                        done[i] = stop_at_eos and t in self.eos
-                        if on_token is not None:
-                            on_token(i, t)
+                live = [i for i in range(b) if not done[i]]
+                self._take(live, [nxt.tolist()[i] for i in live], out_tokens, done, stop_at_eos, on_token)
                 if all(done) or step == max_new_tokens - 1:
                     break
                 nxt = torch.where(torch.tensor(done, device=self.device), torch.full_like(nxt, pad), nxt)

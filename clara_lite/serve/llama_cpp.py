@@ -292,14 +292,9 @@ class LlamaCppDecoder(ServingDecoder):
         first_token_at = time.perf_counter()
         out_tokens: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
-        positions = [len(p) for p in prompts]
+        positions = [len(x) for x in prompts]  # where each row's next token goes
         for step in range(max_new_tokens):
-            live = [i for i in range(b) if not done[i]]
-            for i, t in zip(live, nxt, strict=True):
-                out_tokens[i].append(t)
-                done[i] = stop_at_eos and t in self.eos
-                if on_token is not None:
-                    on_token(i, t)
+            self._take([i for i in range(b) if not done[i]], nxt, out_tokens, done, stop_at_eos, on_token)
             if all(done) or step == max_new_tokens - 1:
                 break
             feed = [(i, positions[i], out_tokens[i][-1]) for i in range(b) if not done[i]]
