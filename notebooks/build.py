@@ -338,6 +338,8 @@ RELEASE_RUNTIME = False  # True: give the GPU back at the end (everything is on 
 CHAT_PAGE = True  # a chat page over the index, inline below its cell
 SHARE_CHAT = False  # True: also a public gradio.live link (anyone who has it can ask your documents)
 SYSTEMS = ["closed-book", "text-rag", "clara"]  # also "clara-zeroed": CLaRa with its memory vectors zeroed
+ENDPOINT = ""  # your current RAG: an OpenAI-compatible base URL this runtime can reach (vLLM, Ollama, OpenAI), answering the same documents beside CLaRa; its key in the CLARA_ENDPOINT_API_KEY environment variable
+ENDPOINT_MODEL = ""  # the model it answers with (GET /v1/models lists them)
 BENCHMARK_FILE = ""  # a benchmark on Drive (upstream's eval files, NQ/HotpotQA/MuSiQue/2Wiki); "" = skip
 BENCHMARK = ""  # nq, hotpotqa, musique or 2wiki when the file name does not say (for the paper's number)
 BENCHMARK_LIMIT = 500  # questions of BENCHMARK_FILE scored
@@ -365,7 +367,8 @@ The same held-out questions answered by the base model alone (closed-book), the 
 documents' text (text RAG, no adapter active) and CLaRa from the compressed documents: EM, F1, cover-EM,
 prompt tokens and seconds per question, as a table and a chart (also in `<run>/benchmarks/`).
 """),
-        code("comparison = ws.compare(model, SYSTEMS, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)"),
+        code("comparison = ws.compare(model, SYSTEMS, limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS,\n"
+             "                        endpoint=ENDPOINT, endpoint_model=ENDPOINT_MODEL)"),
         md("""
 ## A benchmark slice, beside the paper
 

@@ -126,3 +126,22 @@ def test_a_key_refused_mid_run_is_an_endpoint_error_without_the_key():
     with pytest.raises(ValueError, match=f"{ENV_KEY} holds a line break") as bad:  # named, never shown
         open_endpoint(llm.url, SERVED, environ={ENV_KEY: "sk-pasted\nsk-twice-123"})
     assert "sk-" not in str(bad.value)
+
+
+def test_the_notebooks_compare_adds_the_endpoint_beside_the_other_systems(tmp_path, monkeypatch):
+    from clara_lite import notebook as nb
+
+    monkeypatch.setenv(ENV_KEY, KEY)
+    drive = tmp_path / "drive"
+    settings = nb.save_settings(drive, nb.Settings(run_name="cmp", base_model="tiny-random", compr_rate=4,
+                                                   doc_max_length=16, lora_r=4))
+    ws = nb.Workspace(drive, settings)
+    ws.prepare_data("example")
+    with FakeLLM(reply=first_document_word) as llm:
+        result = ws.compare(tiny_model(**CONFIG), [TEXT_RAG], limit=4, max_new_tokens=2, endpoint=llm.url,
+                            endpoint_model=SERVED)
+        assert llm.requests and all(r["auth"] == f"Bearer {KEY}" for r in llm.requests)
+    assert list(result.scores) == [TEXT_RAG, TEXT_RAG_ENDPOINT] and result.count == 4
+    assert result.read[TEXT_RAG_ENDPOINT] == result.read[TEXT_RAG]
+    report = (drive / "runs" / "cmp" / "benchmarks" / "heldout-oracle" / "comparison.json").read_text()
+    assert SERVED in report and KEY not in report

@@ -34,7 +34,8 @@ from ..pipeline.questions import load_questions
 from ..pipeline.sources import detect_format, load_records
 from ..pipeline.split import write_stage_files
 from ..serve.ask import answer_many, read_docs
-from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG
+from ..serve.compare import CLARA, CLOSED_BOOK, NORMAL, ORACLE, TEXT_RAG, TEXT_RAG_ENDPOINT
+from ..serve.endpoint import open_endpoint
 from ..serve.evaluate import run_comparison
 from ..serve.export import export_zip
 from ..serve.fingerprint import fingerprint
@@ -418,10 +419,17 @@ class Workspace:
         return result
 
     def compare(self, model, systems=(CLOSED_BOOK, TEXT_RAG, CLARA), *, data: str = "", setting: str = ORACLE,
-                limit: int = 0, max_new_tokens: int = 32, paper: dict | None = None, name: str = HELDOUT):
+                limit: int = 0, max_new_tokens: int = 32, paper: dict | None = None, name: str = HELDOUT,
+                endpoint: str = "", endpoint_model: str = ""):
         """05: the same questions (heldout.jsonl, or ``data`` on Drive: any file ``clara-lite eval --systems``
         reads) answered by each system; the table and the bar chart shown inline, the report written to
-        <run>/benchmarks/<name>-<setting>/."""
+        <run>/benchmarks/<name>-<setting>/. ``endpoint`` / ``endpoint_model``: the RAG you run today (any
+        OpenAI-compatible server; its key in ``CLARA_ENDPOINT_API_KEY``) answers the same documents as
+        ``text-rag-endpoint``, added to ``systems``."""
+        client = None
+        if endpoint:
+            client = open_endpoint(endpoint, endpoint_model)
+            systems = [*systems, *([] if TEXT_RAG_ENDPOINT in systems else [TEXT_RAG_ENDPOINT])]
         if data:  # a file or folder on Drive, else a Hugging Face dataset name
             rows = load_questions(self.on_drive(data) if self.on_drive(data).exists() else data, limit=limit)
         else:
@@ -431,7 +439,7 @@ class Workspace:
             return None
         result, paths = run_comparison(model, rows, systems, setting=setting, max_new_tokens=max_new_tokens,
                                        report_dir=self.layout.benchmark(f"{name}-{setting}"), paper=paper,
-                                       info={"run": self.settings.run_name, "data": data or HELDOUT})
+                                       info={"run": self.settings.run_name, "data": data or HELDOUT}, endpoint=client)
         _show(markdown_table(result, paper), paths["chart"])
         return result
 
