@@ -10,8 +10,9 @@ from test_index import QUESTIONS, corpus, served_model
 
 from clara_lite.core.hardware import DeviceInfo, decide_serving
 from clara_lite.serve import llama_cpp
-from clara_lite.serve.decoding import ServingDecoder, serving_plan
+from clara_lite.serve.decoding import ServingDecoder
 from clara_lite.serve.index import ClaraIndex
+from clara_lite.serve.serving import serving_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 

@@ -18,12 +18,12 @@ from ..core.hardware import SERVE_BATCH, SERVE_BATCH_GPU, detect_hardware
 from ..core.layout import INDEX_FILE, KIND_INDEX, index_shard_dir, verify
 from ..model.modeling import ClaraModel
 from .access import API_KEY_ENV, read_api_key, require_key
-from .decoding import BACKENDS
 from .index import ClaraIndex
 from .index_folder import DTYPES, GROUP_DOCS, PART_ROWS, merge_shards, parse_shard, read_meta
 from .openai_api import MODEL_NAME
 from .retrievers import INDEX_TYPES, RETRIEVERS
 from .server import LOOPBACK, MAX_STREAMS, serve
+from .serving import BACKENDS
 
 log = logging.getLogger("clara_lite")
 

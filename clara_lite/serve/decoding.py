@@ -17,7 +17,6 @@ import contextlib
 import copy
 import inspect
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,50 +190,6 @@ class ServingDecoder:
                 out = self.lm(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=positions, **kw)
         texts = [t.strip() for t in m.tokenizer.batch_decode(out_tokens, skip_special_tokens=True)]
         return Generation(texts, [len(x) for x in prompts], first_token_at, out_tokens)
-
-
-SERVING_ENV = "CLARA_LITE_SERVING"  # the default backend when none is passed: auto | torch | llama.cpp
-BACKENDS = ("auto", "torch", "llama.cpp")
-
-
-def serving_plan(model, *, merge: bool | None = None, backend: str | None = None):
-    """What :func:`open_decoder` will make for ``model``, without making it: a
-    :class:`~clara_lite.core.hardware.ServingPlan` (``backend`` 'llama.cpp' only where the model is one
-    llama.cpp can run, :func:`clara_lite.serve.llama_cpp.eligible`; an unmerged decoder is PyTorch's).
-    ``backend`` None: ``$CLARA_LITE_SERVING``, else 'auto' (the test suite sets 'torch', so it decodes the
-    same way with or without llama-cpp-python installed; the llama.cpp tests ask for it by name)."""
-    from ..core.hardware import ServingPlan, decide_serving, probe_device
-    from . import llama_cpp
-
-    backend = backend or os.environ.get(SERVING_ENV) or "auto"
-    if backend not in ("auto", "torch", "llama.cpp"):
-        raise ValueError(f"serving backend must be auto, torch or llama.cpp, got {backend!r}")
-    device = probe_device(model.device)
-    plan = decide_serving(device, llama_cpp=llama_cpp.available() and backend != "torch" and merge is not False)
-    if device.kind == "cpu" and not llama_cpp.available():
-        plan = ServingPlan(plan.backend, plan.dtype, plan.why + "; llama-cpp-python would be faster (make fast-cpu)")
-    if backend == "llama.cpp" or plan.backend == "llama.cpp":
-        ok, why = llama_cpp.eligible(model)
-        if ok:
-            return plan if plan.backend == "llama.cpp" else ServingPlan("llama.cpp", torch.float32, "as asked")
-        if backend == "llama.cpp":
-            raise ValueError(f"cannot serve with llama.cpp: {why}")
-        fallback = decide_serving(device, llama_cpp=False)
-        return ServingPlan(fallback.backend, fallback.dtype, f"{fallback.why}; not llama.cpp: {why}")
-    return plan
-
-
-def open_decoder(model, *, merge: bool | None = None, backend: str | None = None, max_batch: int = 8):
-    """The decoder :func:`serving_plan` picks for ``model``, its ``how`` saying what it is and why."""
-    from . import llama_cpp
-
-    plan = serving_plan(model, merge=merge, backend=backend)
-    if plan.backend == "llama.cpp":
-        decoder = llama_cpp.LlamaCppDecoder(model, max_batch=max_batch)
-    else:
-        decoder = ServingDecoder(model, merge=merge, dtype=None if merge is False else plan.dtype)
-    decoder.how += f" ({plan.why})"
-    return decoder
 
 
 class TextStream:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..core.layout import INDEX_CHUNKS, INDEX_FILE, KIND_INDEX, read_manifest, sha256_file, verify
 from ..pipeline.chunk import ChunkConfig
 from . import fingerprint as fp
-from .decoding import ServingDecoder, open_decoder, serving_plan
+from .decoding import ServingDecoder
 from .documents import Document, IndexChunk, chunk_documents, docling_for, documents_from
 from .index_folder import (
     DTYPES,
@@ -72,6 +72,7 @@ from .index_folder import (
     writing,
 )
 from .retrievers import BM25Retriever, ClaraRetriever, HybridRetriever, MiniLMRetriever
+from .serving import open_decoder, serving_plan
 
 log = logging.getLogger(__name__)
 
