@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/demo", help="a trained run (its last stage's final model)")
     p.add_argument("--heldout", default=None, help="held-out JSONL (default: RUN/data/heldout.jsonl)")
+    p.add_argument("--model", default=None, help="a model folder or checkpoint (default: RUN's last final model)")
+    p.add_argument("--limit", type=int, default=0, help="the first N held-out questions (0: all)")
     p.add_argument("--k", type=int, default=None, help="chunks per question (default: the model's top-k)")
     p.add_argument("--new-tokens", type=int, default=8, help="as the demo's held-out scoring")
     p.add_argument("--index-dir", default=None, help="where the index is built (default: RUN/bench/fidelity-index)")
@@ -48,9 +50,11 @@ def main(argv=None) -> int:
         return 1
     run = Path(args.run_dir)
     layout = RunLayout(run)
-    last = next(s for s in reversed(ORDER) if layout.final(s).is_dir())
-    model = ClaraModel.from_pretrained(layout.final(last))
-    held = read_jsonl(Path(args.heldout or run / "data" / "heldout.jsonl"), get_stage("stage3"))
+    if args.model:
+        model = ClaraModel.from_pretrained(args.model)
+    else:
+        model = ClaraModel.from_pretrained(layout.final(next(s for s in reversed(ORDER) if layout.final(s).is_dir())))
+    held = read_jsonl(Path(args.heldout or run / "data" / "heldout.jsonl"), get_stage("stage3"))[: args.limit or None]
     docs = list(dict.fromkeys(d for row in held for d in row.docs))
     folder = Path(args.index_dir or run / "bench" / "fidelity-index")
     if not (folder / "manifest.json").is_file():

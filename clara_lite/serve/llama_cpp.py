@@ -58,7 +58,8 @@ def eligible(model) -> tuple[bool, str]:
         return False, f"rope scaling {rope.get('rope_type')!r} is not written to GGUF here"
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         return False, "biases in attention/MLP layers are not written to GGUF here"
-    if json.loads(model.tokenizer.backend_tokenizer.to_str())["model"]["type"] != "BPE":
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)  # slow (Python) tokenizers have none
+    if backend is None or json.loads(backend.to_str())["model"]["type"] != "BPE":
         return False, "the tokenizer is not byte-level BPE"
     if next(model.causal_lm.parameters()).device.type != "cpu":
         return False, "the model is on a GPU: PyTorch serves it there"
@@ -99,7 +100,7 @@ def write_gguf(lm, tokenizer, path: Path, weights: str = "q8_0") -> Path:
     n_layers, n_head, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
     state = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
     n_vocab = state["model.embed_tokens.weight"].shape[0]
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two servers starting at once write their own
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
