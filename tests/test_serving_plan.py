@@ -56,6 +56,8 @@ def test_an_unmerged_or_torch_decoder_is_never_llama_cpp():
     assert serving_plan(model, merge=False).backend == "torch"
     with pytest.raises(ValueError, match="auto, torch or llama.cpp"):
         serving_plan(model, backend="onnx")
+    with pytest.raises(ValueError, match="merged decoder"):
+        serving_plan(model, merge=False, backend="llama.cpp")
 
 
 @pytest.fixture(scope="module")

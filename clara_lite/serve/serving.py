@@ -30,6 +30,8 @@ def serving_plan(model, *, merge: bool | None = None, backend: str | None = None
     plan = decide_serving(device, llama_cpp=llama_cpp.available() and backend != "torch" and merge is not False)
     if device.kind == "cpu" and not llama_cpp.available():
         plan = ServingPlan(plan.backend, plan.dtype, plan.why + "; llama-cpp-python would be faster (make fast-cpu)")
+    if backend == "llama.cpp" and merge is False:
+        raise ValueError("llama.cpp serves a merged decoder: drop --no-merge (merge=False) or use --serving torch")
     if backend == "llama.cpp" or plan.backend == "llama.cpp":
         ok, why = llama_cpp.eligible(model)
         if ok:
