@@ -180,8 +180,8 @@ class ServingDecoder:
                 nxt = out.logits[:, -1].argmax(-1)
                 if step == 0:
                     first_token_at = time.perf_counter()
-                live = [i for i in range(b) if not done[i]]
-                self._take(live, [nxt.tolist()[i] for i in live], out_tokens, done, stop_at_eos, on_token)
+                live, new = [i for i in range(b) if not done[i]], nxt.tolist()
+                self._take(live, [new[i] for i in live], out_tokens, done, stop_at_eos, on_token)
                 if all(done) or step == max_new_tokens - 1:
                     break
                 nxt = torch.where(torch.tensor(done, device=self.device), torch.full_like(nxt, pad), nxt)

@@ -167,9 +167,8 @@ class LlamaCppDecoder(ServingDecoder):
         if not path.is_file():
             write_gguf(self.lm, model.tokenizer, path, weights)
         self.path, self.export_seconds = path, time.perf_counter() - start
-        self.embedding = self.lm.get_input_embeddings()
-        self.n_vocab = self.embedding.weight.shape[0]
-        self.lm = None  # llama.cpp holds the weights from here on
+        self.n_vocab = self.lm.get_input_embeddings().weight.shape[0]
+        self.lm = None  # llama.cpp holds the weights from here on (the prompt's embeddings are the model's own)
         self.how = f"llama.cpp, {weights} weights ({path.name})"
         _quiet(llama_cpp)
         params = llama_cpp.llama_model_default_params()
@@ -224,9 +223,9 @@ class LlamaCppDecoder(ServingDecoder):
                 lib.llama_memory_seq_cp(memory, self.max_batch, seq, -1, -1)
         return self._ctx
 
-    def _batch(self, rows: list[tuple[int, int, object]], embd: np.ndarray | None) -> None:
-        """One llama.cpp batch: ``rows`` of (sequence, position, token or None), logits for each row
-        flagged; ``embd`` (n, H) when the rows are embeddings."""
+    def _batch(self, rows: list[tuple[int, int, object]], embd: np.ndarray | None):
+        """One llama.cpp batch (freed by :meth:`_run`): ``rows`` of (sequence, position, token or None), no
+        logits asked yet; ``embd`` (n, H) when the rows are embeddings."""
         lib, n = self._lib, len(rows)
         batch = lib.llama_batch_init(n, self.n_embd if embd is not None else 0, 1)
         try:
@@ -284,7 +283,7 @@ class LlamaCppDecoder(ServingDecoder):
         embeds = []
         for i, ids in enumerate(prompts):
             ids_t = torch.tensor([ids])
-            e = m.decoder_embeds(ids_t, memory[i * k:(i + 1) * k]) if k else self.embedding(ids_t)
+            e = m.decoder_embeds(ids_t, memory[i * k:(i + 1) * k]) if k else m.lm.get_input_embeddings()(ids_t)
             embeds.append(e[0, p:].float().numpy())
         ctx = self._context(sum(len(x) - p + max_new_tokens for x in prompts), b, shared=p > 0)
         rows = [(i, pos, None) for i, ids in enumerate(prompts) for pos in range(p, len(ids))]
