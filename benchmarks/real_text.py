@@ -9,8 +9,11 @@ CLaRa with its memory vectors zeroed) on questions about rows 900-999, documents
         # stage2 trained towards the text-reading teacher's answers (distillation; --targets, --teacher-cut)
 
 Rerunning the same command resumes (each stage from its newest checkpoint) and re-scores. Printed:
-minutes per phase, the comparison table (also run-dir/compare/comparison.{md,json,png}), the loss
-curves' paths (run-dir/stage{1,2}/loss.png, with held-out loss and EM/F1 as they trained).
+minutes per phase, the comparison table with the share of text RAG's gain over closed-book CLaRa recovers and
+the paired bootstrap intervals (also run-dir/compare/comparison.{md,json,png}), the learning curve (held-out F1
+and cover-EM against documents compressed in training, both stages, run-dir/compare/learning_curve.{png,json}:
+the same 48 held-out questions, scored every max_steps / 4 steps while training) and the loss curves' paths
+(run-dir/stage{1,2}/loss.png).
 
 Why these settings (benchmarks/README.md, "Real text"): the budget is ~1,000 training rows on this
 CPU, so stage1 spends it where it teaches compression most (a stage1 row asks all ~8 questions of
@@ -23,6 +26,7 @@ model or training flag of ``clara-lite train`` overrides one value of it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "upstream_pretrain_data.jsonl"
+CURVE_DOCS = 48  # held-out documents whose first question is scored while training
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -58,10 +63,58 @@ def prepare(data_dir: Path, source: Path, train_rows: int, heldout_rows: int, pe
         "stage1": _write(data_dir / "stage1.jsonl", train),
         "stage2": _write(data_dir / "stage2.jsonl", stage2),
         "heldout": _write(data_dir / "heldout.jsonl", _questions(held, per_doc)),
-        # small held-out files scored while training (the loss over every row, answers for a few)
-        "eval1": _write(data_dir / "eval_stage1.jsonl", held[:12]),
-        "eval2": _write(data_dir / "eval_stage2.jsonl", _questions(held[:48], 1)),
+        # scored while training, for the learning curve: the first question of each of 48 held-out documents,
+        # the same questions in both stages (stage1's rows cut to that question also give its held-out loss)
+        "eval1": _write(data_dir / "eval_stage1.jsonl", [_first_question(r) for r in held[:CURVE_DOCS]]),
+        "eval2": _write(data_dir / "eval_stage2.jsonl", _questions(held[:CURVE_DOCS], 1)),
     }
+
+
+def _first_question(row: dict) -> dict:
+    return {**row, "question": row["question"][:1], "answers": row["answers"][:1]}
+
+
+def learning_curve(layout, stages: dict[str, int], result, curve_questions: list[str], png: Path) -> dict:
+    """Held-out F1 and cover-EM as training went, against documents compressed (stage1's rows, then stage2's
+    questions, each reading its document), from the stages' ``metrics.jsonl``; closed-book, text RAG and the
+    final zeroed control on the same questions as lines. ``stages``: rows per optimizer step of each stage."""
+    from matplotlib.figure import Figure
+
+    from clara_lite.model.evaluation import per_question
+
+    points, seen = [], 0
+    for stage, rows_per_step in stages.items():
+        last = 0
+        for row in (json.loads(x) for x in layout.metrics(stage).read_text(encoding="utf-8").splitlines() if x):
+            if "eval_f1" in row:
+                points.append({"stage": stage, "step": row["step"], "documents": seen + row["step"] * rows_per_step,
+                               "f1": row["eval_f1"], "cover_em": row["eval_cover_em"]})
+            last = max(last, row.get("step", 0))
+        seen += last * rows_per_step
+    wanted = set(curve_questions)
+    picks = [i for i, q in enumerate(result.questions) if q in wanted]
+    lines = {}
+    for name, answers in result.predictions.items():
+        scored = per_question([answers[i] for i in picks], [result.golds[i] for i in picks])
+        lines[name] = {key: sum(v) / len(v) for key, v in scored.items() if key != "em"}
+    fig = Figure(figsize=(10, 4))
+    for ax, (key, label) in zip(fig.subplots(1, 2), (("f1", "F1"), ("cover_em", "cover-EM")), strict=True):
+        for stage in stages:
+            mine = [p for p in points if p["stage"] == stage]
+            ax.plot([p["documents"] for p in mine], [p[key] for p in mine], "o-", label=f"CLaRa, {stage}")
+        for name, style in (("closed-book", ":"), ("text-rag", "--"), ("clara-zeroed", "-.")):
+            if name in lines:
+                ax.axhline(lines[name][key], linestyle=style, color="gray", label=f"{name} (final)")
+        ax.set_xlabel("documents compressed in training")
+        ax.set_ylabel(f"held-out {label}")
+        ax.set_title(f"{label}, {len(picks)} held-out questions")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    curve = {"questions": len(picks), "points": points, "final": lines}
+    png.with_suffix(".json").write_text(json.dumps(curve, indent=1) + "\n", encoding="utf-8")
+    return curve
 
 
 def build_parser():
@@ -109,13 +162,16 @@ def main() -> None:
     files = prepare(run_dir / "data", Path(args.data), args.train_rows, args.heldout_rows, args.questions_per_doc)
     model_options = {**recipe.model, **given(args, ClaraConfig)}
     load = os.getloadavg()
-    minutes = {}
+    minutes, rows_per_step = {}, {}
     for stage, steps in (("stage1", args.stage1_steps), ("stage2", args.stage2_steps)):
         options = {**recipe.train_options(stage), **given(args, TrainConfig)}
         if steps is not None:
             options["max_steps"] = steps
         every = max(options["max_steps"] // 4, 1)  # held-out scores and checkpoints four times a stage
-        options = {"eval_data": str(files[f"eval{stage[-1]}"]), "eval_steps": every, "save_steps": every, **options}
+        options = {"eval_data": str(files[f"eval{stage[-1]}"]), "eval_steps": every, "save_steps": every,
+                   **options, "eval_questions": CURVE_DOCS}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        rows_per_step[stage] = TrainConfig(**{k: v for k, v in options.items() if k in known}).step_rows()
         start = time.perf_counter()
         train(run_dir, stage, data=str(files[stage]), model_options=model_options, train_options=options)
         minutes[stage] = (time.perf_counter() - start) / 60
@@ -136,9 +192,14 @@ def main() -> None:
     write_json(run_dir / "compare" / "timing.json", timing)
     print()
     print(markdown_table(result))
+    curve_png = run_dir / "compare" / "learning_curve.png"
+    curve = learning_curve(layout, rows_per_step, result,
+                           [r.question for r in read_jsonl(files["eval2"], "stage2")], curve_png)
+    print(f"\nlearning curve ({curve['questions']} held-out questions): "
+          + ", ".join(f"{p['documents']} docs F1 {p['f1']:.3f} cover-EM {p['cover_em']:.3f}" for p in curve["points"]))
     print(f"\nminutes: {timing['minutes']} (total {timing['total_minutes']}); load average at start "
           f"{timing['loadavg_at_start']}, at end {timing['loadavg_at_end']}; {timing['threads']} torch threads")
-    shown = {**paths, "stage1 loss": layout.loss_plot("stage1"), "stage2 loss": layout.loss_plot("stage2")}
+    shown = {**paths, "curve": curve_png, "stage1 loss": layout.loss_plot("stage1"), "stage2 loss": layout.loss_plot("stage2")}
     if layout.teacher_answers.is_file():  # a recipe with targets teacher|both: what the teacher answered
         shown["teacher"] = layout.teacher_answers
     for name, path in shown.items():

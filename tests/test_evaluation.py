@@ -11,8 +11,12 @@ from clara_lite.model.evaluation import (
     f1_score,
     normalize_answer,
     paired_bootstrap,
+    per_question,
     recall_at_k,
+    recovered_share,
 )
+from clara_lite.serve.compare import Comparison
+from clara_lite.serve.report import markdown_table, recovery
 
 
 @pytest.mark.parametrize(
@@ -121,3 +125,42 @@ def test_paired_bootstrap_interval_brackets_the_mean_difference_and_shrinks_with
     assert paired_bootstrap(a, b) == paired_bootstrap(a, b)  # seeded: the same interval every time
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_bootstrap([1.0], [1.0, 0.0])
+
+
+def test_recovered_share_is_the_gain_over_closed_book_as_a_part_of_text_rags_with_a_seeded_interval():
+    closed = [0, 0, 1, 0, 0, 0, 1, 0, 0, 0]
+    text = [1, 1, 1, 1, 0, 1, 1, 0, 1, 0]  # text RAG adds 5 questions
+    half = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]  # the system gets 3 of them
+    share, lo, hi = recovered_share(closed, text, half)
+    assert share == pytest.approx(0.6) and 0.0 <= lo < share < hi <= 1.0
+    assert recovered_share(closed, text, half) == (share, lo, hi)  # seeded
+    _, lo10, hi10 = recovered_share(closed * 10, text * 10, half * 10)
+    assert hi10 - lo10 < hi - lo
+    assert recovered_share(closed, text, text)[0] == 1.0 and recovered_share(closed, text, closed)[0] == 0.0
+    assert math.isnan(recovered_share(closed, closed, half)[0])  # reading adds nothing: no share to give
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        recovered_share([1], [1, 0], [0])
+
+
+def test_per_question_scores_average_to_evaluate():
+    preds, golds = ["Paris, France", "the cat sat", "no"], ["Paris", ["cat sat down", "dog"], "yes"]
+    scored, means = per_question(preds, golds), evaluate(preds, golds)
+    assert scored["cover_em"] == [1.0, 0.0, 0.0] and scored["f1"][1] == pytest.approx(0.8)
+    for key in ("em", "cover_em", "f1"):
+        assert sum(scored[key]) / 3 == pytest.approx(means[key])
+
+
+def test_the_comparison_table_says_what_share_of_text_rags_gain_clara_recovers():
+    golds = [["Paris"], ["Rome"], ["Oslo"], ["Bern"]]
+    answers = {"closed-book": ["London", "Madrid", "Oslo", "Vienna"], "text-rag": ["Paris", "Rome", "Oslo", "Bern"],
+               "clara": ["Paris", "Madrid", "Oslo", "Vienna"], "clara-zeroed": ["London", "Madrid", "Oslo", "Bern"]}
+    result = Comparison(setting="oracle", top_k=1, questions=["q1", "q2", "q3", "q4"], golds=golds,
+                        predictions=answers, scores={n: {**evaluate(a, golds), "prompt_tokens": 1.0,
+                                                         "seconds_per_question": 0.1} for n, a in answers.items()})
+    found = recovery(result)["clara"]["em"]
+    assert found["share"][0] == pytest.approx(1 / 3)  # text RAG adds 3 questions, CLaRa gets 1 of them
+    assert found["over_closed_book"][0] == pytest.approx(0.25) and found["over_zeroed"][0] == pytest.approx(0.0)
+    table = markdown_table(result)
+    assert "| EM | 0.33 (" in table and "CLaRa - zeroed memory" in table
+    del result.predictions["text-rag"]
+    assert recovery(result) is None and "recovers" not in markdown_table(result)

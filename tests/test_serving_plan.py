@@ -111,9 +111,11 @@ def test_an_index_serves_through_llama_cpp_by_default_and_says_so(talking, tmp_p
     monkeypatch.setenv("CLARA_LITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CLARA_LITE_SERVING", "auto")  # what a user gets (the suite's default is torch)
     index = ClaraIndex.build(tmp_path / "kb", talking, corpus(8), keys=(), progress=False)
-    assert index.info()["serving"]["backend"] == "llama.cpp"  # planned, not built by info()
+    planned = index.info()["serving"]
+    assert planned["backend"] == "llama.cpp" and planned["decoder"] is None  # planned, not built by info()
     fast = index.ask(QUESTIONS[0], 2, max_new_tokens=8, stop_at_eos=False)
-    assert index.info()["serving"].startswith("llama.cpp, q8_0 weights")
+    built = index.info()["serving"]
+    assert built["backend"] == "llama.cpp" and built["decoder"].startswith("llama.cpp, q8_0 weights")
     monkeypatch.delenv("CLARA_LITE_SERVING")
     assert ClaraIndex.load(tmp_path / "kb", talking).info()["serving"]["backend"] == "llama.cpp"
     torch_view = ClaraIndex.load(tmp_path / "kb", talking, backend="torch")

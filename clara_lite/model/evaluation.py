@@ -152,6 +152,19 @@ def evaluate(predictions: Sequence[str], golds: Sequence[Gold]) -> dict[str, flo
     return result
 
 
+def per_question(predictions: Sequence[str], golds: Sequence[Gold]) -> dict[str, list[float]]:
+    """Each question's EM, cover-EM and F1 (what :func:`evaluate` averages), for paired statistics.
+
+    >>> per_question(["Paris", "no idea"], ["Paris", "London"])
+    {'em': [1.0, 0.0], 'cover_em': [1.0, 0.0], 'f1': [1.0, 0.0]}
+    """
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions but {len(golds)} golds")
+    pairs = list(zip(predictions, golds, strict=True))
+    return {"em": [exact_match(p, g) for p, g in pairs], "cover_em": [cover_exact_match(p, g) for p, g in pairs],
+            "f1": [f1_score(p, g) for p, g in pairs]}
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, samples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float, float]:
     """(mean of b - a, low, high): the difference of two systems' per-question scores on the same questions
@@ -199,3 +212,37 @@ def evaluate_model(model, examples, *, retrieve: bool, batch_size: int = 8, max_
         result[f"recall_at_{k}"] = recall_at_k(pos, picked, k)
     result["predictions"] = predictions
     return result
+
+
+def recovered_share(closed: Sequence[float], reading: Sequence[float], system: Sequence[float], *,
+                    samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(share, low, high): how much of what reading the text adds over closed-book ``system`` recovers,
+    ``(system - closed) / (reading - closed)`` over the same questions' scores, with its percentile interval
+    over ``samples`` resamplings of the questions (all three resampled together). Resamplings where reading
+    adds nothing are left out of the interval; ``nan`` when it adds nothing at all.
+
+    Why a ratio: CLaRa's compressed memory can at best give what the text itself gives; the share says how
+    much of that the compression keeps, the figure issue 25 is judged by.
+
+    >>> recovered_share([0, 0, 0, 0], [1, 1, 0, 1], [1, 0, 0, 1])
+    (0.6666666666666666, 0.0, 1.0)
+    """
+    import numpy as np
+
+    cols = [np.asarray(x, dtype=float) for x in (closed, reading, system)]
+    if len({len(c) for c in cols}) != 1 or not len(cols[0]):
+        raise ValueError(f"three equal, non-empty score lists needed, got {[len(c) for c in cols]}")
+    closed_, reading_, system_ = cols
+
+    def share(gain, full):
+        return gain / full if full > 0 else float("nan")
+
+    point = share(system_.mean() - closed_.mean(), reading_.mean() - closed_.mean())
+    picks = np.random.default_rng(seed).integers(0, len(closed_), size=(samples, len(closed_)))
+    base = closed_[picks].mean(axis=1)
+    full, gain = reading_[picks].mean(axis=1) - base, system_[picks].mean(axis=1) - base
+    ratios = gain[full > 0] / full[full > 0]
+    if not len(ratios):
+        return float(point), float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    return float(point), float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))

@@ -224,8 +224,13 @@ class ClaraIndex:
                 "keys": s["keys"], "fingerprint": self.meta["fingerprint"]["id"],
                 "base_model": self.meta["fingerprint"]["settings"]["base_model"],
                 "skipped": self.meta["sources"]["skipped"], "retriever": self.retriever().name,
-                "serving": self._decoder.how if self._decoder is not None else
-                serving_plan(self.model, merge=self.merge, backend=self.backend).to_dict()}
+                "serving": self._serving()}
+
+    def _serving(self) -> dict:
+        """The serving plan, and ``decoder``: what decodes once one is made (None before: info() builds none)."""
+        if self._decoder is not None:
+            return {**self._decoder.plan.to_dict(), "decoder": self._decoder.how}
+        return {**serving_plan(self.model, merge=self.merge, backend=self.backend).to_dict(), "decoder": None}
 
     # ------------------------------------------------------------------ memory
 

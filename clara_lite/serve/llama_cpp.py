@@ -89,16 +89,21 @@ def _tokenizer_fields(writer, tokenizer, n_vocab: int) -> None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
 
 
-def write_gguf(lm, tokenizer, path: Path, weights: str = "q8_0") -> Path:
+def _arrays(lm) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().contiguous().numpy() for k, v in lm.state_dict().items()}
+
+
+def write_gguf(lm, tokenizer, path: Path, weights: str = "q8_0", state: dict[str, np.ndarray] | None = None) -> Path:
     """Write the merged decoder ``lm`` (a transformers LlamaForCausalLM) as a GGUF file at ``path``
-    (atomically: a half-written file is never left under its name)."""
+    (atomically: a half-written file is never left under its name); ``state``: its weights as fp32 arrays,
+    when the caller has them already."""
     import gguf
 
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     cfg = lm.config
     n_layers, n_head, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
-    state = {k: v.detach().float().numpy() for k, v in lm.state_dict().items()}
+    state = _arrays(lm) if state is None else state
     n_vocab = state["model.embed_tokens.weight"].shape[0]
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two servers starting at once write their own
     w = gguf.GGUFWriter(str(tmp), "llama")
@@ -140,12 +145,12 @@ def write_gguf(lm, tokenizer, path: Path, weights: str = "q8_0") -> Path:
     return path
 
 
-def _fingerprint(lm, weights: str) -> str:
+def _fingerprint(state: dict[str, np.ndarray], weights: str) -> str:
     """A digest of the merged weights (what the file is made of), to find an earlier export."""
     h = hashlib.sha256(f"{FORMAT_VERSION}:{weights}".encode())
-    for k, v in lm.state_dict().items():
+    for k, v in state.items():
         h.update(k.encode())
-        h.update(v.detach().float().contiguous().numpy().tobytes())
+        h.update(v.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -162,10 +167,12 @@ class LlamaCppDecoder(ServingDecoder):
         self.weights, self.max_batch = weights, max_batch
         folder = Path(folder) if folder else cache_dir() / "gguf"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"decoder-{_fingerprint(self.lm, weights)}-{weights}.gguf"
+        state = _arrays(self.lm)  # once: the digest and, on the first export, the file
+        path = folder / f"decoder-{_fingerprint(state, weights)}-{weights}.gguf"
         start = time.perf_counter()
         if not path.is_file():
-            write_gguf(self.lm, model.tokenizer, path, weights)
+            write_gguf(self.lm, model.tokenizer, path, weights, state)
+        del state
         self.path, self.export_seconds = path, time.perf_counter() - start
         self.n_vocab = self.lm.get_input_embeddings().weight.shape[0]
         self.lm = None  # llama.cpp holds the weights from here on (the prompt's embeddings are the model's own)

@@ -14,9 +14,66 @@ import json
 from pathlib import Path
 
 from ..core.layout import COMPARE_CHART, COMPARE_JSON, COMPARE_MARKDOWN, COMPARE_PREDICTIONS, write_json
-from .compare import TEXT_RAG_ENDPOINT, Comparison
+from ..model.evaluation import paired_bootstrap, per_question, recovered_share
+from .compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, TEXT_RAG, TEXT_RAG_ENDPOINT, Comparison
 
 CHART_METRICS = (("em", "EM"), ("f1", "F1"), ("cover_em", "cover-EM"))
+RECOVERY_METRICS = (("f1", "F1"), ("cover_em", "cover-EM"), ("em", "EM"))
+
+
+def recovery(result: Comparison, systems: tuple[str, ...] = (CLARA,)) -> dict | None:
+    """What each of ``systems`` recovers of text RAG's gain over closed-book, per metric, with 95% paired
+    bootstrap intervals: ``{system: {metric: {"share": [x, lo, hi], "over_closed_book": [d, lo, hi],
+    "over_zeroed": [d, lo, hi]}}}`` (the last where ``clara-zeroed`` ran). None without closed-book and text RAG
+    (scores recomputed per question from the stored answers, so a result read back works too)."""
+    have = result.predictions
+    if CLOSED_BOOK not in have or TEXT_RAG not in have:
+        return None
+    scored = {name: per_question(answers, result.golds) for name, answers in have.items()}
+    out = {}
+    for name in (n for n in systems if n in scored):
+        rows = {}
+        for key, _ in RECOVERY_METRICS:
+            row = {"share": _finite(recovered_share(scored[CLOSED_BOOK][key], scored[TEXT_RAG][key], scored[name][key])),
+                   "over_closed_book": list(paired_bootstrap(scored[CLOSED_BOOK][key], scored[name][key]))}
+            if CLARA_ZEROED in scored and name != CLARA_ZEROED:
+                row["over_zeroed"] = list(paired_bootstrap(scored[CLARA_ZEROED][key], scored[name][key]))
+            rows[key] = row
+        out[name] = rows
+    return out
+
+
+def _finite(values) -> list:
+    """NaN (no gain to share) as None: JSON has no NaN."""
+    return [None if x != x else x for x in values]
+
+
+def _interval(values, signed: bool = False) -> str:
+    x, lo, hi = values
+    fmt = "{:+.3f}" if signed else "{:.2f}"
+    if x is None:
+        return "–"
+    if lo is None:
+        return fmt.format(x)
+    return f"{fmt.format(x)} ({fmt.format(lo)}..{fmt.format(hi)})"
+
+
+def recovery_lines(result: Comparison) -> list[str]:
+    """:func:`recovery` as a Markdown table (empty without closed-book, text RAG and CLaRa)."""
+    found = (recovery(result) or {}).get(CLARA)
+    if not found:
+        return []
+    zeroed = CLARA_ZEROED in result.predictions
+    head = ["metric", "share of text RAG's gain CLaRa recovers", "CLaRa - closed-book"]
+    head += ["CLaRa - zeroed memory"] if zeroed else []
+    lines = ["", "95% paired bootstrap intervals over the questions:", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label in RECOVERY_METRICS:
+        row = found[key]
+        cells = [label, _interval(row["share"]), _interval(row["over_closed_book"], True)]
+        cells += [_interval(row["over_zeroed"], True)] if zeroed else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _number(value, digits: int = 3) -> str:
@@ -39,7 +96,7 @@ def markdown_table(result: Comparison, paper: dict[str, float] | None = None) ->
         lines.append("| " + " | ".join(cells) + " |")
     if "endpoint" in result.info:  # what answered as text-rag-endpoint (the URL without credentials)
         lines += ["", f"{TEXT_RAG_ENDPOINT}: {result.info['endpoint']['model']} at {result.info['endpoint']['url']}"]
-    return "\n".join(lines)
+    return "\n".join(lines + recovery_lines(result))
 
 
 def bar_chart(result: Comparison, png: str | Path) -> Path:
@@ -76,7 +133,9 @@ def write_report(result: Comparison, out_dir: str | Path, paper: dict[str, float
     paths = {"markdown": out / COMPARE_MARKDOWN, "json": out / COMPARE_JSON, "chart": out / COMPARE_CHART,
              "predictions": out / COMPARE_PREDICTIONS}
     paths["markdown"].write_text(markdown_table(result, paper) + "\n", encoding="utf-8")
-    write_json(paths["json"], {**result.to_dict(), **({"paper": paper} if paper else {})})
+    found = recovery(result)
+    write_json(paths["json"], {**result.to_dict(), **({"paper": paper} if paper else {}),
+                               **({"recovery": found} if found else {})})
     bar_chart(result, paths["chart"])
     with open(paths["predictions"], "w", encoding="utf-8") as f:
         for i, question in enumerate(result.questions):

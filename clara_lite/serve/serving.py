@@ -51,4 +51,5 @@ def open_decoder(model, *, merge: bool | None = None, backend: str | None = None
     else:
         decoder = ServingDecoder(model, merge=merge, dtype=None if merge is False else plan.dtype)
     decoder.how += f" ({plan.why})"
+    decoder.plan = plan
     return decoder
