@@ -1,9 +1,12 @@
 """Concurrent users of ``clara-lite serve``: batched decoding against one-at-a-time serving, in one run.
 
-Two servers on 127.0.0.1, each in its own process over the same index (a small index of the shared
+Servers on 127.0.0.1, each in its own process over the same index (a small index of the shared
 upstream rows' documents): the default one (requests that arrive close together decoded together,
-``--max-batch``) and one with ``--max-batch 1`` (one request at a time, as before). For 1, 4, 8 and 16
-concurrent clients, interleaved (at each count the two servers in turn), every client asks
+``--max-batch``), one with ``--max-batch 1`` (one request at a time, as before) and, when llama-cpp-python
+is installed, text RAG as a user runs it in llama.cpp or Ollama: the same retriever's top-k chunks as text in
+the prompt (rag_latency.py's (d): the embedded model's own Q4_1 GGUF), streamed from one llama.cpp context,
+one request at a time, through the same OpenAI-shaped endpoint. For 1, 4, 8 and 16 concurrent clients,
+interleaved (at each count the servers in turn), every client asks
 ``--requests`` questions one after the other through ``POST /v1/chat/completions`` with
 ``"stream": true``. Printed per count and server: throughput (questions/s over the wall time), p50 and
 p95 latency (request sent to ``[DONE]``), p50 and p95 time to first token (request sent to the first
@@ -93,6 +96,65 @@ def serve_child(args) -> None:
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
+TEXT_SYSTEM = ("You are a helpful assistant. Your task is to extract relevant information from provided documents "
+               "and to answer to questions as briefly as possible.")  # rag_latency.py's text RAG prompt
+
+
+def serve_text_child(args) -> None:
+    """This process: text RAG over ``args.serve_text``'s chunks in llama.cpp, streamed as chat completions."""
+    import threading
+
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+    from llama_cpp import Llama
+
+    from clara_lite.model.base import embedded_gguf_path
+    from clara_lite.serve.index import ClaraIndex
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    index = ClaraIndex.load(args.serve_text, build_model(args), retriever=args.retriever, backend="torch")
+    tokenizer = index.model.tokenizer
+    llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=4096, n_batch=512, n_threads=torch.get_num_threads(),
+                verbose=False)
+    lock = threading.Lock()  # one llama.cpp context: requests take turns
+    print(f"decoder: llama.cpp text RAG, {embedded_gguf_path().name}", flush=True)
+    app = FastAPI()
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        question = body["messages"][-1]["content"]
+        limit = int(body.get("max_tokens") or args.new_tokens)
+
+        def events():
+            hits = index.search(question, args.k)
+            context = "\n\n".join(f"[{j + 1}] {h.chunk.text}" for j, h in enumerate(hits))
+            messages = [{"role": "system", "content": TEXT_SYSTEM},
+                        {"role": "user", "content": f"Documents:\n{context}\n\nQuestion: {question}"}]
+            ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+            with lock:
+                n = 0
+                for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                    if token == llm.token_eos() or n == limit:
+                        break
+                    n += 1
+                    chunk = {"object": "chat.completion.chunk", "choices": [
+                        {"index": 0, "delta": {"content": tokenizer.decode([token])}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,11 +162,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, args, path: Path, max_batch: int, log_dir: Path):
-        self.name = "one at a time" if max_batch == 1 else f"batched (max {max_batch})"
+    def __init__(self, args, path: Path, max_batch: int, log_dir: Path, text: bool = False):
+        self.name = ("text RAG, llama.cpp Q4_1" if text else
+                     "one at a time" if max_batch == 1 else f"batched (max {max_batch})")
         self.port = free_port()
-        self.log = open(log_dir / f"server-{max_batch}.log", "w")  # noqa: SIM115 - open while the server runs
-        cmd = [sys.executable, __file__, "--serve", str(path), "--port", str(self.port), "--max-batch", str(max_batch),
+        self.log = open(log_dir / f"server-{'text' if text else max_batch}.log", "w")  # noqa: SIM115 - open while it runs
+        cmd = [sys.executable, __file__, "--serve-text" if text else "--serve", str(path), "--port", str(self.port),
+               "--max-batch", str(max_batch),
                "--model", args.model, "--doc-max-length", str(args.doc_max_length), "--compr-rate",
                str(args.compr_rate), "--retriever", args.retriever, "--new-tokens", str(args.new_tokens),
                "--k", str(args.k), "--serving", args.serving] + (["--threads", str(args.threads)] if args.threads else [])
@@ -205,11 +269,16 @@ def main(argv=None) -> int:
                    help="the servers' decoder (auto: llama.cpp on a CPU when installed)")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--index-dir", default=None, help="where the index is built (default: in the cache)")
+    p.add_argument("--no-text-rag", action="store_true", help="leave out the llama.cpp text RAG server")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serve-text", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         serve_child(args)
+        return 0
+    if args.serve_text:
+        serve_text_child(args)
         return 0
 
     counts = [int(c) for c in args.clients.split(",")]
@@ -218,14 +287,22 @@ def main(argv=None) -> int:
     _, questions = corpus_and_questions(args.chunks)
     with tempfile.TemporaryDirectory() as logs:
         servers = [Server(args, path, args.max_batch, Path(logs)), Server(args, path, 1, Path(logs))]
+        from clara_lite.serve import llama_cpp
+
+        if llama_cpp.available() and not args.no_text_rag:
+            servers.append(Server(args, path, 1, Path(logs), text=True))
+        else:
+            print("text RAG: left out (" + ("--no-text-rag" if args.no_text_rag else
+                                            "llama-cpp-python is not installed: make fast-cpu") + ")")
         try:
             for s in servers:
                 s.wait()
             for s in servers:  # warm up: the first answers, the prefix cache of each batch size
-                drive(s, min(args.max_batch, max(counts)), 1, questions[::-1], args.new_tokens)
+                drive(s, min(args.max_batch, max(counts)) if s.name.startswith("batched") else 1, 1, questions[::-1],
+                      args.new_tokens)
             how = next((line.split("decoder: ", 1)[1] for line in Path(servers[0].log.name).read_text().splitlines()
                         if line.startswith("decoder: ")), "?")
-            print(f"\n{args.model} CPU, decoder: {how}; {args.chunks} chunks, k={args.k}, up to {args.new_tokens} new "
+            print(f"\n{args.model} CPU, CLaRa's decoder: {how}; {args.chunks} chunks, k={args.k}, up to {args.new_tokens} new "
                   f"tokens, {args.requests} streamed questions per client, threads {args.threads or 'default'}\n")
             print("| clients | serving | questions | questions/s | p50 latency s | p95 latency s | p50 TTFT s "
                   "| p95 TTFT s |")
@@ -244,8 +321,11 @@ def main(argv=None) -> int:
     print(f"\na single request alone ({counts[0]} client, one at a time): p50 {alone:.2f} s")
     for c in counts:
         b, o = table[c, batched], table[c, single]
+        text = table.get((c, servers[2].name)) if len(servers) > 2 else None
         print(f"at {c} clients: batched / one-at-a-time throughput {b['qps'] / o['qps']:.2f}x; "
-              f"batched p95 / single request {b['p95'] / alone:.2f}x")
+              f"batched p95 / single request {b['p95'] / alone:.2f}x"
+              + (f"; batched / text RAG throughput {b['qps'] / text['qps']:.2f}x, p95 {text['p95'] / b['p95']:.2f}x "
+                 "lower" if text else ""))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

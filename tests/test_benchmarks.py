@@ -84,13 +84,19 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
                "--grad-accum", "1", "--questions-per-doc", "1", "--doc-max-length", "32", "--compr-rate", "4",
                "--max-new-tokens", "2", "--threads", "1")
     table = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert table == ["system", "closed-book", "text-rag", "clara", "clara-zeroed"]
+    # the systems, then the share of text RAG's gain CLaRa recovers and the differences, with intervals
+    assert table == ["system", "closed-book", "text-rag", "clara", "clara-zeroed", "metric", "F1", "cover-EM", "EM"]
     report = json.loads((run / "compare" / "comparison.json").read_text())
     assert report["count"] == 2  # one question for each held-out document, none of them trained on
+    assert set(report["recovery"]["clara"]["f1"]) == {"share", "over_closed_book", "over_zeroed"}
+    curve = json.loads((run / "compare" / "learning_curve.json").read_text())
+    # scored after each stage's one step, on the same 2 questions: 1 document, then 1 + 1 question's document
+    assert [(p["stage"], p["documents"]) for p in curve["points"]] == [("stage1", 1), ("stage2", 2)]
+    assert curve["questions"] == 2 and set(curve["final"]) == {"closed-book", "text-rag", "clara", "clara-zeroed"}
     held = {r["docs"][0] for r in map(json.loads, (run / "data" / "heldout.jsonl").read_text().splitlines())}
     trained = {d for r in map(json.loads, (run / "data" / "stage1.jsonl").read_text().splitlines()) for d in r["docs"]}
     assert held and not held & trained
-    for path in ("compare/comparison.png", "compare/timing.json", "stage1/loss.png", "stage2/loss.png"):
+    for path in ("compare/comparison.png", "compare/learning_curve.png", "compare/timing.json", "stage1/loss.png", "stage2/loss.png"):
         assert (run / path).is_file(), path
     teacher = (run / "teacher_answers.jsonl").read_text().splitlines()
     assert len(teacher) == 1 and re.search(r"^teacher +\S+teacher_answers\.jsonl$", out, re.M)  # 1 step x 1 row
@@ -99,13 +105,14 @@ def test_real_text_benchmark_trains_two_stages_and_compares_the_systems_on_held_
     assert len(losses) == 3 and "over 2 questions" in probe
 
 
-def test_serve_concurrency_benchmark_drives_both_servers_interleaved(tmp_path):
+def test_serve_concurrency_benchmark_drives_the_servers_interleaved(tmp_path):
     out = _run("benchmarks/serve_concurrency.py", "--model", "tiny-random", "--chunks", "6", "--clients", "1,2",
                "--requests", "1", "--new-tokens", "2", "--doc-max-length", "32", "--compr-rate", "8",
                "--retriever", "bm25", "--threads", "1", "--max-batch", "4", "--index-dir", str(tmp_path / "kb"))
-    rows = re.findall(r"^\| (\d+) \| (batched \(max 4\)|one at a time) \| (\d+) \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ "
-                      r"\| \d+\.\d+ \| \d+\.\d+ \|$", out, re.M)
-    assert [(c, s, int(n)) for c, s, n in rows] == [("1", "batched (max 4)", 1), ("1", "one at a time", 1),
-                                                   ("2", "batched (max 4)", 2), ("2", "one at a time", 2)]
+    rows = re.findall(r"^\| (\d+) \| (batched \(max 4\)|one at a time|text RAG, llama.cpp Q4_1) \| (\d+) \| \d+\.\d+ "
+                      r"\| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \|$", out, re.M)
+    # text RAG in llama.cpp (the embedded model's GGUF) beside them when llama-cpp-python is installed
+    servers = ["batched (max 4)", "one at a time"] + (["text RAG, llama.cpp Q4_1"] if llama_cpp.available() else [])
+    assert [(c, s, int(n)) for c, s, n in rows] == [(c, s, int(c)) for c in ("1", "2") for s in servers]
     assert re.search(r"at 2 clients: batched / one-at-a-time throughput \d+\.\d+x; batched p95 / single request "
                      r"\d+\.\d+x", out) and "load average at start" in out
