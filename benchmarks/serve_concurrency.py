@@ -3,10 +3,10 @@
 Servers on 127.0.0.1, each in its own process over the same index (a small index of the shared
 upstream rows' documents): the default one (requests that arrive close together decoded together,
 ``--max-batch``), one with ``--max-batch 1`` (one request at a time, as before) and, when llama-cpp-python
-is installed, text RAG as a user runs it in llama.cpp or Ollama: the same retriever's top-k chunks as text in
-the prompt (rag_latency.py's (d): the embedded model's own Q4_1 GGUF), streamed from one llama.cpp context,
-one request at a time, through the same OpenAI-shaped endpoint. For 1, 4, 8 and 16 concurrent clients,
-interleaved (at each count the servers in turn), every client asks
+is installed, text RAG as a user runs it in llama.cpp or Ollama: the same retriever's top-k chunks as text
+in ``clara-lite eval``'s text-rag prompt, the embedded model's own Q4_1 GGUF (as rag_latency.py's (d)),
+streamed from one llama.cpp context, one request at a time, through the same OpenAI-shaped endpoint. For
+1, 4, 8 and 16 concurrent clients, interleaved (at each count the servers in turn), every client asks
 ``--requests`` questions one after the other through ``POST /v1/chat/completions`` with
 ``"stream": true``. Printed per count and server: throughput (questions/s over the wall time), p50 and
 p95 latency (request sent to ``[DONE]``), p50 and p95 time to first token (request sent to the first
@@ -96,10 +96,6 @@ def serve_child(args) -> None:
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
-TEXT_SYSTEM = ("You are a helpful assistant. Your task is to extract relevant information from provided documents "
-               "and to answer to questions as briefly as possible.")  # rag_latency.py's text RAG prompt
-
-
 def serve_text_child(args) -> None:
     """This process: text RAG over ``args.serve_text``'s chunks in llama.cpp, streamed as chat completions."""
     import threading
@@ -111,6 +107,7 @@ def serve_text_child(args) -> None:
     from llama_cpp import Llama
 
     from clara_lite.model.base import embedded_gguf_path
+    from clara_lite.model.inputs import text_answer_messages
     from clara_lite.serve.index import ClaraIndex
 
     if args.threads:
@@ -134,11 +131,9 @@ def serve_text_child(args) -> None:
         limit = int(body.get("max_tokens") or args.new_tokens)
 
         def events():
-            hits = index.search(question, args.k)
-            context = "\n\n".join(f"[{j + 1}] {h.chunk.text}" for j, h in enumerate(hits))
-            messages = [{"role": "system", "content": TEXT_SYSTEM},
-                        {"role": "user", "content": f"Documents:\n{context}\n\nQuestion: {question}"}]
-            ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+            docs = [h.chunk.text for h in index.search(question, args.k)]  # the prompt `eval`'s text-rag reads
+            ids = list(tokenizer.apply_chat_template(text_answer_messages(question, docs), add_generation_prompt=True,
+                                                     return_dict=True)["input_ids"])
             with lock:
                 n = 0
                 for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
