@@ -15,8 +15,8 @@ from clara_lite.model.evaluation import (
     recall_at_k,
     recovered_share,
 )
-from clara_lite.serve.compare import Comparison
-from clara_lite.serve.report import markdown_table, recovery
+from clara_lite.serve.compare import Comparison, recovery
+from clara_lite.serve.report import markdown_table
 
 
 @pytest.mark.parametrize(
@@ -157,10 +157,13 @@ def test_the_comparison_table_says_what_share_of_text_rags_gain_clara_recovers()
     result = Comparison(setting="oracle", top_k=1, questions=["q1", "q2", "q3", "q4"], golds=golds,
                         predictions=answers, scores={n: {**evaluate(a, golds), "prompt_tokens": 1.0,
                                                          "seconds_per_question": 0.1} for n, a in answers.items()})
-    found = recovery(result)["clara"]["em"]
+    assert result.recovery is None and "recovers" not in markdown_table(result)  # compare() sets it
+    result.recovery = recovery(result)
+    found = result.recovery["em"]
     assert found["share"][0] == pytest.approx(1 / 3)  # text RAG adds 3 questions, CLaRa gets 1 of them
     assert found["over_closed_book"][0] == pytest.approx(0.25) and found["over_zeroed"][0] == pytest.approx(0.0)
     table = markdown_table(result)
     assert "| EM | 0.33 (" in table and "CLaRa - zeroed memory" in table
-    del result.predictions["text-rag"]
-    assert recovery(result) is None and "recovers" not in markdown_table(result)
+    assert result.to_dict()["recovery"] == result.recovery
+    del answers["text-rag"]
+    assert recovery(result) is None  # without text RAG there is no gain to share

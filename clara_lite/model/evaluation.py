@@ -221,9 +221,6 @@ def recovered_share(closed: Sequence[float], reading: Sequence[float], system: S
     over ``samples`` resamplings of the questions (all three resampled together). Resamplings where reading
     adds nothing are left out of the interval; ``nan`` when it adds nothing at all.
 
-    Why a ratio: CLaRa's compressed memory can at best give what the text itself gives; the share says how
-    much of that the compression keeps, the figure issue 25 is judged by.
-
     >>> recovered_share([0, 0, 0, 0], [1, 1, 0, 1], [1, 0, 0, 1])
     (0.6666666666666666, 0.0, 1.0)
     """

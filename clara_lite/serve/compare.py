@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import inputs
-from ..model.evaluation import evaluate
+from ..model.evaluation import evaluate, paired_bootstrap, per_question, recovered_share
 from ..model.teacher import answer_plain
 from .endpoint import describe_endpoint, endpoint_answers
 
@@ -72,6 +72,7 @@ class Comparison:
     predictions: dict[str, list[str]] = field(default_factory=dict)  # system -> one answer per question
     read: dict[str, list[list[str]]] = field(default_factory=dict)  # system -> the documents each question read
     info: dict = field(default_factory=dict)  # what was compared: model, data, ...
+    recovery: dict | None = None  # :func:`recovery`, set by :func:`compare`
 
     @property
     def count(self) -> int:
@@ -80,7 +81,37 @@ class Comparison:
     def to_dict(self) -> dict:
         """JSON-ready; ``systems`` is a list in the order compared (JSON objects are written sorted)."""
         return {"setting": self.setting, "top_k": self.top_k, "count": self.count, **self.info,
-                "systems": [{"system": name, **scores} for name, scores in self.scores.items()]}
+                "systems": [{"system": name, **scores} for name, scores in self.scores.items()],
+                **({"recovery": self.recovery} if self.recovery else {})}
+
+
+RECOVERY_METRICS = ("f1", "cover_em", "em")
+
+
+def recovery(result: Comparison, system: str = CLARA) -> dict | None:
+    """What ``system`` recovers of text RAG's gain over closed-book, per metric, with 95% paired bootstrap
+    intervals: ``{metric: {"share": [x, lo, hi], "over_closed_book": [d, lo, hi], "over_zeroed": [d, lo, hi]}}``
+    (the last where ``clara-zeroed`` ran; a share is None where reading adds nothing). None unless closed-book,
+    text RAG and ``system`` answered. Scores are recomputed per question from the answers, so a result read back
+    works too.
+
+    Why: CLaRa's compressed memory can at best give what the text itself gives; the share says how much of
+    that the compression keeps, and the zeroed control whether it comes from the memory at all."""
+    have = result.predictions
+    if not {CLOSED_BOOK, TEXT_RAG, system} <= set(have):
+        return None
+    scored = {name: per_question(have[name], result.golds) for name in (CLOSED_BOOK, TEXT_RAG, CLARA_ZEROED, system)
+              if name in have}
+    out = {}
+    for key in RECOVERY_METRICS:
+        closed, mine = scored[CLOSED_BOOK][key], scored[system][key]
+        share = recovered_share(closed, scored[TEXT_RAG][key], mine)
+        row = {"share": [None if x != x else x for x in share],  # NaN (nothing to share) as None: JSON has no NaN
+               "over_closed_book": list(paired_bootstrap(closed, mine))}
+        if CLARA_ZEROED in scored and system != CLARA_ZEROED:
+            row["over_zeroed"] = list(paired_bootstrap(scored[CLARA_ZEROED][key], mine))
+        out[key] = row
+    return out
 
 
 def parse_systems(text: str | Sequence[str]) -> list[str]:
@@ -208,4 +239,5 @@ def compare(model, rows, systems: Sequence[str] = LOCAL_SYSTEMS, *, setting: str
         result.scores[name], result.predictions[name], result.read[name] = scores, answers, used
         log.info("%s (%s, top-%d): EM %.3f F1 %.3f over %d questions, %.2f s each", name, setting, k, scores["em"],
                  scores["f1"], len(rows), scores["seconds_per_question"])
+    result.recovery = recovery(result)
     return result

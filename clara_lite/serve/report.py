@@ -14,38 +14,10 @@ import json
 from pathlib import Path
 
 from ..core.layout import COMPARE_CHART, COMPARE_JSON, COMPARE_MARKDOWN, COMPARE_PREDICTIONS, write_json
-from ..model.evaluation import paired_bootstrap, per_question, recovered_share
-from .compare import CLARA, CLARA_ZEROED, CLOSED_BOOK, TEXT_RAG, TEXT_RAG_ENDPOINT, Comparison
+from .compare import RECOVERY_METRICS, TEXT_RAG_ENDPOINT, Comparison
 
 CHART_METRICS = (("em", "EM"), ("f1", "F1"), ("cover_em", "cover-EM"))
-RECOVERY_METRICS = (("f1", "F1"), ("cover_em", "cover-EM"), ("em", "EM"))
-
-
-def recovery(result: Comparison, systems: tuple[str, ...] = (CLARA,)) -> dict | None:
-    """What each of ``systems`` recovers of text RAG's gain over closed-book, per metric, with 95% paired
-    bootstrap intervals: ``{system: {metric: {"share": [x, lo, hi], "over_closed_book": [d, lo, hi],
-    "over_zeroed": [d, lo, hi]}}}`` (the last where ``clara-zeroed`` ran). None without closed-book and text RAG
-    (scores recomputed per question from the stored answers, so a result read back works too)."""
-    have = result.predictions
-    if CLOSED_BOOK not in have or TEXT_RAG not in have:
-        return None
-    scored = {name: per_question(answers, result.golds) for name, answers in have.items()}
-    out = {}
-    for name in (n for n in systems if n in scored):
-        rows = {}
-        for key, _ in RECOVERY_METRICS:
-            row = {"share": _finite(recovered_share(scored[CLOSED_BOOK][key], scored[TEXT_RAG][key], scored[name][key])),
-                   "over_closed_book": list(paired_bootstrap(scored[CLOSED_BOOK][key], scored[name][key]))}
-            if CLARA_ZEROED in scored and name != CLARA_ZEROED:
-                row["over_zeroed"] = list(paired_bootstrap(scored[CLARA_ZEROED][key], scored[name][key]))
-            rows[key] = row
-        out[name] = rows
-    return out
-
-
-def _finite(values) -> list:
-    """NaN (no gain to share) as None: JSON has no NaN."""
-    return [None if x != x else x for x in values]
+RECOVERY_LABELS = dict(CHART_METRICS)
 
 
 def _interval(values, signed: bool = False) -> str:
@@ -59,18 +31,18 @@ def _interval(values, signed: bool = False) -> str:
 
 
 def recovery_lines(result: Comparison) -> list[str]:
-    """:func:`recovery` as a Markdown table (empty without closed-book, text RAG and CLaRa)."""
-    found = (recovery(result) or {}).get(CLARA)
+    """``result.recovery`` (:func:`~clara_lite.serve.compare.recovery`) as a Markdown table; none without it."""
+    found = result.recovery
     if not found:
         return []
-    zeroed = CLARA_ZEROED in result.predictions
+    zeroed = "over_zeroed" in found[RECOVERY_METRICS[0]]
     head = ["metric", "share of text RAG's gain CLaRa recovers", "CLaRa - closed-book"]
     head += ["CLaRa - zeroed memory"] if zeroed else []
     lines = ["", "95% paired bootstrap intervals over the questions:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label in RECOVERY_METRICS:
+    for key in RECOVERY_METRICS:
         row = found[key]
-        cells = [label, _interval(row["share"]), _interval(row["over_closed_book"], True)]
+        cells = [RECOVERY_LABELS[key], _interval(row["share"]), _interval(row["over_closed_book"], True)]
         cells += [_interval(row["over_zeroed"], True)] if zeroed else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -133,9 +105,7 @@ def write_report(result: Comparison, out_dir: str | Path, paper: dict[str, float
     paths = {"markdown": out / COMPARE_MARKDOWN, "json": out / COMPARE_JSON, "chart": out / COMPARE_CHART,
              "predictions": out / COMPARE_PREDICTIONS}
     paths["markdown"].write_text(markdown_table(result, paper) + "\n", encoding="utf-8")
-    found = recovery(result)
-    write_json(paths["json"], {**result.to_dict(), **({"paper": paper} if paper else {}),
-                               **({"recovery": found} if found else {})})
+    write_json(paths["json"], {**result.to_dict(), **({"paper": paper} if paper else {})})
     bar_chart(result, paths["chart"])
     with open(paths["predictions"], "w", encoding="utf-8") as f:
         for i, question in enumerate(result.questions):
