@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # llama.cpp for faster CPU answers (README, "Faster CPU answers"): built from source, ~5-15 min on 2 cores
+# This CPU's own instructions (GGML_NATIVE), but on x86 without AMX: llama.cpp's AMX kernels, compiled in on an Intel
+# CPU that reports AMX, crashed the process in the first decode here (SIGSEGV in ggml_backend_amx_mul_mat, 0.3.36)
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16,)
 fast-cpu: $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(PIP) install "llama-cpp-python>=0.3.30" "gguf>=0.17"
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" \
+		$(PIP) install "llama-cpp-python>=0.3.30" "gguf>=0.17"
 
 demo: $(STAMP)
 	$(VENV)/bin/clara-lite demo
