@@ -102,7 +102,7 @@ def serve_text_child(args) -> None:
 
     import torch
     import uvicorn
-    from fastapi import Body, FastAPI
+    from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
     from llama_cpp import Llama
 
@@ -125,8 +125,8 @@ def serve_text_child(args) -> None:
         return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
-    def chat(body: dict = Body()):  # `dict`, not Request: under this module's string annotations FastAPI
-        # resolves names in the module's globals, where a locally imported Request is unknown (a 422 per request)
+    def chat(body: dict):  # a `dict` parameter is the JSON body; not Request: under this module's string
+        # annotations FastAPI resolves names in its globals, where a locally imported Request is unknown (a 422)
         question = body["messages"][-1]["content"]
         limit = int(body.get("max_tokens") or args.new_tokens)
 
