@@ -17,9 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
-# Answers are decoded by PyTorch's serving copy in every test, whether or not llama-cpp-python is
-# installed here (subprocesses inherit it); tests of the llama.cpp path ask for it by name.
-os.environ["CLARA_LITE_SERVING"] = "torch"
+# Answers are decoded by PyTorch's fp32 serving copy in every test, whether or not llama-cpp-python is
+# installed here and whatever the CPU (an AMX CPU's plan is bf16); subprocesses inherit it. Tests of the
+# llama.cpp path and of the plan's precision ask for theirs by name.
+os.environ["CLARA_LITE_SERVING"] = "torch-fp32"
 
 
 def on_ci() -> bool:

@@ -24,8 +24,10 @@ def facts():
 
 @pytest.fixture(scope="module")
 def embedder():
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    return Embedder()
+    yield Embedder()
+    torch.set_num_threads(before)  # not left at 1: a later in-process run compared with a CLI one must match it
 
 
 def _check_rows(rows, positives, pool, k):

@@ -215,12 +215,10 @@ def test_prompt_files_replace_the_shipped_ones(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")  # conftest.py: one thread, then back
 def test_local_smollm2_synthesis_gives_parseable_pairs_on_most_chunks(tmp_path, record_property):
-    import torch
-
     from clara_lite.pipeline.generators import LocalModel
 
-    torch.set_num_threads(1)
     chunks = make_chunks(5)
     started = time.monotonic()
     generator = LocalModel("smollm2-135m")

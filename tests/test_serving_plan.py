@@ -54,7 +54,10 @@ def test_an_unmerged_or_torch_decoder_is_never_llama_cpp():
     model = served_model()
     assert serving_plan(model, backend="torch").backend == "torch"
     assert serving_plan(model, merge=False).backend == "torch"
-    with pytest.raises(ValueError, match="auto, torch or llama.cpp"):
+    # fp32 whatever the CPU offers (this suite's default): the answers of the training forward pass
+    assert (serving_plan(model, backend="torch-fp32").backend, serving_plan(model, backend="torch-fp32").dtype) \
+        == ("torch", torch.float32)
+    with pytest.raises(ValueError, match="auto, torch, torch-fp32, llama.cpp"):
         serving_plan(model, backend="onnx")
     with pytest.raises(ValueError, match="merged decoder"):
         serving_plan(model, merge=False, backend="llama.cpp")
@@ -109,7 +112,7 @@ def test_llama_cpp_8_bit_answers_match_the_torch_copys_first_tokens_and_the_file
 @needs_llama
 def test_an_index_serves_through_llama_cpp_by_default_and_says_so(talking, tmp_path, monkeypatch):
     monkeypatch.setenv("CLARA_LITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLARA_LITE_SERVING", "auto")  # what a user gets (the suite's default is torch)
+    monkeypatch.setenv("CLARA_LITE_SERVING", "auto")  # what a user gets (the suite's default is torch-fp32)
     index = ClaraIndex.build(tmp_path / "kb", talking, corpus(8), keys=(), progress=False)
     planned = index.info()["serving"]
     assert planned["backend"] == "llama.cpp" and planned["decoder"] is None  # planned, not built by info()

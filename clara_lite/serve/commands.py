@@ -182,7 +182,8 @@ def add_index_options(parser, *, model_option: bool = True) -> None:
     parser.add_argument("--no-merge", action="store_true", help="decode through the LoRA layers (no merged copy)")
     parser.add_argument("--serving", choices=BACKENDS, default=None,
                         help="how answers are decoded: auto (default, $CLARA_LITE_SERVING: llama.cpp on a CPU when "
-                             "llama-cpp-python is installed, else PyTorch in the device's precision), torch, llama.cpp")
+                             "llama-cpp-python is installed, else PyTorch in the device's precision), torch, "
+                             "torch-fp32 (PyTorch in fp32 on any device), llama.cpp")
 
 
 def _build_options(p) -> None:

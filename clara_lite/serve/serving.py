@@ -13,20 +13,25 @@ from ..core.hardware import ServingPlan, decide_serving, probe_device
 from . import llama_cpp
 from .decoding import ServingDecoder
 
-SERVING_ENV = "CLARA_LITE_SERVING"  # the default backend when none is passed: auto | torch | llama.cpp
-BACKENDS = ("auto", "torch", "llama.cpp")
+SERVING_ENV = "CLARA_LITE_SERVING"  # the default backend when none is passed: one of BACKENDS
+# torch-fp32: PyTorch in fp32 whatever the device would pick, so answers are the training forward pass's on any
+# CPU (the plan's bf16 on an AMX CPU changes greedy tokens of a near-tie); the test suite's default
+BACKENDS = ("auto", "torch", "torch-fp32", "llama.cpp")
 
 
 def serving_plan(model, *, merge: bool | None = None, backend: str | None = None):
     """What :func:`open_decoder` will make for ``model``, without making it: a
     :class:`~clara_lite.core.hardware.ServingPlan` (``backend`` 'llama.cpp' only where the model is one
     llama.cpp can run, :func:`clara_lite.serve.llama_cpp.eligible`; an unmerged decoder is PyTorch's).
-    ``backend`` None: ``$CLARA_LITE_SERVING``, else 'auto' (the test suite sets 'torch', so it decodes the
-    same way with or without llama-cpp-python installed; the llama.cpp tests ask for it by name)."""
+    ``backend`` None: ``$CLARA_LITE_SERVING``, else 'auto' (the test suite sets 'torch-fp32', so it decodes
+    the same way with or without llama-cpp-python installed and on any CPU; the llama.cpp tests ask for it by
+    name)."""
     backend = backend or os.environ.get(SERVING_ENV) or "auto"
     if backend not in BACKENDS:
-        raise ValueError(f"serving backend must be auto, torch or llama.cpp, got {backend!r}")
+        raise ValueError(f"serving backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device = probe_device(model.device)
+    if backend == "torch-fp32":
+        return ServingPlan("torch", torch.float32, "fp32, as asked (torch-fp32)")
     plan = decide_serving(device, llama_cpp=llama_cpp.available() and backend != "torch" and merge is not False)
     if device.kind == "cpu" and not llama_cpp.available():
         plan = ServingPlan(plan.backend, plan.dtype, plan.why + "; llama-cpp-python would be faster (make fast-cpu)")
