@@ -61,9 +61,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test (servers and decoders in threads; a loaded 2-core machine), then back."""
-    import torch
+    from helpers import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from clara_lite import ClaraModel
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread inside, the previous count after: a test that leaves it at 1 makes a later
+    in-process run differ from a CLI one (2 threads) in the last bits (8-bit AdamW on AVX512)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

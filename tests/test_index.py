@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import one_thread, tiny_model
 
 from clara_lite.pipeline.chunk import load_tokenizer
 from clara_lite.serve.decoding import ServingDecoder
@@ -32,10 +32,8 @@ MODEL = dict(seed=3, doc_max_length=24, compr_rate=6, generation_top_k=2)
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread is faster and steadier
-    yield
-    torch.set_num_threads(before)
+    with one_thread():  # the machine is shared: one thread is faster and steadier
+        yield
 
 
 def served_model(adapters=("encoder", "decoder", "query_reasoner"), scale: float = 1.0, **config):

@@ -14,6 +14,7 @@ import random
 
 import pytest
 import torch
+from helpers import one_thread
 from synthetic import JOBS, NAMES, PLACES, learnable_model, qa_rows, retrieval_rows, split_facts, train
 
 from clara_lite import load_base_model
@@ -27,10 +28,8 @@ N_CANDIDATES = 8
 def _one_thread():
     """Hidden size 64 is too small to split: on a busy 2-core machine 2 threads took 3x longer per
     step than 1 (idle workers spin). One thread also keeps the numbers independent of core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def _exact_match(predictions, rows) -> float:

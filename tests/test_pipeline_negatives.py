@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers import one_thread
 
 from clara_lite.pipeline.examples import load_facts
 from clara_lite.pipeline.negatives import Embedder, candidates, minilm_path, normalize
@@ -24,10 +24,8 @@ def facts():
 
 @pytest.fixture(scope="module")
 def embedder():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Embedder()
-    torch.set_num_threads(before)  # not left at 1: a later in-process run compared with a CLI one must match it
+    with one_thread():  # for this module only (helpers.one_thread says why it must not stay at 1)
+        yield Embedder()
 
 
 def _check_rows(rows, positives, pool, k):

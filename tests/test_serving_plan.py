@@ -55,8 +55,8 @@ def test_an_unmerged_or_torch_decoder_is_never_llama_cpp():
     assert serving_plan(model, backend="torch").backend == "torch"
     assert serving_plan(model, merge=False).backend == "torch"
     # fp32 whatever the CPU offers (this suite's default): the answers of the training forward pass
-    assert (serving_plan(model, backend="torch-fp32").backend, serving_plan(model, backend="torch-fp32").dtype) \
-        == ("torch", torch.float32)
+    fp32 = serving_plan(model, backend="torch-fp32")
+    assert (fp32.backend, fp32.dtype) == ("torch", torch.float32)
     with pytest.raises(ValueError, match="auto, torch, torch-fp32, llama.cpp"):
         serving_plan(model, backend="onnx")
     with pytest.raises(ValueError, match="merged decoder"):

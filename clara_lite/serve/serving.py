@@ -29,9 +29,9 @@ def serving_plan(model, *, merge: bool | None = None, backend: str | None = None
     backend = backend or os.environ.get(SERVING_ENV) or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"serving backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    device = probe_device(model.device)
-    if backend == "torch-fp32":
+    if backend == "torch-fp32":  # nothing to probe
         return ServingPlan("torch", torch.float32, "fp32, as asked (torch-fp32)")
+    device = probe_device(model.device)
     plan = decide_serving(device, llama_cpp=llama_cpp.available() and backend != "torch" and merge is not False)
     if device.kind == "cpu" and not llama_cpp.available():
         plan = ServingPlan(plan.backend, plan.dtype, plan.why + "; llama-cpp-python would be faster (make fast-cpu)")
