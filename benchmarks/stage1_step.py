@@ -4,6 +4,7 @@
     python benchmarks/stage1_step.py --runs 1 --steps 1 --model tiny-random   # a smoke run
     python benchmarks/stage1_step.py --child default --profile                # one variant, + torch.profiler
     python benchmarks/stage1_step.py --device cuda   # on a GPU: the T4 shape (4-bit base, fp16 + scaler)
+    python benchmarks/stage1_step.py --mixed-precision bf16 --micro-batch 2   # levers, on the default variant only
 
 Both variants train SmolLM2-135M (fp32, LoRA r16, dropout 0.1, doc_max_length 256, compr_rate 32) on the
 first 4 rows of ``../shared/data/upstream_pretrain_data.jsonl`` with the runner's own ``optimizer_step``
@@ -107,9 +108,11 @@ def independent_dropout(model) -> None:
 
 
 def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1, seed: int = 0, lr: float = 1e-4,
-               device: str = "cpu"):
+               device: str = "cpu", mixed_precision: str | None = None, micro_batch: int | None = None):
     """(step closure returning the step's loss, model, its micro-batches) for ``variant``. On ``cuda`` the
-    T4-shaped configuration: the base in 4-bit nf4 (fp16 compute), fp16 autocast with a GradScaler."""
+    T4-shaped configuration: the base in 4-bit nf4 (fp16 compute), fp16 autocast with a GradScaler.
+    ``mixed_precision`` and ``micro_batch`` override the plan for the default variant only: levers to
+    measure (the reference keeps upstream's fp32 single batch)."""
     reference = variant == "reference"
     gpu = {"dtype": torch.float16, "quantization": "4bit", "device_map": {"": 0}} if device == "cuda" else {
         "dtype": torch.float32}
@@ -122,8 +125,10 @@ def build_step(variant: str, model_name: str, rows, *, lora_dropout: float = 0.1
     stage.prepare(model)
     model.train()
     plan = detect_hardware(model_params_b=model_params_b(model_name), device=device)
-    micro = len(rows) if reference else plan.micro_batch_size
-    cfg = TrainConfig(lr=lr, micro_batch_size=micro, mixed_precision="fp16" if device == "cuda" else "no")
+    micro = len(rows) if reference else (micro_batch or plan.micro_batch_size)
+    precision = "fp16" if device == "cuda" else "no"
+    cfg = TrainConfig(lr=lr, micro_batch_size=micro,
+                      mixed_precision=precision if reference or not mixed_precision else mixed_precision)
     acc = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="clara-bench-")))
     collate = stage.collator(model)
     batches = [collate(rows[i : i + micro]) for i in range(0, len(rows), micro)]
@@ -147,7 +152,8 @@ def child(args) -> dict:
         torch.set_num_threads(args.threads)
     rows = read_jsonl(args.data, "stage1")[: args.rows]
     step, model, batches = build_step(args.child, args.model, rows, lora_dropout=args.lora_dropout, seed=args.seed,
-                                      device=args.device)
+                                      device=args.device, mixed_precision=args.mixed_precision,
+                                      micro_batch=args.micro_batch)
     cuda = args.device == "cuda"
     real = sum(int(b["enc"]["attention_mask"].sum()) + int(b["dec"]["attention_mask"].sum()) for b in batches)
     padded = sum(b["enc"]["attention_mask"].numel() + b["dec"]["attention_mask"].numel() for b in batches)
@@ -174,6 +180,8 @@ def run_child(args, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--rows", str(args.rows),
            "--data", str(args.data), "--model", args.model, "--lora-dropout", str(args.lora_dropout),
            "--seed", str(args.seed), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd += ["--mixed-precision", args.mixed_precision] if args.mixed_precision else []
+    cmd += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{variant} run failed:\n{out.stderr[-3000:]}")
@@ -192,6 +200,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the T4-shaped configuration (4-bit base, fp16 + GradScaler); prints peak CUDA memory")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="the default variant's autocast (a lever; default: the plan's, fp32 on CPU)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="the default variant's rows per forward pass (a lever; default: the plan's)")
     p.add_argument("--child", choices=VARIANTS, default=None, help="run one variant here and print its JSON")
     p.add_argument("--profile", action="store_true", help="with --child: a torch.profiler table on stderr")
     return p.parse_args(argv)
@@ -205,6 +217,8 @@ def main(argv=None) -> None:
     load_base_model(args.model)  # convert the embedded model once, outside the timed children
     results = {v: [] for v in VARIANTS}
     shape = "4-bit nf4 base, fp16 autocast + GradScaler, cuda" if args.device == "cuda" else "fp32"
+    levers = [f"{k} {v}" for k, v in (("autocast", args.mixed_precision), ("micro-batch", args.micro_batch)) if v]
+    shape += f" (default variant: {', '.join(levers)})" if levers else ""
     key, label = ("peak_cuda_gb", "peak CUDA memory") if args.device == "cuda" else ("peak_rss_gb", "peak RSS")
     print(f"stage1 step, {args.model} {shape}, {args.rows} rows of {args.data.name}, lora_dropout {args.lora_dropout}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs")
