@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         ClaraIndex.build(folder, model, docs, keys="auto", progress=False)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}")
-    paths = {"reference": ClaraIndex.load(folder, model, backend="torch"),
+    paths = {"reference": ClaraIndex.load(folder, model, backend="torch-fp32"),
              "fast": ClaraIndex.load(folder, model, backend="llama.cpp")}
     for name, index in paths.items():
         index.ask(held[0].question, args.k, max_new_tokens=args.new_tokens)  # warm-up: the serving copy, the file
