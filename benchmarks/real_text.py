@@ -2,7 +2,7 @@
 (Wikipedia-style documents, ~8 synthetic questions each), then closed-book, text RAG and CLaRa (and
 CLaRa with its memory vectors zeroed) on questions about rows 900-999, documents never trained on.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --run-dir runs/real-text     # ~60 min on a 2-core CPU (results: benchmarks/README.md)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --run-dir runs/real-text     # ~2 h on a 2-core CPU without AMX (results: benchmarks/README.md)
     python benchmarks/real_text.py --run-dir /tmp/rt-check --train-rows 50 --heldout-rows 10 \\
         --stage1-steps 2 --stage2-steps 2 --questions-per-doc 1     # the same path in a few minutes
     OMP_WAIT_POLICY=PASSIVE python benchmarks/real_text.py --recipe real_text_distill --run-dir runs/real-text-distill
